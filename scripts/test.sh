@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). Installs what the tests need when it
+# is missing, validates the generated manifests with a real Kubernetes schema validator, then
+# runs every Rust test of the workspace. Network-namespace tests need root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_python_tool() { # tool, pip requirement
+  command -v "$1" >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check "$2"
+}
+need_python_tool kubernetes-validate "kubernetes-validate==1.37.0"
+if ! command -v ip >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
+echo "== CRDs are current and valid for Kubernetes 1.25 and 1.33"
+cargo run --locked --quiet --bin purelb -- crds | diff -u manifests/crds/purelb.yaml - \
+  || { echo "manifests/crds/purelb.yaml is stale: run 'just crds'"; exit 1; }
+for version in 1.25.0 1.33.0; do
+  kubernetes-validate --quiet --strict -k "$version" manifests/crds/purelb.yaml
+done
+
+echo "== Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --no-fail-fast "$@"
+else
+  cargo test --locked --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,191 @@
+//! The command line of the `purelb` binary (`api.md` §5). Every flag can also be set by an
+//! environment variable: `PURELB_` + the flag name in upper case with `_`, except the few the
+//! Kubernetes downward API and kubectl conventions name (`KUBECONFIG`, `NODE_NAME`, `POD_UID`).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::{api::contract, duration::parse_duration, telemetry::LogFormat};
+
+/// PureLB: addresses for LoadBalancer Services on clusters without a cloud load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "purelb", version, propagate_version = true, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Assign addresses from ServiceGroups to LoadBalancer Services (Deployment, one leader).
+    Allocator(AllocatorArgs),
+    /// Put this node's share of Service addresses on the network (DaemonSet, one per node).
+    Agent(AgentArgs),
+    /// Remove PureLB-owned addresses this node should not hold, once, then exit.
+    Reconcile(ReconcileArgs),
+    /// Print the CustomResourceDefinitions generated from the Rust types, as YAML.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+/// Flags every long-running subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Kubeconfig file to use; without it, $KUBECONFIG, then the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace PureLB is installed in (its ServiceGroups, LBNodeAgents and Leases live there).
+    #[arg(long, env = "PURELB_NAMESPACE", default_value = contract::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Log level or filter directives (e.g. info, debug, info,purelb=debug); falls back to RUST_LOG, then info.
+    #[arg(long, env = "PURELB_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text lines or one JSON object per line.
+    #[arg(long, env = "PURELB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Address for the /metrics, /healthz and /readyz HTTP server.
+    #[arg(long, env = "PURELB_METRICS_ADDR", default_value = "0.0.0.0:7472")]
+    pub metrics_addr: SocketAddr,
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// `purelb allocator`.
+#[derive(Debug, Clone, Args)]
+pub struct AllocatorArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// spec.loadBalancerClass of the Services this allocator handles.
+    #[arg(long, env = "PURELB_LB_CLASS", default_value = contract::DEFAULT_LB_CLASS)]
+    pub lb_class: String,
+    /// Also handle LoadBalancer Services that set no loadBalancerClass.
+    #[arg(long, env = "PURELB_DEFAULT_ANNOUNCER", action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub default_announcer: bool,
+    /// Take the purelb-allocator Lease so that only one replica writes.
+    #[arg(long, env = "PURELB_LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// How long the leader Lease stays valid without renewal (standby takeover time after a crash).
+    #[arg(long, env = "PURELB_LEASE_DURATION", value_parser = duration_arg, default_value = "15s")]
+    pub lease_duration: Duration,
+    /// How often the leader renews its Lease (must be well below --lease-duration).
+    #[arg(long, env = "PURELB_RENEW_INTERVAL", value_parser = duration_arg, default_value = "5s")]
+    pub renew_interval: Duration,
+}
+
+/// `purelb agent`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Name of the Node this agent runs on (from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// UID of this agent's pod, recorded in its Lease (from the downward API).
+    #[arg(long, env = "POD_UID", default_value = "")]
+    pub pod_uid: String,
+    /// How long this node's Lease stays valid without renewal (crash failover time).
+    #[arg(long, env = "PURELB_LEASE_DURATION", value_parser = duration_arg, default_value = "6s")]
+    pub lease_duration: Duration,
+    /// How often this node renews its Lease.
+    #[arg(long, env = "PURELB_RENEW_INTERVAL", value_parser = duration_arg, default_value = "2s")]
+    pub renew_interval: Duration,
+    /// On shutdown, how long to wait for successors to take over addresses before withdrawing.
+    #[arg(long, env = "PURELB_HANDOVER_TIMEOUT", value_parser = duration_arg, default_value = "5s")]
+    pub handover_timeout: Duration,
+    /// How often to look for PureLB-owned addresses this node should not hold.
+    #[arg(long, env = "PURELB_ORPHAN_SWEEP_INTERVAL", value_parser = duration_arg, default_value = "60s")]
+    pub orphan_sweep_interval: Duration,
+}
+
+/// Output format of `purelb reconcile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// One line per address.
+    #[default]
+    Text,
+    /// A JSON document listing interface, address and reason.
+    Json,
+}
+
+/// `purelb reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Node whose addresses to reconcile (from the downward API in an init container).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Only report what would be removed.
+    #[arg(long, env = "PURELB_DRY_RUN")]
+    pub dry_run: bool,
+    /// Remove every PureLB-owned address and the dummy interface PureLB created (uninstall); needs no API access.
+    #[arg(long, env = "PURELB_ALL")]
+    pub all: bool,
+    /// Report format.
+    #[arg(long, env = "PURELB_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Exit with status 3 when orphaned addresses were found.
+    #[arg(long, env = "PURELB_EXIT_CODE")]
+    pub exit_code: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["purelb", "allocator"]).unwrap();
+        let Command::Allocator(a) = cli.command else { unreachable!() };
+        assert_eq!(a.lb_class, "purelb.io/purelbv2");
+        assert!(a.default_announcer && a.leader_elect);
+        assert_eq!(a.lease_duration, Duration::from_secs(15));
+        assert_eq!(a.renew_interval, Duration::from_secs(5));
+        assert_eq!(a.common.metrics_addr.to_string(), "0.0.0.0:7472");
+
+        let cli = Cli::try_parse_from([
+            "purelb",
+            "agent",
+            "--node-name",
+            "n1",
+            "--lease-duration",
+            "2s",
+            "--leader-elect=false",
+        ]);
+        assert!(cli.is_err(), "--leader-elect is not an agent flag");
+        let cli = Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--lease-duration", "2s"]).unwrap();
+        let Command::Agent(a) = cli.command else { unreachable!() };
+        assert_eq!(a.lease_duration, Duration::from_secs(2));
+        assert_eq!(a.renew_interval, Duration::from_secs(2));
+        assert_eq!(a.handover_timeout, Duration::from_secs(5));
+        assert_eq!(a.orphan_sweep_interval, Duration::from_secs(60));
+
+        let cli = Cli::try_parse_from(["purelb", "allocator", "--leader-elect=false", "--default-announcer", "false"])
+            .unwrap();
+        let Command::Allocator(a) = cli.command else { unreachable!() };
+        assert!(!a.leader_elect && !a.default_announcer);
+    }
+
+    #[test]
+    fn bad_durations_are_explained() {
+        let err = Cli::try_parse_from(["purelb", "allocator", "--lease-duration", "15"]).unwrap_err().to_string();
+        assert!(err.contains("\"15\" is not a duration"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+//! PureLB: LoadBalancer Service addresses for Kubernetes clusters without a cloud load
+//! balancer.
+//!
+//! The library holds everything the `purelb` binary runs: the custom resource types
+//! ([`api`]), the pure core ([`core`]), telemetry ([`telemetry`]) and the command line
+//! ([`cli`]).
+
+pub mod api;
+pub mod cli;
+pub mod core;
+pub mod duration;
+pub mod telemetry;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
+/// The Kubernetes API types this build speaks (`k8s-openapi` with the `v1_33` shapes, chosen
+/// once in this crate's `Cargo.toml`). Other crates of the workspace use them through here.
+pub use k8s_openapi;
+/// The Kubernetes client and runtime.
+pub use kube;
+
+/// The version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,110 @@
+//! Every PureLB metric (`api.md` §4): its name, kind and help text. Controllers record
+//! through these constants so that names cannot drift from the contract, and
+//! [`describe`] gives each one its `# HELP` line.
+
+/// Which process is describing its metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// `purelb allocator`.
+    Allocator,
+    /// `purelb agent`.
+    Agent,
+}
+
+/// Kind of a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter.
+    Counter,
+    /// Gauge.
+    Gauge,
+    /// Histogram.
+    Histogram,
+}
+
+/// One metric of the catalog.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricDef {
+    /// Full name, with the `purelb_` prefix.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// Components that export it (empty: both).
+    pub components: &'static [Component],
+}
+
+macro_rules! catalog {
+    ($( $const:ident = $name:literal, $kind:ident, [$($comp:ident),*], $help:literal; )*) => {
+        $(
+            #[doc = $help]
+            pub const $const: &str = $name;
+        )*
+        /// Every metric PureLB exports.
+        pub const ALL: &[MetricDef] = &[
+            $( MetricDef { name: $name, kind: Kind::$kind, help: $help, components: &[$(Component::$comp),*] }, )*
+        ];
+    };
+}
+
+catalog! {
+    BUILD_INFO = "purelb_build_info", Gauge, [], "Always 1; the version label says which PureLB build runs.";
+    WORKQUEUE_DEPTH = "purelb_workqueue_depth", Gauge, [], "Items waiting in the work queue.";
+    WORKQUEUE_ADDS = "purelb_workqueue_adds_total", Counter, [], "Items added to the work queue.";
+    WORKQUEUE_RETRIES = "purelb_workqueue_retries_total", Counter, [], "Items re-queued with backoff after a failure.";
+    WORKQUEUE_WORK_DURATION = "purelb_workqueue_work_duration_seconds", Histogram, [], "Time spent processing one work item.";
+    ADDRESS_POOL_SIZE = "purelb_address_pool_size", Gauge, [Allocator], "Addresses in the pool (ServiceGroup) per family.";
+    ADDRESS_POOL_IN_USE = "purelb_address_pool_addresses_in_use", Gauge, [Allocator], "Addresses of the pool held by Services, per family.";
+    ADDRESS_POOL_REJECTED = "purelb_address_pool_allocation_rejected_total", Counter, [Allocator], "Allocation requests the pool could not satisfy, by reason.";
+    ALLOCATOR_IS_LEADER = "purelb_allocator_is_leader", Gauge, [Allocator], "1 while this allocator replica holds the leader Lease and writes, else 0.";
+    K8S_CLIENT_UPDATES = "purelb_k8s_client_updates_total", Counter, [Allocator], "Writes to the Kubernetes API.";
+    K8S_CLIENT_UPDATE_ERRORS = "purelb_k8s_client_update_errors_total", Counter, [Allocator], "Writes to the Kubernetes API that failed.";
+    LBNODEAGENT_ANNOUNCED = "purelb_lbnodeagent_announced", Gauge, [Agent], "1 while this node holds the address for the Service on the interface.";
+    ANNOUNCED_IPS = "purelb_announced_ips_total", Gauge, [Agent], "Addresses this node holds now.";
+    ORPHANED_IPS = "purelb_orphaned_ips_total", Gauge, [Agent], "PureLB-owned addresses found at the last sweep that this node should not hold.";
+    ORPHANED_IPS_REMOVED = "purelb_orphaned_ips_removed_total", Counter, [Agent], "Orphaned addresses removed.";
+    GARP_SENT = "purelb_garp_sent_total", Counter, [Agent], "Gratuitous ARP (IPv4) and unsolicited NA (IPv6) packets sent.";
+    GARP_ERRORS = "purelb_garp_errors_total", Counter, [Agent], "Gratuitous ARP / unsolicited NA packets that could not be sent.";
+    ELECTION_LEASE_HEALTHY = "purelb_election_lease_healthy", Gauge, [Agent], "1 while this node's Lease is renewed in time, else 0.";
+    ELECTION_MEMBER_COUNT = "purelb_election_member_count", Gauge, [Agent], "Live nodes taking part in the election.";
+    ELECTION_WINNER_CHANGES = "purelb_election_winner_changes_total", Counter, [Agent], "Times the elected holder of a local address changed.";
+    ENDPOINTSLICE_SYNC = "purelb_endpointslice_sync_total", Counter, [Agent], "EndpointSlice events applied to the endpoint index.";
+    ENDPOINTSLICE_SYNC_ERRORS = "purelb_endpointslice_sync_errors_total", Counter, [Agent], "EndpointSlice watch errors.";
+    ENDPOINTSLICE_COUNT = "purelb_endpointslice_count", Gauge, [Agent], "EndpointSlices of a Service this node evaluates.";
+    ENDPOINTSLICE_CACHE_AGE = "purelb_endpointslice_cache_age_seconds", Gauge, [Agent], "Seconds since the newest EndpointSlice event was applied.";
+    ADDRESS_DRIFT_REPAIRS = "purelb_address_drift_repairs_total", Counter, [Agent], "Held addresses removed by someone else and added back.";
+    ADDRESS_CONFLICTS = "purelb_address_conflicts_total", Counter, [Agent], "ARP replies or NAs from another MAC for an address this node holds.";
+    HANDOVER_DURATION = "purelb_handover_duration_seconds", Histogram, [Agent], "Time from the start of a graceful handover until the successor holds the address.";
+}
+
+/// Gives every metric of `component` (and the common ones) its help text, and sets
+/// `purelb_build_info{version}` to 1.
+pub fn describe(component: Component) {
+    for def in ALL.iter().filter(|d| d.components.is_empty() || d.components.contains(&component)) {
+        match def.kind {
+            Kind::Counter => metrics::describe_counter!(def.name, def.help),
+            Kind::Gauge => metrics::describe_gauge!(def.name, def.help),
+            Kind::Histogram => metrics::describe_histogram!(def.name, def.help),
+        }
+    }
+    metrics::gauge!(BUILD_INFO, "version" => crate::VERSION).set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let mut seen = std::collections::HashSet::new();
+        for def in ALL {
+            assert!(def.name.starts_with("purelb_"), "{}", def.name);
+            assert!(seen.insert(def.name), "duplicate {}", def.name);
+            assert!(!def.help.is_empty());
+            if def.kind == Kind::Counter {
+                assert!(def.name.ends_with("_total"), "{}", def.name);
+            }
+        }
+    }
+}

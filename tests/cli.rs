@@ -1,0 +1,87 @@
+//! The `purelb` binary as a user meets it: help, version, CRDs, and honest exits for
+//! subcommands that are not built yet.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+fn purelb(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_purelb")).args(args).env_remove("RUST_LOG").output().unwrap()
+}
+
+#[test]
+fn help_lists_the_five_subcommands() {
+    let out = purelb(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for sub in ["allocator", "agent", "reconcile", "crds", "version"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(sub)), "{sub} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn every_subcommand_explains_its_flags() {
+    for (sub, flags) in [
+        (
+            "allocator",
+            &["--lb-class", "--default-announcer", "--leader-elect", "--lease-duration", "--renew-interval"][..],
+        ),
+        (
+            "agent",
+            &[
+                "--node-name",
+                "--pod-uid",
+                "--lease-duration",
+                "--renew-interval",
+                "--handover-timeout",
+                "--orphan-sweep-interval",
+            ][..],
+        ),
+        ("reconcile", &["--node-name", "--dry-run", "--all", "--output", "--exit-code"][..]),
+    ] {
+        let out = purelb(&[sub, "-h"]);
+        assert!(out.status.success(), "{sub}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        for flag in
+            flags.iter().chain(&["--kubeconfig", "--namespace", "--log-level", "--log-format", "--metrics-addr"])
+        {
+            let explanation = explanation_of(&text, flag).unwrap_or_else(|| panic!("{sub} {flag} missing:\n{text}"));
+            assert!(explanation.split_whitespace().count() >= 4, "{sub} {flag} not explained: {explanation}");
+        }
+    }
+}
+
+#[test]
+fn version_prints_the_version() {
+    let out = purelb(&["version"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), format!("purelb {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn crds_prints_both_crds() {
+    let out = purelb(&["crds"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("name: servicegroups.purelb.io") && text.contains("name: lbnodeagents.purelb.io"));
+}
+
+#[test]
+fn bad_flag_values_give_one_clear_line() {
+    let out = purelb(&["allocator", "--lease-duration", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+}
+
+/// The help text of `flag`: the words after it, up to the next option, without `<VALUE>`.
+fn explanation_of(help: &str, flag: &str) -> Option<String> {
+    let mut lines = help.lines().skip_while(|l| !l.trim_start().starts_with(&format!("{flag} ")) && l.trim() != flag);
+    let first = lines.next()?;
+    let rest = lines.take_while(|l| !l.trim_start().starts_with('-'));
+    let words: Vec<&str> = std::iter::once(first.trim_start().trim_start_matches(flag))
+        .chain(rest)
+        .flat_map(str::split_whitespace)
+        .filter(|w| !w.starts_with('<') && !w.starts_with('['))
+        .collect();
+    Some(words.join(" "))
+}
