@@ -2,5 +2,15 @@
 //! use. Nothing here knows which subcommand runs it.
 //!
 //! - [`ipam`]: address ranges, exact sizes, pool validation.
+//! - [`queue`]: typed, de-duplicating, rate-limited work queue.
+//! - [`endpoints`]: EndpointSlice index and "does node N have a usable endpoint".
+//! - [`netlink`]: the address manager (links, addresses, default routes, ownership, drift).
+//! - [`announce`]: gratuitous ARP and unsolicited NA packets, sockets and bursts.
+//! - [`election`]: node membership from Leases and the per-address winner.
 
+pub mod announce;
+pub mod election;
+pub mod endpoints;
 pub mod ipam;
+pub mod netlink;
+pub mod queue;
