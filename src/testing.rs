@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn namespaces_are_private_and_vanish() {
         let first = in_new_netns(|ns| async move {
-            ns.ip(&["link", "add", "pl-test0", "type", "bridge"]);
+            let _ = ns.ip(&["link", "add", "pl-test0", "type", "bridge"]);
             ns.ip(&["link", "show"])
         });
         assert!(first.contains("pl-test0"));
