@@ -1,2 +1,4 @@
-//! PureLB's test ground: a Kubernetes API emulator and a network-namespace lab (issue
-//! "Test ground"). Not built yet: see `e2e/README.md`.
+//! PureLB's test ground: a Kubernetes API emulator ([`apiserver`]) and a network-namespace
+//! lab. See `e2e/README.md`.
+
+pub mod apiserver;
