@@ -14,6 +14,9 @@ use std::{
 
 use crate::api::{AddressPool, PoolSpec};
 
+mod usage;
+pub use usage::{RangeUsage, TakeError, lowest_free_by_scan};
+
 /// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
