@@ -5,6 +5,7 @@
 //! ([`api`]), the pure core ([`core`]), telemetry ([`telemetry`]) and the command line
 //! ([`cli`]).
 
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod core;

@@ -1,0 +1,7 @@
+//! `purelb allocator`: gives every handled LoadBalancer Service its addresses from the
+//! ServiceGroups, and keeps them. Pure parts: [`groups`] (validated ServiceGroups),
+//! [`request`] (what a Service asks for), [`table`] (the allocation table and decisions).
+
+pub mod groups;
+pub mod request;
+pub mod table;
