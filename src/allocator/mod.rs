@@ -2,6 +2,7 @@
 //! ServiceGroups, and keeps them. Pure parts: [`groups`] (validated ServiceGroups),
 //! [`request`] (what a Service asks for), [`table`] (the allocation table and decisions).
 
+pub mod controller;
 pub mod groups;
 pub mod request;
 pub mod table;

@@ -1,0 +1,277 @@
+//! The allocator controller against the in-process API emulator: assignment, status and
+//! annotations, events, ServiceGroup status, release, restart without address changes,
+//! adoption of Go PureLB Services, and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use purelb::{
+    allocator::controller::{self, Settings, WriteGate},
+    api::ServiceGroup,
+    k8s_openapi::{
+        api::core::v1::{Event, Namespace, Service},
+        apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    },
+    kube::{
+        Api, Client, CustomResourceExt, ResourceExt,
+        api::{ListParams, Patch, PatchParams, PostParams},
+    },
+    telemetry::Readiness,
+};
+use purelb_e2e::apiserver::{Emulator, EmulatorOptions};
+use serde_json::{Value, json};
+
+const NS: &str = "purelb-system";
+
+async fn setup() -> (Emulator, Client) {
+    let emulator = Emulator::start(EmulatorOptions::default()).unwrap();
+    let client = emulator.client(None);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [ServiceGroup::crd(), purelb::api::LBNodeAgent::crd()] {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let ns: Api<Namespace> = Api::all(client.clone());
+    for name in [NS, "web", "shop"] {
+        ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap())
+            .await
+            .unwrap();
+    }
+    (emulator, client)
+}
+
+fn start_allocator(client: Client) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let settings = Settings {
+        namespace: NS.to_owned(),
+        lb_class: "purelb.io/purelbv2".to_owned(),
+        default_announcer: true,
+        instance: "test".to_owned(),
+        api_timeout: Duration::from_secs(10),
+    };
+    let task = tokio::spawn(async move {
+        controller::run(client, settings, WriteGate::always(), Readiness::new(), async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (task, tx)
+}
+
+async fn group(client: &Client, name: &str, spec: Value) {
+    let api: Api<ServiceGroup> = Api::namespaced(client.clone(), NS);
+    let sg: ServiceGroup = serde_json::from_value(
+        json!({"apiVersion": "purelb.io/v2", "kind": "ServiceGroup", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap();
+    api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&sg)).await.unwrap();
+}
+
+fn local(v4: &str) -> Value {
+    json!({"local": {"v4pool": {"pool": v4, "subnet": "192.0.2.0/24"}, "v6pool": {"pool": "2001:db8::f0/124", "subnet": "2001:db8::/64"}}})
+}
+
+async fn create_svc(client: &Client, ns: &str, name: &str, annotations: Value, extra_spec: Value) {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let mut spec = json!({"type": "LoadBalancer", "ports": [{"port": 80}]});
+    json_patch::merge(&mut spec, &extra_spec);
+    let svc: Service =
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}, "spec": spec})).unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+}
+
+fn ingress(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn addresses_of(client: &Client, ns: &str, name: &str, n: usize) -> Vec<String> {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{ns}/{name} to get {n} addresses"), async || {
+        let svc = api.get(name).await.ok()?;
+        let ips = ingress(&svc);
+        (ips.len() == n).then_some(ips)
+    })
+    .await
+}
+
+async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigns_writes_status_annotations_events_and_group_status() {
+    let (_emu, client) = setup().await;
+    group(&client, "default", local("192.0.2.240/29")).await;
+    let (_task, _stop) = start_allocator(client.clone());
+    create_svc(&client, "web", "a", json!({}), json!({})).await;
+    create_svc(
+        &client,
+        "web",
+        "dual",
+        json!({}),
+        json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+    )
+    .await;
+    assert_eq!(addresses_of(&client, "web", "a", 1).await, ["192.0.2.240"]);
+    assert_eq!(addresses_of(&client, "web", "dual", 2).await, ["192.0.2.241", "2001:db8::f0"]);
+    let api: Api<Service> = Api::namespaced(client.clone(), "web");
+    let a = api.get("a").await.unwrap();
+    let ann: BTreeMap<String, String> = a.annotations().clone();
+    assert_eq!(ann.get("purelb.io/allocated-by").map(String::as_str), Some("PureLB"));
+    assert_eq!(ann.get("purelb.io/allocated-from").map(String::as_str), Some("default"));
+    assert_eq!(ann.get("purelb.io/pool-type").map(String::as_str), Some("local"));
+    let raw: Value = serde_json::to_value(&a).unwrap();
+    assert_eq!(raw["status"]["loadBalancer"]["ingress"][0]["ipMode"], "VIP", "emulator reports 1.33, so ipMode is set");
+    let events = wait_for("AddressAssigned event", async || {
+        let e = events_for(&client, "web", "a").await;
+        e.iter().any(|(r, _)| r == "AddressAssigned").then_some(e)
+    })
+    .await;
+    assert!(
+        events.iter().any(|(r, m)| r == "AddressAssigned" && m.contains("192.0.2.240") && m.contains("default")),
+        "{events:?}"
+    );
+    let sgs: Api<ServiceGroup> = Api::namespaced(client.clone(), NS);
+    let status = wait_for("group status", async || {
+        let s = sgs.get("default").await.ok()?.status?;
+        (s.allocated_ipv4 == Some(2)).then_some(s)
+    })
+    .await;
+    assert_eq!(status.allocated_ipv6, Some(1));
+    assert_eq!(status.available_ipv4.as_deref(), Some("6"));
+    assert_eq!(status.available_ipv6.as_deref(), Some("15"));
+    assert_eq!(status.pool_type.as_deref(), Some("local"));
+    assert_eq!(status.conditions[0].status, "True");
+
+    // Release on deletion: the address returns and the next Service gets it.
+    api.delete("a", &Default::default()).await.unwrap();
+    create_svc(&client, "web", "b", json!({}), json!({})).await;
+    assert_eq!(addresses_of(&client, "web", "b", 1).await, ["192.0.2.240"]);
+
+    // Release on type change: status and annotations removed.
+    api.patch("b", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"type": "ClusterIP"}}))).await.unwrap();
+    wait_for("release on type change", async || {
+        let b = api.get("b").await.ok()?;
+        (ingress(&b).is_empty() && !b.annotations().contains_key("purelb.io/allocated-by")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_changes_no_address_and_go_purelb_services_are_adopted() {
+    let (_emu, client) = setup().await;
+    group(&client, "default", json!({"local": {"v4pool": {"pool": "192.0.2.0/24", "subnet": "192.0.2.0/24"}, "v6pool": {"pool": "2001:db8::/112", "subnet": "2001:db8::/64"}}})).await;
+    // Pre-populated as the Go PureLB leaves them.
+    let api: Api<Service> = Api::namespaced(client.clone(), "web");
+    for (name, ip) in [("go-1", "192.0.2.7"), ("go-2", "192.0.2.0")] {
+        create_svc(
+            &client,
+            "web",
+            name,
+            json!({"purelb.io/allocated-by": "PureLB", "purelb.io/allocated-from": "default"}),
+            json!({}),
+        )
+        .await;
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})),
+        )
+        .await
+        .unwrap();
+    }
+    let (task, stop) = start_allocator(client.clone());
+    for i in 0..200 {
+        create_svc(&client, "web", &format!("s{i}"), json!({}), json!({})).await;
+    }
+    let mut before = BTreeMap::new();
+    for i in 0..200 {
+        let name = format!("s{i}");
+        let ips = addresses_of(&client, "web", &name, 1).await;
+        assert!(ips[0] != "192.0.2.7" && ips[0] != "192.0.2.0", "new Services never get adopted addresses");
+        before.insert(name, ips);
+    }
+    assert_eq!(addresses_of(&client, "web", "go-1", 1).await, ["192.0.2.7"]);
+    let _ = stop.send(());
+    let _ = task.await;
+    // Restart with the same cluster state.
+    let (_task, _stop) = start_allocator(client.clone());
+    create_svc(&client, "web", "after-restart", json!({}), json!({})).await;
+    let new = addresses_of(&client, "web", "after-restart", 1).await;
+    assert!(!before.values().any(|v| *v == new), "a new Service after restart gets a free address, not a held one");
+    for (name, ips) in &before {
+        assert_eq!(&addresses_of(&client, "web", name, 1).await, ips, "{name} kept its address");
+    }
+    assert_eq!(addresses_of(&client, "web", "go-2", 1).await, ["192.0.2.0"]);
+    let all = api.list(&ListParams::default()).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for s in &all.items {
+        for ip in ingress(s) {
+            assert!(seen.insert(ip.clone()), "{ip} given twice");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_events_and_status_and_hurts_nobody_else() {
+    let (_emu, client) = setup().await;
+    group(&client, "default", local("192.0.2.240/30")).await;
+    group(&client, "broken", json!({"local": {"v4pool": {"pool": "192.0.2.20-192.0.2.10", "subnet": "192.0.2.0/24"}}}))
+        .await;
+    group(&client, "overlap", json!({"local": {"v4pool": {"pool": "192.0.2.241/32", "subnet": "192.0.2.0/24"}}})).await;
+    let (_task, _stop) = start_allocator(client.clone());
+    let hostile = "\u{0}$(reboot);\n".repeat(20);
+    let cases = [
+        ("bad-addr", json!({"purelb.io/addresses": "192.0.2.x"}), "purelb.io/addresses"),
+        ("two-v4", json!({"purelb.io/addresses": "192.0.2.240,192.0.2.241"}), "more than one IPv4"),
+        ("outside", json!({"purelb.io/addresses": "198.51.100.9"}), "not in any ServiceGroup"),
+        ("unknown", json!({"purelb.io/service-group": "nope"}), "does not exist"),
+        ("broken-group", json!({"purelb.io/service-group": "broken"}), "reversed"),
+        ("hostile", json!({"purelb.io/service-group": hostile}), "is not a ServiceGroup name"),
+    ];
+    for (name, ann, _) in &cases {
+        create_svc(&client, "web", name, ann.clone(), json!({})).await;
+    }
+    create_svc(&client, "web", "fine", json!({}), json!({})).await;
+    assert_eq!(addresses_of(&client, "web", "fine", 1).await.len(), 1);
+    for (name, _, want) in &cases {
+        let events = wait_for(&format!("AllocationFailed on {name}"), async || {
+            let e = events_for(&client, "web", name).await;
+            e.iter().any(|(r, _)| r == "AllocationFailed").then_some(e)
+        })
+        .await;
+        assert!(events.iter().any(|(r, m)| r == "AllocationFailed" && m.contains(want)), "{name}: {events:?}");
+    }
+    let sgs: Api<ServiceGroup> = Api::namespaced(client.clone(), NS);
+    for (name, want) in [("broken", "reversed"), ("overlap", "overlaps")] {
+        let status = wait_for(&format!("{name} status"), async || sgs.get(name).await.ok()?.status).await;
+        let ready = &status.conditions[0];
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Invalid"));
+        assert!(ready.message.contains(want), "{}", ready.message);
+    }
+    let default = wait_for("default status", async || sgs.get("default").await.ok()?.status).await;
+    assert_eq!(default.conditions[0].status, "True", "other groups keep working");
+}

@@ -1,0 +1,779 @@
+//! The allocator's IO: watch caches for Services, ServiceGroups and the agents' Leases, a work
+//! queue, one worker that turns the caches into decisions ([`super::table::Allocator`]) and
+//! writes the results (Service status and annotations, ServiceGroup status, Events, metrics).
+//! Only the leader writes; every replica keeps its caches warm. Entry point: [`run`].
+//!
+//! Level-triggered: each pass compares what the table says a Service should show with what the
+//! cached object shows and writes only the difference. Deleted Services are found by
+//! comparing the table with the cache (a sweep), not by trusting delete events alone.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Service},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher::{self, Event},
+    },
+};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{
+    groups::GroupSet,
+    request::{ServiceKey, ServiceRequest},
+    table::{Allocator, Decision, Failure, Holding},
+};
+use crate::{
+    api::{
+        PoolType, ServiceGroup,
+        contract::{self, reasons},
+    },
+    core::{election, ipam::Family, queue::WorkQueue},
+    telemetry::{Readiness, catalog},
+};
+
+/// What the worker does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// Decide one Service.
+    Service(ServiceKey),
+    /// ServiceGroups changed: rebuild the groups, re-decide everything.
+    Groups,
+    /// Agents' announcements changed for these addresses.
+    Announcers,
+    /// Release what deleted Services held.
+    Sweep,
+}
+
+/// Settings of the allocator.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Install namespace (ServiceGroups, Leases).
+    pub namespace: String,
+    /// `spec.loadBalancerClass` handled.
+    pub lb_class: String,
+    /// Handle Services without a class.
+    pub default_announcer: bool,
+    /// Pod name, for Event `reportingInstance`.
+    pub instance: String,
+    /// Timeout of every API call.
+    pub api_timeout: Duration,
+}
+
+/// Who may write: the leader election's view, consulted right before every write.
+#[derive(Clone)]
+pub struct WriteGate {
+    /// Changes when leadership changes.
+    pub changes: watch::Receiver<bool>,
+    /// True only while this replica may write.
+    pub may_write: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for WriteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteGate").field("may_write", &(self.may_write)()).finish()
+    }
+}
+
+impl WriteGate {
+    /// A gate that is always open (`--leader-elect=false`).
+    #[must_use]
+    pub fn always() -> Self {
+        let (_tx, rx) = watch::channel(true);
+        // Keep the sender alive for the life of the process so `changed()` never errors.
+        std::mem::forget(_tx);
+        Self { changes: rx, may_write: Arc::new(|| true) }
+    }
+}
+
+/// Errors of the allocator's IO.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocatorError {
+    /// A write failed.
+    #[error("cannot {action} {object}: {source}")]
+    Write { action: &'static str, object: String, source: kube::Error },
+    /// A write timed out.
+    #[error("{action} {object} timed out after {timeout:?}")]
+    Timeout { action: &'static str, object: String, timeout: Duration },
+    /// Leadership was lost before a write.
+    #[error("not the leader any more; {object} was not written")]
+    NotLeader { object: String },
+    /// A watch cache stopped.
+    #[error("the {0} watch stopped")]
+    WatchStopped(&'static str),
+}
+
+struct Worker {
+    client: Client,
+    settings: Settings,
+    services: Store<Service>,
+    groups: Store<ServiceGroup>,
+    leases: Store<Lease>,
+    queue: WorkQueue<Work>,
+    gate: WriteGate,
+    recorder: Recorder,
+    ip_mode: bool,
+    table: Allocator,
+    /// Services whose last pass failed (retried when capacity may have changed).
+    failed: HashSet<ServiceKey>,
+    /// Last message of each transition-only Event per object, to publish on change only.
+    last_note: HashMap<(String, &'static str), String>,
+    /// Last `purelb.io/announcing` seen per node Lease.
+    announcing: BTreeMap<String, String>,
+    /// Holders per address, from the node Leases.
+    holders: HashMap<IpAddr, Vec<(String, String)>>,
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    queue: WorkQueue<Work>,
+    map: fn(&K) -> Option<Work>,
+    name: &'static str,
+) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => {
+                    if let Some(work) = map(&o) {
+                        queue.add(work);
+                    }
+                }
+                Ok(Event::InitDone) => queue.add(Work::Sweep),
+                Ok(Event::Init) => {}
+                Err(error) => tracing::warn!(watch = name, %error, "watch error; retrying"),
+            }
+        }
+        tracing::error!(watch = name, "watch stream ended");
+    });
+    reader
+}
+
+/// Runs the allocator until `shutdown` resolves.
+///
+/// # Errors
+///
+/// A watch cache that never becomes ready.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    gate: WriteGate,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AllocatorError> {
+    let queue: WorkQueue<Work> = WorkQueue::new("allocator");
+    let services = reflect(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        queue.clone(),
+        |s| Some(Work::Service(ServiceKey::of(s))),
+        "services",
+    );
+    let groups = reflect(
+        Api::<ServiceGroup>::all(client.clone()),
+        watcher::Config::default(),
+        queue.clone(),
+        |_| Some(Work::Groups),
+        "servicegroups",
+    );
+    let leases = reflect(
+        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            contract::LABEL_COMPONENT_AGENT.0,
+            contract::LABEL_COMPONENT_AGENT.1
+        )),
+        queue.clone(),
+        |_| Some(Work::Announcers),
+        "leases",
+    );
+    for (store, name) in [
+        (services.wait_until_ready().await.is_ok(), "services"),
+        (groups.wait_until_ready().await.is_ok(), "servicegroups"),
+        (leases.wait_until_ready().await.is_ok(), "leases"),
+    ] {
+        if !store {
+            return Err(AllocatorError::WatchStopped(name));
+        }
+    }
+    let ip_mode = match client.apiserver_version().await {
+        Ok(info) => {
+            info.minor.trim_end_matches('+').parse::<u32>().is_ok_and(|m| m >= 29)
+                || info.major.parse::<u32>().is_ok_and(|m| m > 1)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the API server version; not setting ipMode");
+            false
+        }
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: contract::MANAGER_ALLOCATOR.to_owned(), instance: Some(settings.instance.clone()) },
+    );
+    let mut worker = Worker {
+        client,
+        settings,
+        services,
+        groups,
+        leases,
+        queue: queue.clone(),
+        gate: gate.clone(),
+        recorder,
+        ip_mode,
+        table: Allocator::default(),
+        failed: HashSet::new(),
+        last_note: HashMap::new(),
+        announcing: BTreeMap::new(),
+        holders: HashMap::new(),
+    };
+    let ticker_queue = queue.clone();
+    let ticker = tokio::spawn(async move {
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            sweep.tick().await;
+            ticker_queue.add(Work::Sweep);
+        }
+    });
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut changes = gate.changes.clone();
+    let mut leading = false;
+    loop {
+        if !leading && (gate.may_write)() {
+            // Before allocating anything: rebuild the table from the cluster.
+            worker.rebuild();
+            leading = true;
+            metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(1.0);
+            tracing::info!("leading: allocation table rebuilt from {} Services", worker.services.state().len());
+        }
+        readiness.set_ready(true);
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if !*changes.borrow() {
+                    leading = false;
+                    metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(0.0);
+                    tracing::info!("standing by: not the leader");
+                }
+            }
+            claim = queue.get() => {
+                let Some(claim) = claim else { break };
+                if !leading || !(gate.may_write)() {
+                    claim.done();
+                    continue;
+                }
+                match worker.process(claim.item().clone()).await {
+                    Ok(()) => claim.succeeded(),
+                    Err(error) => {
+                        let delay = claim.retry_with_backoff();
+                        tracing::warn!(%error, ?delay, "will retry");
+                    }
+                }
+            }
+        }
+    }
+    ticker.abort();
+    queue.shutdown();
+    Ok(())
+}
+
+fn age_key(svc: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
+    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of(svc))
+}
+
+impl Worker {
+    fn request(&self, svc: &Service) -> ServiceRequest {
+        ServiceRequest::from_service(svc, &self.settings.lb_class, self.settings.default_announcer)
+    }
+
+    /// Rebuilds the table from the caches (oldest Services first, so the older one keeps an
+    /// address two Services claim) and queues every Service.
+    fn rebuild(&mut self) {
+        self.table =
+            Allocator::new(GroupSet::build(self.groups.state().iter().map(AsRef::as_ref), &self.settings.namespace));
+        let mut services = self.services.state();
+        services.sort_by_key(|s| age_key(s));
+        for svc in &services {
+            let req = self.request(svc);
+            if let Err(failure) = self.table.adopt(&req) {
+                tracing::warn!(service = %req.key, message = %failure.message, "cannot keep the address this Service shows; it will get another");
+            }
+        }
+        self.refresh_holders();
+        for svc in &services {
+            self.queue.add(Work::Service(ServiceKey::of(svc)));
+        }
+        self.queue.add(Work::Groups);
+    }
+
+    async fn process(&mut self, work: Work) -> Result<(), AllocatorError> {
+        match work {
+            Work::Service(key) => self.service(&key).await,
+            Work::Groups => self.groups_changed().await,
+            Work::Announcers => {
+                for key in self.refresh_holders() {
+                    self.queue.add(Work::Service(key));
+                }
+                Ok(())
+            }
+            Work::Sweep => {
+                let existing: HashSet<ServiceKey> = self.services.state().iter().map(|s| ServiceKey::of(s)).collect();
+                for (key, holding) in self.table.forget_missing(&existing) {
+                    self.released(&key, &holding, None).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-reads `purelb.io/announcing` from the node Leases; returns the Services whose
+    /// announcers changed.
+    fn refresh_holders(&mut self) -> Vec<ServiceKey> {
+        let mut seen = BTreeMap::new();
+        let mut holders: HashMap<IpAddr, Vec<(String, String)>> = HashMap::new();
+        for lease in self.leases.state() {
+            let name = lease.name_any();
+            let Some(node) = name.strip_prefix(contract::NODE_LEASE_PREFIX) else { continue };
+            let value = lease.annotations().get(contract::LEASE_ANNOTATION_ANNOUNCING).cloned().unwrap_or_default();
+            for held in election::parse_announcing(&value) {
+                holders
+                    .entry(held.address)
+                    .or_default()
+                    .push((node.to_owned(), held.interface.clone().unwrap_or_default()));
+            }
+            seen.insert(node.to_owned(), value);
+        }
+        let mut changed_ips: HashSet<IpAddr> = HashSet::new();
+        for (ip, list) in &holders {
+            if self.holders.get(ip) != Some(list) {
+                changed_ips.insert(*ip);
+            }
+        }
+        for ip in self.holders.keys() {
+            if !holders.contains_key(ip) {
+                changed_ips.insert(*ip);
+            }
+        }
+        self.announcing = seen;
+        self.holders = holders;
+        changed_ips.into_iter().flat_map(|ip| self.table.users_of(ip)).collect()
+    }
+
+    async fn groups_changed(&mut self) -> Result<(), AllocatorError> {
+        let set = GroupSet::build(self.groups.state().iter().map(AsRef::as_ref), &self.settings.namespace);
+        self.table.set_groups(set);
+        for svc in self.services.state() {
+            self.queue.add(Work::Service(ServiceKey::of(&svc)));
+        }
+        self.write_group_statuses().await
+    }
+
+    async fn service(&mut self, key: &ServiceKey) -> Result<(), AllocatorError> {
+        let object = self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
+        let Some(svc) = object else {
+            if let Some(holding) = self.table.forget(key) {
+                self.released(key, &holding, None).await;
+            }
+            self.failed.remove(key);
+            return Ok(());
+        };
+        let req = self.request(&svc);
+        if req.deprecated_lb_ip && req.handled {
+            self.note(
+                &svc,
+                EventType::Warning,
+                reasons::DEPRECATION_WARNING,
+                "spec.loadBalancerIP is deprecated: use the purelb.io/addresses annotation instead".to_owned(),
+            )
+            .await;
+        }
+        for error in req.errors.iter().filter(|e| matches!(e, super::request::RequestError::SharingKey { .. })) {
+            self.note(&svc, EventType::Warning, reasons::CONFIGURATION_WARNING, error.to_string()).await;
+        }
+        let decision = self.table.decide(&req, &self.settings.namespace);
+        match decision {
+            Decision::NotHandled => {
+                if req.allocated_by_us {
+                    self.clear_service(&svc).await?;
+                }
+                Ok(())
+            }
+            Decision::Released(holding) => {
+                self.released(key, &holding, Some(&svc)).await;
+                self.clear_service(&svc).await
+            }
+            Decision::Keep { holding, warnings } => {
+                self.failed.remove(key);
+                for w in warnings {
+                    self.note(&svc, EventType::Warning, reasons::CONFIGURATION_WARNING, w).await;
+                }
+                self.ensure_service(&svc, &holding).await
+            }
+            Decision::Changed { holding, assigned, released } => {
+                self.failed.remove(key);
+                self.last_note.remove(&(key.to_string(), reasons::ALLOCATION_FAILED));
+                let result = self.ensure_service(&svc, &holding).await;
+                if !released.is_empty() {
+                    self.publish(
+                        &svc,
+                        EventType::Normal,
+                        reasons::ADDRESS_RELEASED,
+                        format!("released {} back to ServiceGroup pools", join(&released)),
+                    )
+                    .await;
+                    self.retry_failed();
+                }
+                self.publish(
+                    &svc,
+                    EventType::Normal,
+                    reasons::ADDRESS_ASSIGNED,
+                    format!("assigned {} from ServiceGroup {}", join(&assigned), holding.group),
+                )
+                .await;
+                self.pool_metrics(&holding.group);
+                self.write_group_status(&holding.group).await?;
+                result
+            }
+            Decision::Failed { failure, kept } => {
+                self.failed.insert(key.clone());
+                self.rejected(&failure);
+                let note = match &kept {
+                    Some(h) => format!("{}; the Service keeps {}", failure.message, join(&h.addresses)),
+                    None => failure.message.clone(),
+                };
+                self.note(&svc, EventType::Warning, reasons::ALLOCATION_FAILED, note).await;
+                if let Some(h) = kept {
+                    self.ensure_service(&svc, &h).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn retry_failed(&mut self) {
+        for key in self.failed.drain() {
+            self.queue.add(Work::Service(key));
+        }
+    }
+
+    fn rejected(&self, failure: &Failure) {
+        metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => failure.group.clone().unwrap_or_default(), "reason" => failure.reason.label()).increment(1);
+    }
+
+    async fn released(&mut self, key: &ServiceKey, holding: &Holding, svc: Option<&Service>) {
+        tracing::info!(service = %key, addresses = %join(&holding.addresses), group = %holding.group, "released");
+        if let Some(svc) = svc {
+            self.publish(
+                svc,
+                EventType::Normal,
+                reasons::ADDRESS_RELEASED,
+                format!("released {} back to ServiceGroup {}", join(&holding.addresses), holding.group),
+            )
+            .await;
+        }
+        self.pool_metrics(&holding.group);
+        self.retry_failed();
+        if let Err(error) = self.write_group_status(&holding.group).await {
+            tracing::warn!(%error, "cannot update ServiceGroup status");
+        }
+    }
+
+    fn announcing_value(&self, holding: &Holding, family: Family) -> Option<String> {
+        let ip = holding.addresses.iter().find(|ip| Family::of(**ip) == family)?;
+        let holders = self.holders.get(ip)?;
+        let mut parts: Vec<String> = holders.iter().map(|(node, iface)| format!("{node},{iface}")).collect();
+        parts.sort();
+        Some(parts.join(" "))
+    }
+
+    /// Makes the Service show `holding`: annotations and status, written only where they differ.
+    async fn ensure_service(&mut self, svc: &Service, holding: &Holding) -> Result<(), AllocatorError> {
+        let pool_type = match holding.pool_type {
+            PoolType::Local => "local",
+            PoolType::Remote | PoolType::Netbox => "remote",
+        };
+        let mut want: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        want.insert(contract::ANNOTATION_ALLOCATED_BY, Some(contract::ALLOCATED_BY_VALUE.to_owned()));
+        want.insert(contract::ANNOTATION_ALLOCATED_FROM, Some(holding.group.clone()));
+        want.insert(contract::ANNOTATION_POOL_TYPE, Some(pool_type.to_owned()));
+        want.insert(contract::ANNOTATION_ANNOUNCING_IPV4, self.announcing_value(holding, Family::V4));
+        want.insert(contract::ANNOTATION_ANNOUNCING_IPV6, self.announcing_value(holding, Family::V6));
+        let have = svc.annotations();
+        let patch: serde_json::Map<String, Value> = want
+            .iter()
+            .filter(|(k, v)| have.get(**k) != v.as_ref())
+            .map(|(k, v)| ((*k).to_owned(), v.clone().map_or(Value::Null, Value::String)))
+            .collect();
+        if !patch.is_empty() {
+            self.write(svc, false, json!({"metadata": {"annotations": patch}})).await?;
+        }
+        let ingress: Vec<Value> = holding
+            .addresses
+            .iter()
+            .map(|ip| {
+                if self.ip_mode {
+                    json!({"ip": ip.to_string(), "ipMode": "VIP"})
+                } else {
+                    json!({"ip": ip.to_string()})
+                }
+            })
+            .collect();
+        let current = serde_json::to_value(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.clone())
+                .unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null);
+        if current != Value::Array(ingress.clone()) {
+            self.write(svc, true, json!({"status": {"loadBalancer": {"ingress": ingress}}})).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes what PureLB wrote on a Service it no longer handles.
+    async fn clear_service(&mut self, svc: &Service) -> Result<(), AllocatorError> {
+        let have = svc.annotations();
+        let ours = [
+            contract::ANNOTATION_ALLOCATED_BY,
+            contract::ANNOTATION_ALLOCATED_FROM,
+            contract::ANNOTATION_POOL_TYPE,
+            contract::ANNOTATION_ANNOUNCING_IPV4,
+            contract::ANNOTATION_ANNOUNCING_IPV6,
+        ];
+        let patch: serde_json::Map<String, Value> =
+            ours.iter().filter(|k| have.contains_key(**k)).map(|k| ((*k).to_owned(), Value::Null)).collect();
+        let had_ours =
+            have.get(contract::ANNOTATION_ALLOCATED_BY).map(String::as_str) == Some(contract::ALLOCATED_BY_VALUE);
+        if !patch.is_empty() {
+            self.write(svc, false, json!({"metadata": {"annotations": patch}})).await?;
+        }
+        let has_ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|i| !i.is_empty());
+        if had_ours && has_ingress {
+            self.write(svc, true, json!({"status": {"loadBalancer": {"ingress": null}}})).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, svc: &Service, status: bool, body: Value) -> Result<(), AllocatorError> {
+        let key = ServiceKey::of(svc);
+        let object = format!("Service {key}{}", if status { " status" } else { "" });
+        if !(self.gate.may_write)() {
+            return Err(AllocatorError::NotLeader { object });
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
+        let call = async {
+            if status {
+                api.patch_status(&key.name, &pp, &Patch::Merge(&body)).await
+            } else {
+                api.patch(&key.name, &pp, &Patch::Merge(&body)).await
+            }
+        };
+        let action = if status { "update the status of" } else { "update the annotations of" };
+        metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
+        match tokio::time::timeout(self.settings.api_timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => {
+                metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
+                Err(AllocatorError::Write { action, object, source })
+            }
+            Err(_) => {
+                metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
+                Err(AllocatorError::Timeout { action, object, timeout: self.settings.api_timeout })
+            }
+        }
+    }
+
+    /// Publishes an Event only when its message differs from the last one of that reason.
+    async fn note(&mut self, svc: &Service, type_: EventType, reason: &'static str, note: String) {
+        let key = (ServiceKey::of(svc).to_string(), reason);
+        if self.last_note.get(&key) == Some(&note) {
+            return;
+        }
+        self.last_note.insert(key, note.clone());
+        self.publish(svc, type_, reason, note).await;
+    }
+
+    async fn publish(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
+        self.publish_on(&svc.object_ref(&()), type_, reason, note).await;
+    }
+
+    async fn publish_on(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        if !(self.gate.may_write)() {
+            return;
+        }
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        match tokio::time::timeout(self.settings.api_timeout, self.recorder.publish(&event, reference)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
+            Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
+        }
+    }
+
+    fn pool_metrics(&self, group: &str) {
+        let stats = self.table.stats(group);
+        for (family, size) in &stats.size {
+            let f = family.name();
+            metrics::gauge!(catalog::ADDRESS_POOL_SIZE, "pool" => group.to_owned(), "family" => f)
+                .set(count_f64(*size));
+        }
+        for (family, n) in &stats.allocated {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(catalog::ADDRESS_POOL_IN_USE, "pool" => group.to_owned(), "family" => family.name())
+                .set(*n as f64);
+        }
+    }
+
+    async fn write_group_statuses(&mut self) -> Result<(), AllocatorError> {
+        let names: Vec<String> =
+            self.table.groups().valid.keys().chain(self.table.groups().invalid.keys()).cloned().collect();
+        for name in names {
+            self.pool_metrics(&name);
+            self.write_group_status(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a ServiceGroup's status when it differs from what the cache shows.
+    async fn write_group_status(&mut self, name: &str) -> Result<(), AllocatorError> {
+        let ns = self.settings.namespace.clone();
+        let Some(group) = self.groups.get(&reflector::ObjectRef::new(name).within(&ns)) else { return Ok(()) };
+        let groups = self.table.groups();
+        let (ready, reason, message, pool_type, generation) = if let Some(g) = groups.valid.get(name) {
+            (
+                "True",
+                "Valid",
+                format!("{} address ranges", g.pools.v4.len() + g.pools.v6.len()),
+                Some(g.pool_type.as_str().to_owned()),
+                g.generation,
+            )
+        } else if let Some(bad) = groups.invalid.get(name) {
+            (
+                "False",
+                "Invalid",
+                bad.message.clone(),
+                group.spec.pool_type().map(|p| p.as_str().to_owned()),
+                bad.generation,
+            )
+        } else {
+            return Ok(());
+        };
+        if ready == "False" {
+            let reference = group.object_ref(&());
+            let key = (format!("sg/{name}"), reasons::INVALID);
+            if self.last_note.get(&key) != Some(&message) {
+                self.last_note.insert(key, message.clone());
+                self.publish_on(&reference, EventType::Warning, reasons::INVALID, message.clone()).await;
+            }
+        }
+        let stats = self.table.stats(name);
+        let old = group.status.clone().unwrap_or_default();
+        let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
+        let transition = match old_ready {
+            Some(c) if c.status == ready && c.reason == reason && c.message == message => {
+                c.last_transition_time.clone()
+            }
+            _ => Time(jiff::Timestamp::now()),
+        };
+        let condition = Condition {
+            type_: "Ready".to_owned(),
+            status: ready.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: transition,
+            observed_generation: generation,
+        };
+        let mut status = crate::api::ServiceGroupStatus {
+            conditions: vec![condition],
+            pool_type,
+            allocated_ipv4: stats.allocated.get(&Family::V4).copied().or(Some(0)),
+            allocated_ipv6: stats.allocated.get(&Family::V6).copied().or(Some(0)),
+            available_ipv4: Some(stats.available.get(&Family::V4).map_or_else(|| "0".to_owned(), ToString::to_string)),
+            available_ipv6: Some(stats.available.get(&Family::V6).map_or_else(|| "0".to_owned(), ToString::to_string)),
+            addresses_outside_pools: Some(stats.outside),
+            observed_generation: generation,
+        };
+        if ready == "False" {
+            status.allocated_ipv4 = old.allocated_ipv4.or(Some(0));
+            status.allocated_ipv6 = old.allocated_ipv6.or(Some(0));
+        }
+        if status == old {
+            return Ok(());
+        }
+        if !(self.gate.may_write)() {
+            return Err(AllocatorError::NotLeader { object: format!("ServiceGroup {ns}/{name} status") });
+        }
+        let api: Api<ServiceGroup> = Api::namespaced(self.client.clone(), &ns);
+        let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
+        let body = json!({"status": status});
+        metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
+        match tokio::time::timeout(self.settings.api_timeout, api.patch_status(name, &pp, &Patch::Merge(&body))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => {
+                metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
+                Err(AllocatorError::Write {
+                    action: "update the status of",
+                    object: format!("ServiceGroup {ns}/{name}"),
+                    source,
+                })
+            }
+            Err(_) => Err(AllocatorError::Timeout {
+                action: "update the status of",
+                object: format!("ServiceGroup {ns}/{name}"),
+                timeout: self.settings.api_timeout,
+            }),
+        }
+    }
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn count_f64(c: crate::core::ipam::AddressCount) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    c.to_u128().map_or(f64::MAX, |n| n as f64)
+}
