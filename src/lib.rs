@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod core;
 pub mod duration;
+pub mod leader;
 pub mod process;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]

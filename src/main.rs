@@ -57,14 +57,38 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
             instance: process::instance_name(),
             api_timeout: std::time::Duration::from_secs(10),
         };
-        let gate = if args.leader_elect {
-            anyhow::bail!(
-                "leader election is not built yet in this build: run with --leader-elect=false (one replica)"
-            );
-        } else {
-            controller::WriteGate::always()
+        if !args.leader_elect {
+            controller::run(client, settings, controller::WriteGate::always(), readiness, process::shutdown_signal())
+                .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let config = purelb::leader::LeaderConfig::new(args.lease_duration, args.renew_interval);
+        let identity = format!("{}_{}", process::instance_name(), std::process::id());
+        let elector = purelb::leader::LeaderElector::new(
+            client.clone(),
+            &args.common.namespace,
+            purelb::api::contract::ALLOCATOR_LEASE_NAME,
+            &identity,
+            config,
+        )?;
+        let leadership = elector.leadership();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let election = tokio::spawn(elector.run(async {
+            let _ = release_rx.await;
+        }));
+        let gate = controller::WriteGate {
+            changes: leadership.subscribe(),
+            may_write: std::sync::Arc::new(move || leadership.is_leader()),
         };
-        controller::run(client, settings, gate, readiness, process::shutdown_signal()).await?;
+        let result = controller::run(client, settings, gate, readiness, process::shutdown_signal()).await;
+        // Stop writing first, then hand the Lease over so a standby takes over at once.
+        let _ = release_tx.send(());
+        match election.await {
+            Ok(Err(error)) => tracing::warn!(%error, "could not release the leader Lease"),
+            Err(error) => tracing::warn!(%error, "leader election task failed"),
+            Ok(Ok(())) => {}
+        }
+        result?;
         Ok(ExitCode::SUCCESS)
     })
 }
