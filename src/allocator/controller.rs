@@ -58,7 +58,15 @@ pub enum Work {
     Announcers,
     /// Release what deleted Services held.
     Sweep,
+    /// Write one ServiceGroup's status (coalesced: queued with a short delay).
+    GroupStatus(String),
 }
+
+/// Workers deciding and writing in parallel (decisions are serialised by the table's lock;
+/// the queue never hands one Service to two workers).
+const WORKERS: usize = 8;
+/// Delay that coalesces ServiceGroup status writes after allocations.
+const GROUP_STATUS_DELAY: Duration = Duration::from_millis(300);
 
 /// Settings of the allocator.
 #[derive(Clone, Debug)]
@@ -128,13 +136,17 @@ struct Worker {
     gate: WriteGate,
     recorder: Recorder,
     ip_mode: bool,
+    state: std::sync::Mutex<State>,
+}
+
+/// What the workers share and change; the lock is never held across an await.
+#[derive(Default)]
+struct State {
     table: Allocator,
     /// Services whose last pass failed (retried when capacity may have changed).
     failed: HashSet<ServiceKey>,
     /// Last message of each transition-only Event per object, to publish on change only.
     last_note: HashMap<(String, &'static str), String>,
-    /// Last `purelb.io/announcing` seen per node Lease.
-    announcing: BTreeMap<String, String>,
     /// Holders per address, from the node Leases.
     holders: HashMap<IpAddr, Vec<(String, String)>>,
 }
@@ -209,19 +221,19 @@ pub async fn run(
         |_| Some(Work::Announcers),
         "leases",
     );
-    for (store, name) in [
+    for (ready, name) in [
         (services.wait_until_ready().await.is_ok(), "services"),
         (groups.wait_until_ready().await.is_ok(), "servicegroups"),
         (leases.wait_until_ready().await.is_ok(), "leases"),
     ] {
-        if !store {
+        if !ready {
             return Err(AllocatorError::WatchStopped(name));
         }
     }
     let ip_mode = match client.apiserver_version().await {
         Ok(info) => {
-            info.minor.trim_end_matches('+').parse::<u32>().is_ok_and(|m| m >= 29)
-                || info.major.parse::<u32>().is_ok_and(|m| m > 1)
+            info.major.parse::<u32>().is_ok_and(|m| m > 1)
+                || info.minor.trim_end_matches('+').parse::<u32>().is_ok_and(|m| m >= 29)
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the API server version; not setting ipMode");
@@ -232,7 +244,7 @@ pub async fn run(
         client.clone(),
         Reporter { controller: contract::MANAGER_ALLOCATOR.to_owned(), instance: Some(settings.instance.clone()) },
     );
-    let mut worker = Worker {
+    let worker = Arc::new(Worker {
         client,
         settings,
         services,
@@ -242,47 +254,16 @@ pub async fn run(
         gate: gate.clone(),
         recorder,
         ip_mode,
-        table: Allocator::default(),
-        failed: HashSet::new(),
-        last_note: HashMap::new(),
-        announcing: BTreeMap::new(),
-        holders: HashMap::new(),
-    };
-    let ticker_queue = queue.clone();
-    let ticker = tokio::spawn(async move {
-        let mut sweep = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            sweep.tick().await;
-            ticker_queue.add(Work::Sweep);
-        }
+        state: std::sync::Mutex::new(State::default()),
     });
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut changes = gate.changes.clone();
-    let mut leading = false;
-    loop {
-        if !leading && (gate.may_write)() {
-            // Before allocating anything: rebuild the table from the cluster.
-            worker.rebuild();
-            leading = true;
-            metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(1.0);
-            tracing::info!("leading: allocation table rebuilt from {} Services", worker.services.state().len());
-        }
-        readiness.set_ready(true);
-        tokio::select! {
-            () = &mut shutdown => break,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                if !*changes.borrow() {
-                    leading = false;
-                    metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(0.0);
-                    tracing::info!("standing by: not the leader");
-                }
-            }
-            claim = queue.get() => {
-                let Some(claim) = claim else { break };
-                if !leading || !(gate.may_write)() {
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let worker = worker.clone();
+        let leading = leading.clone();
+        tasks.spawn(async move {
+            while let Some(claim) = worker.queue.get().await {
+                if !leading.load(std::sync::atomic::Ordering::Acquire) || !(worker.gate.may_write)() {
                     claim.done();
                     continue;
                 }
@@ -294,10 +275,43 @@ pub async fn run(
                     }
                 }
             }
+        });
+    }
+    let ticker_queue = queue.clone();
+    tasks.spawn(async move {
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            sweep.tick().await;
+            ticker_queue.add(Work::Sweep);
+        }
+    });
+    readiness.set_ready(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut changes = gate.changes.clone();
+    loop {
+        if !leading.load(std::sync::atomic::Ordering::Acquire) && (gate.may_write)() {
+            // Before allocating anything: rebuild the table from the cluster.
+            worker.rebuild();
+            leading.store(true, std::sync::atomic::Ordering::Release);
+            metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(1.0);
+            tracing::info!(services = worker.services.state().len(), "leading: allocation table rebuilt");
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if !*changes.borrow() && leading.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(0.0);
+                    tracing::info!("standing by: not the leader");
+                }
+            }
         }
     }
-    ticker.abort();
-    queue.shutdown();
+    leading.store(false, std::sync::atomic::Ordering::Release);
+    queue.shutdown_and_wait().await;
+    tasks.abort_all();
     Ok(())
 }
 
@@ -305,23 +319,43 @@ fn age_key(svc: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
     (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of(svc))
 }
 
+/// Writes and Events a decision calls for, computed under the lock and carried out after it.
+#[derive(Default)]
+struct Plan {
+    ensure: Option<Holding>,
+    clear: bool,
+    events: Vec<(EventType, &'static str, String)>,
+    failure: Option<Failure>,
+    group_status: Vec<String>,
+    retry_failed: bool,
+    announcing: [Option<String>; 2],
+}
+
 impl Worker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn request(&self, svc: &Service) -> ServiceRequest {
         ServiceRequest::from_service(svc, &self.settings.lb_class, self.settings.default_announcer)
     }
 
     /// Rebuilds the table from the caches (oldest Services first, so the older one keeps an
     /// address two Services claim) and queues every Service.
-    fn rebuild(&mut self) {
-        self.table =
+    fn rebuild(&self) {
+        let mut table =
             Allocator::new(GroupSet::build(self.groups.state().iter().map(AsRef::as_ref), &self.settings.namespace));
         let mut services = self.services.state();
         services.sort_by_key(|s| age_key(s));
         for svc in &services {
             let req = self.request(svc);
-            if let Err(failure) = self.table.adopt(&req) {
+            if let Err(failure) = table.adopt(&req) {
                 tracing::warn!(service = %req.key, message = %failure.message, "cannot keep the address this Service shows; it will get another");
             }
+        }
+        {
+            let mut state = self.lock();
+            *state = State { table, ..State::default() };
         }
         self.refresh_holders();
         for svc in &services {
@@ -330,10 +364,11 @@ impl Worker {
         self.queue.add(Work::Groups);
     }
 
-    async fn process(&mut self, work: Work) -> Result<(), AllocatorError> {
+    async fn process(&self, work: Work) -> Result<(), AllocatorError> {
         match work {
             Work::Service(key) => self.service(&key).await,
             Work::Groups => self.groups_changed().await,
+            Work::GroupStatus(name) => self.write_group_status(&name).await,
             Work::Announcers => {
                 for key in self.refresh_holders() {
                     self.queue.add(Work::Service(key));
@@ -342,8 +377,18 @@ impl Worker {
             }
             Work::Sweep => {
                 let existing: HashSet<ServiceKey> = self.services.state().iter().map(|s| ServiceKey::of(s)).collect();
-                for (key, holding) in self.table.forget_missing(&existing) {
-                    self.released(&key, &holding, None).await;
+                let gone = {
+                    let mut state = self.lock();
+                    let gone = state.table.forget_missing(&existing);
+                    if !gone.is_empty() {
+                        retry_failed(&mut state, &self.queue);
+                    }
+                    gone
+                };
+                for (key, holding) in gone {
+                    tracing::info!(service = %key, addresses = %join(&holding.addresses), "released: the Service is gone");
+                    self.pool_metrics(&holding.group);
+                    self.queue.add_after(Work::GroupStatus(holding.group.clone()), GROUP_STATUS_DELAY);
                 }
                 Ok(())
             }
@@ -352,8 +397,7 @@ impl Worker {
 
     /// Re-reads `purelb.io/announcing` from the node Leases; returns the Services whose
     /// announcers changed.
-    fn refresh_holders(&mut self) -> Vec<ServiceKey> {
-        let mut seen = BTreeMap::new();
+    fn refresh_holders(&self) -> Vec<ServiceKey> {
         let mut holders: HashMap<IpAddr, Vec<(String, String)>> = HashMap::new();
         for lease in self.leases.state() {
             let name = lease.name_any();
@@ -365,153 +409,163 @@ impl Worker {
                     .or_default()
                     .push((node.to_owned(), held.interface.clone().unwrap_or_default()));
             }
-            seen.insert(node.to_owned(), value);
         }
-        let mut changed_ips: HashSet<IpAddr> = HashSet::new();
-        for (ip, list) in &holders {
-            if self.holders.get(ip) != Some(list) {
-                changed_ips.insert(*ip);
-            }
+        for list in holders.values_mut() {
+            list.sort();
         }
-        for ip in self.holders.keys() {
-            if !holders.contains_key(ip) {
-                changed_ips.insert(*ip);
-            }
-        }
-        self.announcing = seen;
-        self.holders = holders;
-        changed_ips.into_iter().flat_map(|ip| self.table.users_of(ip)).collect()
+        let mut state = self.lock();
+        let mut changed: HashSet<IpAddr> =
+            holders.iter().filter(|(ip, list)| state.holders.get(*ip) != Some(*list)).map(|(ip, _)| *ip).collect();
+        changed.extend(state.holders.keys().filter(|ip| !holders.contains_key(*ip)));
+        state.holders = holders;
+        changed.into_iter().flat_map(|ip| state.table.users_of(ip)).collect()
     }
 
-    async fn groups_changed(&mut self) -> Result<(), AllocatorError> {
+    async fn groups_changed(&self) -> Result<(), AllocatorError> {
         let set = GroupSet::build(self.groups.state().iter().map(AsRef::as_ref), &self.settings.namespace);
-        self.table.set_groups(set);
+        let names: Vec<String> = set.valid.keys().chain(set.invalid.keys()).cloned().collect();
+        self.lock().table.set_groups(set);
         for svc in self.services.state() {
             self.queue.add(Work::Service(ServiceKey::of(&svc)));
         }
-        self.write_group_statuses().await
+        for name in names {
+            self.pool_metrics(&name);
+            self.write_group_status(&name).await?;
+        }
+        Ok(())
     }
 
-    async fn service(&mut self, key: &ServiceKey) -> Result<(), AllocatorError> {
-        let object = self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
-        let Some(svc) = object else {
-            if let Some(holding) = self.table.forget(key) {
-                self.released(key, &holding, None).await;
+    /// Decides under the lock what to write for one Service.
+    fn plan(&self, svc: &Service, req: &ServiceRequest) -> Plan {
+        let mut plan = Plan::default();
+        let key = req.key.to_string();
+        let mut state = self.lock();
+        let note = |state: &mut State, plan: &mut Plan, t: EventType, reason: &'static str, msg: String| {
+            if state.last_note.get(&(key.clone(), reason)) != Some(&msg) {
+                state.last_note.insert((key.clone(), reason), msg.clone());
+                plan.events.push((t, reason, msg));
             }
-            self.failed.remove(key);
-            return Ok(());
         };
-        let req = self.request(&svc);
         if req.deprecated_lb_ip && req.handled {
-            self.note(
-                &svc,
+            note(
+                &mut state,
+                &mut plan,
                 EventType::Warning,
                 reasons::DEPRECATION_WARNING,
                 "spec.loadBalancerIP is deprecated: use the purelb.io/addresses annotation instead".to_owned(),
-            )
-            .await;
+            );
         }
         for error in req.errors.iter().filter(|e| matches!(e, super::request::RequestError::SharingKey { .. })) {
-            self.note(&svc, EventType::Warning, reasons::CONFIGURATION_WARNING, error.to_string()).await;
+            note(&mut state, &mut plan, EventType::Warning, reasons::CONFIGURATION_WARNING, error.to_string());
         }
-        let decision = self.table.decide(&req, &self.settings.namespace);
+        let decision = state.table.decide(req, &self.settings.namespace);
         match decision {
-            Decision::NotHandled => {
-                if req.allocated_by_us {
-                    self.clear_service(&svc).await?;
-                }
-                Ok(())
-            }
+            Decision::NotHandled => plan.clear = req.allocated_by_us,
             Decision::Released(holding) => {
-                self.released(key, &holding, Some(&svc)).await;
-                self.clear_service(&svc).await
+                plan.clear = true;
+                plan.retry_failed = true;
+                plan.group_status.push(holding.group.clone());
+                plan.events.push((
+                    EventType::Normal,
+                    reasons::ADDRESS_RELEASED,
+                    format!("released {} back to ServiceGroup {}", join(&holding.addresses), holding.group),
+                ));
             }
             Decision::Keep { holding, warnings } => {
-                self.failed.remove(key);
+                state.failed.remove(&req.key);
                 for w in warnings {
-                    self.note(&svc, EventType::Warning, reasons::CONFIGURATION_WARNING, w).await;
+                    note(&mut state, &mut plan, EventType::Warning, reasons::CONFIGURATION_WARNING, w);
                 }
-                self.ensure_service(&svc, &holding).await
+                plan.ensure = Some(holding);
             }
             Decision::Changed { holding, assigned, released } => {
-                self.failed.remove(key);
-                self.last_note.remove(&(key.to_string(), reasons::ALLOCATION_FAILED));
-                let result = self.ensure_service(&svc, &holding).await;
+                state.failed.remove(&req.key);
+                state.last_note.remove(&(key.clone(), reasons::ALLOCATION_FAILED));
                 if !released.is_empty() {
-                    self.publish(
-                        &svc,
+                    plan.retry_failed = true;
+                    plan.events.push((
                         EventType::Normal,
                         reasons::ADDRESS_RELEASED,
-                        format!("released {} back to ServiceGroup pools", join(&released)),
-                    )
-                    .await;
-                    self.retry_failed();
+                        format!("released {} back to its ServiceGroup", join(&released)),
+                    ));
                 }
-                self.publish(
-                    &svc,
+                plan.events.push((
                     EventType::Normal,
                     reasons::ADDRESS_ASSIGNED,
                     format!("assigned {} from ServiceGroup {}", join(&assigned), holding.group),
-                )
-                .await;
-                self.pool_metrics(&holding.group);
-                self.write_group_status(&holding.group).await?;
-                result
+                ));
+                plan.group_status.push(holding.group.clone());
+                plan.ensure = Some(holding);
             }
             Decision::Failed { failure, kept } => {
-                self.failed.insert(key.clone());
-                self.rejected(&failure);
-                let note = match &kept {
+                state.failed.insert(req.key.clone());
+                let msg = match &kept {
                     Some(h) => format!("{}; the Service keeps {}", failure.message, join(&h.addresses)),
                     None => failure.message.clone(),
                 };
-                self.note(&svc, EventType::Warning, reasons::ALLOCATION_FAILED, note).await;
-                if let Some(h) = kept {
-                    self.ensure_service(&svc, &h).await?;
-                }
-                Ok(())
+                note(&mut state, &mut plan, EventType::Warning, reasons::ALLOCATION_FAILED, msg);
+                plan.failure = Some(failure);
+                plan.ensure = kept;
             }
         }
-    }
-
-    fn retry_failed(&mut self) {
-        for key in self.failed.drain() {
-            self.queue.add(Work::Service(key));
+        if plan.retry_failed {
+            retry_failed(&mut state, &self.queue);
+            state.failed.remove(&req.key);
         }
-    }
-
-    fn rejected(&self, failure: &Failure) {
-        metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => failure.group.clone().unwrap_or_default(), "reason" => failure.reason.label()).increment(1);
-    }
-
-    async fn released(&mut self, key: &ServiceKey, holding: &Holding, svc: Option<&Service>) {
-        tracing::info!(service = %key, addresses = %join(&holding.addresses), group = %holding.group, "released");
-        if let Some(svc) = svc {
-            self.publish(
-                svc,
-                EventType::Normal,
-                reasons::ADDRESS_RELEASED,
-                format!("released {} back to ServiceGroup {}", join(&holding.addresses), holding.group),
-            )
-            .await;
+        if let Some(h) = &plan.ensure {
+            plan.announcing =
+                [announcing_value(&state.holders, h, Family::V4), announcing_value(&state.holders, h, Family::V6)];
         }
-        self.pool_metrics(&holding.group);
-        self.retry_failed();
-        if let Err(error) = self.write_group_status(&holding.group).await {
-            tracing::warn!(%error, "cannot update ServiceGroup status");
-        }
+        let _ = svc;
+        plan
     }
 
-    fn announcing_value(&self, holding: &Holding, family: Family) -> Option<String> {
-        let ip = holding.addresses.iter().find(|ip| Family::of(**ip) == family)?;
-        let holders = self.holders.get(ip)?;
-        let mut parts: Vec<String> = holders.iter().map(|(node, iface)| format!("{node},{iface}")).collect();
-        parts.sort();
-        Some(parts.join(" "))
+    async fn service(&self, key: &ServiceKey) -> Result<(), AllocatorError> {
+        let object = self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
+        let Some(svc) = object else {
+            let released = {
+                let mut state = self.lock();
+                state.failed.remove(key);
+                let released = state.table.forget(key);
+                if released.is_some() {
+                    retry_failed(&mut state, &self.queue);
+                }
+                released
+            };
+            if let Some(holding) = released {
+                tracing::info!(service = %key, addresses = %join(&holding.addresses), "released: the Service is gone");
+                self.pool_metrics(&holding.group);
+                self.queue.add_after(Work::GroupStatus(holding.group), GROUP_STATUS_DELAY);
+            }
+            return Ok(());
+        };
+        let req = self.request(&svc);
+        let plan = self.plan(&svc, &req);
+        if let Some(failure) = &plan.failure {
+            metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => failure.group.clone().unwrap_or_default(), "reason" => failure.reason.label()).increment(1);
+        }
+        for group in &plan.group_status {
+            self.pool_metrics(group);
+            self.queue.add_after(Work::GroupStatus(group.clone()), GROUP_STATUS_DELAY);
+        }
+        let result = match (&plan.ensure, plan.clear) {
+            (Some(holding), _) => self.ensure_service(&svc, holding, &plan.announcing).await,
+            (None, true) => self.clear_service(&svc).await,
+            (None, false) => Ok(()),
+        };
+        for (type_, reason, note) in plan.events {
+            self.publish_in_background(svc.object_ref(&()), type_, reason, note);
+        }
+        result
     }
 
     /// Makes the Service show `holding`: annotations and status, written only where they differ.
-    async fn ensure_service(&mut self, svc: &Service, holding: &Holding) -> Result<(), AllocatorError> {
+    async fn ensure_service(
+        &self,
+        svc: &Service,
+        holding: &Holding,
+        announcing: &[Option<String>; 2],
+    ) -> Result<(), AllocatorError> {
         let pool_type = match holding.pool_type {
             PoolType::Local => "local",
             PoolType::Remote | PoolType::Netbox => "remote",
@@ -520,17 +574,14 @@ impl Worker {
         want.insert(contract::ANNOTATION_ALLOCATED_BY, Some(contract::ALLOCATED_BY_VALUE.to_owned()));
         want.insert(contract::ANNOTATION_ALLOCATED_FROM, Some(holding.group.clone()));
         want.insert(contract::ANNOTATION_POOL_TYPE, Some(pool_type.to_owned()));
-        want.insert(contract::ANNOTATION_ANNOUNCING_IPV4, self.announcing_value(holding, Family::V4));
-        want.insert(contract::ANNOTATION_ANNOUNCING_IPV6, self.announcing_value(holding, Family::V6));
+        want.insert(contract::ANNOTATION_ANNOUNCING_IPV4, announcing[0].clone());
+        want.insert(contract::ANNOTATION_ANNOUNCING_IPV6, announcing[1].clone());
         let have = svc.annotations();
         let patch: serde_json::Map<String, Value> = want
             .iter()
             .filter(|(k, v)| have.get(**k) != v.as_ref())
             .map(|(k, v)| ((*k).to_owned(), v.clone().map_or(Value::Null, Value::String)))
             .collect();
-        if !patch.is_empty() {
-            self.write(svc, false, json!({"metadata": {"annotations": patch}})).await?;
-        }
         let ingress: Vec<Value> = holding
             .addresses
             .iter()
@@ -550,14 +601,28 @@ impl Worker {
                 .unwrap_or_default(),
         )
         .unwrap_or(Value::Null);
-        if current != Value::Array(ingress.clone()) {
-            self.write(svc, true, json!({"status": {"loadBalancer": {"ingress": ingress}}})).await?;
-        }
-        Ok(())
+        let status_differs = current != Value::Array(ingress.clone());
+        // Both writes go out together; each is idempotent, so a failure of either is retried.
+        let annotations = async {
+            if patch.is_empty() {
+                Ok(())
+            } else {
+                self.write(svc, false, json!({"metadata": {"annotations": patch}})).await
+            }
+        };
+        let status = async {
+            if status_differs {
+                self.write(svc, true, json!({"status": {"loadBalancer": {"ingress": ingress}}})).await
+            } else {
+                Ok(())
+            }
+        };
+        let (a, s) = tokio::join!(annotations, status);
+        a.and(s)
     }
 
     /// Removes what PureLB wrote on a Service it no longer handles.
-    async fn clear_service(&mut self, svc: &Service) -> Result<(), AllocatorError> {
+    async fn clear_service(&self, svc: &Service) -> Result<(), AllocatorError> {
         let have = svc.annotations();
         let ours = [
             contract::ANNOTATION_ALLOCATED_BY,
@@ -615,49 +680,39 @@ impl Worker {
         }
     }
 
-    /// Publishes an Event only when its message differs from the last one of that reason.
-    async fn note(&mut self, svc: &Service, type_: EventType, reason: &'static str, note: String) {
-        let key = (ServiceKey::of(svc).to_string(), reason);
-        if self.last_note.get(&key) == Some(&note) {
-            return;
-        }
-        self.last_note.insert(key, note.clone());
-        self.publish(svc, type_, reason, note).await;
-    }
-
-    async fn publish(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
-        self.publish_on(&svc.object_ref(&()), type_, reason, note).await;
-    }
-
-    async fn publish_on(
+    /// Publishes an Event without holding up the worker (Events are best effort).
+    fn publish_in_background(
         &self,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
         type_: EventType,
-        reason: &str,
+        reason: &'static str,
         note: String,
     ) {
         if !(self.gate.may_write)() {
             return;
         }
-        let event = KubeEvent {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note.chars().take(1000).collect()),
-            action: reason.to_owned(),
-            secondary: None,
-        };
-        match tokio::time::timeout(self.settings.api_timeout, self.recorder.publish(&event, reference)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
-            Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
-        }
+        let recorder = self.recorder.clone();
+        let timeout = self.settings.api_timeout;
+        tokio::spawn(async move {
+            let event = KubeEvent {
+                type_,
+                reason: reason.to_owned(),
+                note: Some(note.chars().take(1000).collect()),
+                action: reason.to_owned(),
+                secondary: None,
+            };
+            match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
+                Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
+            }
+        });
     }
 
     fn pool_metrics(&self, group: &str) {
-        let stats = self.table.stats(group);
+        let stats = self.lock().table.stats(group);
         for (family, size) in &stats.size {
-            let f = family.name();
-            metrics::gauge!(catalog::ADDRESS_POOL_SIZE, "pool" => group.to_owned(), "family" => f)
+            metrics::gauge!(catalog::ADDRESS_POOL_SIZE, "pool" => group.to_owned(), "family" => family.name())
                 .set(count_f64(*size));
         }
         for (family, n) in &stats.allocated {
@@ -667,82 +722,78 @@ impl Worker {
         }
     }
 
-    async fn write_group_statuses(&mut self) -> Result<(), AllocatorError> {
-        let names: Vec<String> =
-            self.table.groups().valid.keys().chain(self.table.groups().invalid.keys()).cloned().collect();
-        for name in names {
-            self.pool_metrics(&name);
-            self.write_group_status(&name).await?;
-        }
-        Ok(())
-    }
-
     /// Writes a ServiceGroup's status when it differs from what the cache shows.
-    async fn write_group_status(&mut self, name: &str) -> Result<(), AllocatorError> {
+    async fn write_group_status(&self, name: &str) -> Result<(), AllocatorError> {
         let ns = self.settings.namespace.clone();
         let Some(group) = self.groups.get(&reflector::ObjectRef::new(name).within(&ns)) else { return Ok(()) };
-        let groups = self.table.groups();
-        let (ready, reason, message, pool_type, generation) = if let Some(g) = groups.valid.get(name) {
-            (
-                "True",
-                "Valid",
-                format!("{} address ranges", g.pools.v4.len() + g.pools.v6.len()),
-                Some(g.pool_type.as_str().to_owned()),
-                g.generation,
-            )
-        } else if let Some(bad) = groups.invalid.get(name) {
-            (
-                "False",
-                "Invalid",
-                bad.message.clone(),
-                group.spec.pool_type().map(|p| p.as_str().to_owned()),
-                bad.generation,
-            )
-        } else {
-            return Ok(());
-        };
-        if ready == "False" {
-            let reference = group.object_ref(&());
-            let key = (format!("sg/{name}"), reasons::INVALID);
-            if self.last_note.get(&key) != Some(&message) {
-                self.last_note.insert(key, message.clone());
-                self.publish_on(&reference, EventType::Warning, reasons::INVALID, message.clone()).await;
+        let (status, invalid_note) = {
+            let mut state = self.lock();
+            let groups = state.table.groups();
+            let (ready, reason, message, pool_type, generation) = if let Some(g) = groups.valid.get(name) {
+                let ranges = g.pools.v4.len() + g.pools.v6.len();
+                (
+                    "True",
+                    "Valid",
+                    format!("{ranges} address ranges"),
+                    Some(g.pool_type.as_str().to_owned()),
+                    g.generation,
+                )
+            } else if let Some(bad) = groups.invalid.get(name) {
+                (
+                    "False",
+                    "Invalid",
+                    bad.message.clone(),
+                    group.spec.pool_type().map(|p| p.as_str().to_owned()),
+                    bad.generation,
+                )
+            } else {
+                return Ok(());
+            };
+            let stats = state.table.stats(name);
+            let old = group.status.clone().unwrap_or_default();
+            let transition = match old.conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) if c.status == ready && c.reason == reason && c.message == message => {
+                    c.last_transition_time.clone()
+                }
+                _ => Time(jiff::Timestamp::now()),
+            };
+            let invalid_note = (ready == "False"
+                && state.last_note.get(&(format!("sg/{name}"), reasons::INVALID)) != Some(&message))
+            .then(|| message.clone());
+            if let Some(m) = &invalid_note {
+                state.last_note.insert((format!("sg/{name}"), reasons::INVALID), m.clone());
             }
-        }
-        let stats = self.table.stats(name);
-        let old = group.status.clone().unwrap_or_default();
-        let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
-        let transition = match old_ready {
-            Some(c) if c.status == ready && c.reason == reason && c.message == message => {
-                c.last_transition_time.clone()
+            let mut status = crate::api::ServiceGroupStatus {
+                conditions: vec![Condition {
+                    type_: "Ready".to_owned(),
+                    status: ready.to_owned(),
+                    reason: reason.to_owned(),
+                    message,
+                    last_transition_time: transition,
+                    observed_generation: generation,
+                }],
+                pool_type,
+                allocated_ipv4: stats.allocated.get(&Family::V4).copied().or(Some(0)),
+                allocated_ipv6: stats.allocated.get(&Family::V6).copied().or(Some(0)),
+                available_ipv4: Some(
+                    stats.available.get(&Family::V4).map_or_else(|| "0".to_owned(), ToString::to_string),
+                ),
+                available_ipv6: Some(
+                    stats.available.get(&Family::V6).map_or_else(|| "0".to_owned(), ToString::to_string),
+                ),
+                addresses_outside_pools: Some(stats.outside),
+                observed_generation: generation,
+            };
+            if ready == "False" {
+                status.allocated_ipv4 = old.allocated_ipv4.or(Some(0));
+                status.allocated_ipv6 = old.allocated_ipv6.or(Some(0));
             }
-            _ => Time(jiff::Timestamp::now()),
+            ((status != old).then_some(status), invalid_note)
         };
-        let condition = Condition {
-            type_: "Ready".to_owned(),
-            status: ready.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            last_transition_time: transition,
-            observed_generation: generation,
-        };
-        let mut status = crate::api::ServiceGroupStatus {
-            conditions: vec![condition],
-            pool_type,
-            allocated_ipv4: stats.allocated.get(&Family::V4).copied().or(Some(0)),
-            allocated_ipv6: stats.allocated.get(&Family::V6).copied().or(Some(0)),
-            available_ipv4: Some(stats.available.get(&Family::V4).map_or_else(|| "0".to_owned(), ToString::to_string)),
-            available_ipv6: Some(stats.available.get(&Family::V6).map_or_else(|| "0".to_owned(), ToString::to_string)),
-            addresses_outside_pools: Some(stats.outside),
-            observed_generation: generation,
-        };
-        if ready == "False" {
-            status.allocated_ipv4 = old.allocated_ipv4.or(Some(0));
-            status.allocated_ipv6 = old.allocated_ipv6.or(Some(0));
+        if let Some(message) = invalid_note {
+            self.publish_in_background(group.object_ref(&()), EventType::Warning, reasons::INVALID, message);
         }
-        if status == old {
-            return Ok(());
-        }
+        let Some(status) = status else { return Ok(()) };
         if !(self.gate.may_write)() {
             return Err(AllocatorError::NotLeader { object: format!("ServiceGroup {ns}/{name} status") });
         }
@@ -750,23 +801,37 @@ impl Worker {
         let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
         let body = json!({"status": status});
         metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
+        let object = format!("ServiceGroup {ns}/{name}");
         match tokio::time::timeout(self.settings.api_timeout, api.patch_status(name, &pp, &Patch::Merge(&body))).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(source)) => {
                 metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
-                Err(AllocatorError::Write {
-                    action: "update the status of",
-                    object: format!("ServiceGroup {ns}/{name}"),
-                    source,
-                })
+                Err(AllocatorError::Write { action: "update the status of", object, source })
             }
             Err(_) => Err(AllocatorError::Timeout {
                 action: "update the status of",
-                object: format!("ServiceGroup {ns}/{name}"),
+                object,
                 timeout: self.settings.api_timeout,
             }),
         }
     }
+}
+
+/// Queues every Service whose last pass failed: capacity may have changed.
+fn retry_failed(state: &mut State, queue: &WorkQueue<Work>) {
+    for key in state.failed.drain() {
+        queue.add(Work::Service(key));
+    }
+}
+
+fn announcing_value(
+    holders: &HashMap<IpAddr, Vec<(String, String)>>,
+    holding: &Holding,
+    family: Family,
+) -> Option<String> {
+    let ip = holding.addresses.iter().find(|ip| Family::of(**ip) == family)?;
+    let list = holders.get(ip)?;
+    Some(list.iter().map(|(node, iface)| format!("{node},{iface}")).collect::<Vec<_>>().join(" "))
 }
 
 fn join(ips: &[IpAddr]) -> String {

@@ -1278,8 +1278,31 @@ impl Server {
                     return;
                 }
             };
+            // Objects stored in the shape this watch shows need no conversion: select on them
+            // directly and reuse the change's one serialisation.
+            let api_version = target.def.api_version(&target.version);
+            let as_stored = |o: &Value| {
+                target.def.view == View::Own && !as_table && o["apiVersion"].as_str() == Some(api_version.as_str())
+            };
+            let encode = |kind: &str, change: &super::store::Change| {
+                if as_stored(&change.object) {
+                    let mut bytes = Vec::with_capacity(change.encoded().len() + 32);
+                    bytes.extend_from_slice(b"{\"type\":\"");
+                    bytes.extend_from_slice(kind.as_bytes());
+                    bytes.extend_from_slice(b"\",\"object\":");
+                    bytes.extend_from_slice(change.encoded());
+                    bytes.extend_from_slice(b"}\n");
+                    Bytes::from(bytes)
+                } else {
+                    line(kind, &server.present(&target, &change.object))
+                }
+            };
             let matches = |o: &Value| {
-                let shown = server.present(&target, o);
+                let shown = if as_stored(o) {
+                    std::borrow::Cow::Borrowed(o)
+                } else {
+                    std::borrow::Cow::Owned(server.present(&target, o))
+                };
                 let ns_ok = target.namespace.is_empty()
                     || o["metadata"]["namespace"].as_str() == Some(target.namespace.as_str());
                 let name_ok = target.name.is_empty() || o["metadata"]["name"].as_str() == Some(target.name.as_str());
@@ -1300,8 +1323,8 @@ impl Server {
                 }
             }
             for change in backlog {
-                if let Some((kind, obj)) = transition(&change, &matches)
-                    && tx.send(line(kind, &server.present(&target, obj))).await.is_err()
+                if let Some((kind, _)) = transition(&change, &matches)
+                    && tx.send(encode(kind, &change)).await.is_err()
                 {
                     return;
                 }
@@ -1324,8 +1347,8 @@ impl Server {
                             if change.key != key {
                                 continue;
                             }
-                            if let Some((kind, obj)) = transition(&change, &matches)
-                                && tx.send(line(kind, &server.present(&target, obj))).await.is_err()
+                            if let Some((kind, _)) = transition(&change, &matches)
+                                && tx.send(encode(kind, &change)).await.is_err()
                             {
                                 return;
                             }

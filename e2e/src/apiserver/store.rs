@@ -54,6 +54,15 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before the change (for label-selector transitions in watches).
     pub previous: Option<Arc<Value>>,
+    /// `object` serialised once, shared by every watcher that shows it as stored.
+    encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Change {
+    /// `object` as JSON, serialised on first use.
+    pub fn encoded(&self) -> &bytes::Bytes {
+        self.encoded.get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+    }
 }
 
 /// What a transaction writes.
@@ -214,7 +223,14 @@ impl Store {
                     if kind != ChangeKind::Deleted {
                         inner.index_owners(&key, &ok, Some(&object), true);
                     }
-                    let change = Arc::new(Change { rev, key, kind, object, previous: None });
+                    let change = Arc::new(Change {
+                        rev,
+                        key,
+                        kind,
+                        object,
+                        previous: None,
+                        encoded: std::sync::OnceLock::new(),
+                    });
                     inner.record(&change, history_limit);
                     inner.rev = inner.rev.max(rev);
                 }
@@ -338,8 +354,14 @@ impl Store {
             map.insert(ok.clone(), object.clone());
             inner.index_owners(key, &ok, Some(&object), true);
         }
-        let change =
-            Arc::new(Change { rev, key: key.clone(), kind, object: object.clone(), previous: current.clone() });
+        let change = Arc::new(Change {
+            rev,
+            key: key.clone(),
+            kind,
+            object: object.clone(),
+            previous: current.clone(),
+            encoded: std::sync::OnceLock::new(),
+        });
         inner.record(&change, self.history_limit);
         if let Some(log) = inner.log.as_mut() {
             let line = json!({"rev": rev, "key": [key.0, key.1], "type": kind.as_str(), "object": *object});
