@@ -141,12 +141,37 @@ impl Emulator {
     ///
     /// The address cannot be bound.
     pub async fn serve(&self, addr: SocketAddr) -> Result<HttpServer, EmulatorError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| EmulatorError::Bind { addr, source })?;
+        let listener = std::net::TcpListener::bind(addr).map_err(|source| EmulatorError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| EmulatorError::Bind { addr, source })?;
+        self.serve_listener(listener, move || std::net::TcpListener::bind(local))
+    }
+
+    /// Serves HTTP on an already bound listener (e.g. one bound inside another network
+    /// namespace) until the returned handle is dropped. `rebind` opens the same address again
+    /// after a `refuse` fault closed the listener. Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The listener cannot be handed to the runtime.
+    pub fn serve_listener(
+        &self,
+        listener: std::net::TcpListener,
+        rebind: impl Fn() -> std::io::Result<std::net::TcpListener> + Send + Sync + 'static,
+    ) -> Result<HttpServer, EmulatorError> {
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let local = listener.local_addr().map_err(|source| EmulatorError::Bind { addr: unknown, source })?;
+        let listener = to_tokio(listener).map_err(|source| EmulatorError::Bind { addr: local, source })?;
         let server = self.server.clone();
-        let task = tokio::spawn(accept_loop(server, listener, local));
+        let task = tokio::spawn(accept_loop(server, listener, Box::new(rebind)));
         Ok(HttpServer { addr: local, task })
     }
+}
+
+type Rebind = Box<dyn Fn() -> std::io::Result<std::net::TcpListener> + Send + Sync>;
+
+fn to_tokio(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 /// A running HTTP listener; stops when dropped.
@@ -181,7 +206,7 @@ impl Drop for HttpServer {
     }
 }
 
-async fn accept_loop(server: Arc<Server>, listener: TcpListener, local: SocketAddr) {
+async fn accept_loop(server: Arc<Server>, listener: TcpListener, rebind: Rebind) {
     let mut listener = Some(listener);
     let mut connections = JoinSet::new();
     loop {
@@ -192,7 +217,7 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, local: SocketAd
             continue;
         }
         let Some(active) = listener.as_ref() else {
-            match TcpListener::bind(local).await {
+            match rebind().and_then(to_tokio) {
                 Ok(l) => listener = Some(l),
                 Err(error) => {
                     tracing::warn!(%error, "cannot re-bind the emulator listener; retrying");

@@ -1,9 +1,18 @@
 //! `purelb-lab`: the Kubernetes API emulator and the network-namespace lab.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use purelb_e2e::apiserver::{Emulator, EmulatorOptions};
+use purelb_e2e::{
+    apiserver::{Emulator, EmulatorOptions, HttpServer},
+    lab::{self, Backend, Lab, LabOptions, ServiceBackends, demo},
+};
 
 /// PureLB's test ground: an API emulator and a network-namespace lab.
 #[derive(Debug, Parser)]
@@ -19,6 +28,51 @@ enum Authorize {
     Rbac,
 }
 
+/// Prefix used when none is given.
+const DEFAULT_PREFIX: &str = "plab";
+
+#[derive(Debug, Clone, clap::Args)]
+struct Where {
+    /// Prefix of the lab's namespace names (`<P>-net`, `<P>-client`, `<P>-n1` ..).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Lab directory (kubeconfig, logs, state); default $TMPDIR/purelb-lab-<prefix>.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl Where {
+    /// The prefix (given, else the one recorded in DIR/state.json, else `plab`) and the dir.
+    fn resolve(&self) -> (String, PathBuf) {
+        let recorded = || {
+            let dir = self.dir.as_ref()?;
+            let text = std::fs::read_to_string(dir.join(lab::STATE_FILE)).ok()?;
+            serde_json::from_str::<serde_json::Value>(&text).ok()?["prefix"].as_str().map(str::to_owned)
+        };
+        let prefix = self.prefix.clone().or_else(recorded).unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        let dir = self.dir.clone().unwrap_or_else(|| lab::default_dir(&prefix));
+        (prefix, dir)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ExtraArgs {
+    /// Extra argument for `purelb allocator` (repeatable), e.g. --allocator-arg=--leader-elect=false.
+    #[arg(long = "allocator-arg", value_name = "ARG", allow_hyphen_values = true)]
+    allocator: Vec<String>,
+    /// Extra argument for every `purelb agent` (repeatable), e.g. --agent-arg=--log-level=debug.
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent: Vec<String>,
+}
+
+impl ExtraArgs {
+    fn apply(self, mut options: LabOptions) -> LabOptions {
+        options.allocator_args = self.allocator;
+        options.agent_args = self.agent;
+        options
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the Kubernetes API emulator over HTTP.
@@ -26,6 +80,9 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:6443.
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
+        /// Also listen inside a network namespace: NETNS=ADDR (repeatable), e.g. plab-net=192.0.2.1:6443.
+        #[arg(long = "listen-netns", value_name = "NETNS=ADDR", hide = true)]
+        listen_netns: Vec<String>,
         /// Keep state in this directory so it survives a restart.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -42,14 +99,89 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
-    /// Build the lab (not built yet).
-    Up,
-    /// Tear the lab down (not built yet).
-    Down,
-    /// Show PureLB working end to end (not built yet).
-    Demo,
-    /// Serve HTTP in lab nodes (not built yet).
-    Serve,
+    /// Build the lab and leave it running: namespaces, the API emulator, allocator and agents.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Give every host an IPv6 address (2001:db8::/64) and route too.
+        #[arg(long)]
+        dual_stack: bool,
+        #[command(flatten)]
+        place: Where,
+        /// The `purelb` binary (default: $PURELB_BIN, next to purelb-lab, target/{debug,release}).
+        #[arg(long)]
+        purelb_bin: Option<PathBuf>,
+        /// Do not start the allocator.
+        #[arg(long)]
+        no_allocator: bool,
+        /// Do not start the agents.
+        #[arg(long)]
+        no_agents: bool,
+        /// Seconds to wait for the allocator and agents to report ready (or exit).
+        #[arg(long, default_value_t = 20)]
+        ready_timeout: u64,
+        #[command(flatten)]
+        extra: ExtraArgs,
+    },
+    /// Remove every namespace, link, process and file of a lab (idempotent).
+    Down {
+        #[command(flatten)]
+        place: Where,
+        /// Keep the log files.
+        #[arg(long)]
+        keep_logs: bool,
+    },
+    /// Show PureLB working end to end in a fresh lab, with measured times; exits 0 only if every step worked.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Prefix of the demo lab's namespaces.
+        #[arg(long, default_value = "pldemo")]
+        prefix: String,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The `purelb` binary.
+        #[arg(long)]
+        purelb_bin: Option<PathBuf>,
+        #[command(flatten)]
+        extra: ExtraArgs,
+    },
+    /// Serve HTTP in lab nodes (on every address, port --port) and write a Service's EndpointSlices.
+    Serve {
+        #[command(flatten)]
+        place: Where,
+        /// Nodes to serve on (comma-separated; default every node).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Port.
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// Write the EndpointSlices of this Service (NAMESPACE/NAME) listing the served nodes.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        service: Option<String>,
+        /// Name of the Service port, if it has one.
+        #[arg(long)]
+        port_name: Option<String>,
+        /// Nodes whose endpoint is not ready (repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        not_ready: Vec<String>,
+        /// Nodes whose endpoint is terminating (still serving).
+        #[arg(long, value_delimiter = ',')]
+        terminating: Vec<String>,
+    },
+    /// The HTTP server itself, run inside a node's namespace by `serve`.
+    #[command(hide = true)]
+    ServeNode {
+        /// Node name to report.
+        #[arg(long)]
+        name: String,
+        /// Port.
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,58 +193,203 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    match cli.command {
-        Command::Apiserver { listen, data_dir, authorize, version, tokens, kubeconfig } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("purelb-lab: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(async move {
-                let options =
-                    EmulatorOptions { data_dir, authorize: authorize.is_some(), version, ..EmulatorOptions::default() };
-                let emulator = match Emulator::start(options) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        eprintln!("purelb-lab apiserver: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                for pair in tokens {
-                    let Some((token, user)) = pair.split_once('=') else {
-                        eprintln!("purelb-lab apiserver: --token {pair:?} must be TOKEN=USER");
-                        return ExitCode::from(2);
-                    };
-                    emulator.add_token(token, user);
-                }
-                let server = match emulator.serve(listen).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("purelb-lab apiserver: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                if let Some(path) = kubeconfig
-                    && let Err(e) = purelb_e2e::apiserver::write_kubeconfig(&path, &server.url(), None, "default")
-                {
-                    eprintln!("purelb-lab apiserver: cannot write {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-                eprintln!("purelb-lab apiserver: serving the Kubernetes API on {}", server.url());
-                tokio::select! {
-                    () = server.wait() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                ExitCode::SUCCESS
-            })
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("purelb-lab: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        Command::Up | Command::Down | Command::Demo | Command::Serve => {
-            eprintln!(
-                "purelb-lab: the network-namespace lab is not built yet; only `purelb-lab apiserver` works in this build"
-            );
-            ExitCode::from(2)
+    };
+    let name = command_name(&cli.command);
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("purelb-lab {name}: {error:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Apiserver { .. } => "apiserver",
+        Command::Up { .. } => "up",
+        Command::Down { .. } => "down",
+        Command::Demo { .. } => "demo",
+        Command::Serve { .. } => "serve",
+        Command::ServeNode { .. } => "serve-node",
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Apiserver { listen, listen_netns, data_dir, authorize, version, tokens, kubeconfig } => {
+            let options =
+                EmulatorOptions { data_dir, authorize: authorize.is_some(), version, ..EmulatorOptions::default() };
+            apiserver(options, listen, &listen_netns, &tokens, kubeconfig.as_deref()).await
+        }
+        Command::Up { nodes, dual_stack, place, purelb_bin, no_allocator, no_agents, ready_timeout, extra } => {
+            let (prefix, dir) = place.resolve();
+            let mut options = LabOptions::new(&prefix, nodes)
+                .dual_stack(dual_stack)
+                .dir(&dir)
+                .purelb(!no_allocator, !no_agents)
+                .ready_timeout(Duration::from_secs(ready_timeout));
+            options.purelb_bin = purelb_bin;
+            up(extra.apply(options)).await
+        }
+        Command::Down { place, keep_logs } => {
+            let (prefix, dir) = place.resolve();
+            let started = Instant::now();
+            let report = lab::down(&prefix, &dir, keep_logs)?;
+            if report.processes.is_empty() && report.namespaces.is_empty() {
+                println!("lab {prefix}: nothing to remove");
+            } else {
+                println!(
+                    "lab {prefix} removed in {} ms: {} processes stopped, namespaces deleted: {}",
+                    started.elapsed().as_millis(),
+                    report.processes.len(),
+                    report.namespaces.join(" ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { nodes, prefix, dir, purelb_bin, extra } => {
+            let mut options = extra.apply(LabOptions::new(&prefix, nodes).dual_stack(true));
+            options.dir = dir;
+            options.purelb_bin = purelb_bin;
+            let mut stdout = std::io::stdout();
+            let report = demo::run(options, demo::DemoTimeouts::default(), &mut stdout).await;
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::Serve { place, nodes, port, service, port_name, not_ready, terminating } => {
+            let (_, dir) = place.resolve();
+            serve(&dir, nodes, port, service, port_name, &not_ready, &terminating).await
+        }
+        Command::ServeNode { name, port } => {
+            lab::http::serve(name, port).await.context("serving HTTP")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn apiserver(
+    options: EmulatorOptions,
+    listen: SocketAddr,
+    listen_netns: &[String],
+    tokens: &[String],
+    kubeconfig: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let emulator = Emulator::start(options)?;
+    for pair in tokens {
+        let Some((token, user)) = pair.split_once('=') else {
+            eprintln!("purelb-lab apiserver: --token {pair:?} must be TOKEN=USER");
+            return Ok(ExitCode::from(2));
+        };
+        emulator.add_token(token, user);
+    }
+    let mut servers: Vec<HttpServer> = Vec::new();
+    for pair in listen_netns {
+        let Some((netns, addr)) = pair.split_once('=') else {
+            eprintln!("purelb-lab apiserver: --listen-netns {pair:?} must be NETNS=ADDR");
+            return Ok(ExitCode::from(2));
+        };
+        let addr: SocketAddr = addr.parse().with_context(|| format!("--listen-netns {pair:?}: bad address"))?;
+        let netns = netns.to_owned();
+        let listener =
+            lab::netns::bind_tcp(&netns, addr).with_context(|| format!("cannot listen on {addr} in {netns}"))?;
+        let server = emulator.serve_listener(listener, move || lab::netns::bind_tcp(&netns, addr))?;
+        eprintln!("purelb-lab apiserver: serving the Kubernetes API on {} in network namespace {pair}", server.url());
+        servers.push(server);
+    }
+    let server = emulator.serve(listen).await?;
+    if let Some(path) = kubeconfig {
+        purelb_e2e::apiserver::write_kubeconfig(path, &server.url(), None, "default")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    eprintln!("purelb-lab apiserver: serving the Kubernetes API on {}", server.url());
+    tokio::select! {
+        () = server.wait() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    drop(servers);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn up(options: LabOptions) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let lab = Lab::start(options).await?;
+    let elapsed = started.elapsed();
+    let topology = lab.topology().clone();
+    let statuses = lab.process_status();
+    let logs = lab.log_paths();
+    let state = lab.detach()?;
+    let nodes: Vec<String> = topology.nodes.iter().map(|n| format!("{} {}", n.name, n.ipv4)).collect();
+    println!("lab {} is up in {} ms ({})", state.prefix, elapsed.as_millis(), state.dir.display());
+    println!("  router  {} {} (bridge lab0, API on 192.0.2.1:6443)", topology.router.netns, topology.router.ipv4);
+    println!("  client  {} {}", topology.client.netns, topology.client.ipv4);
+    println!("  nodes   {}", nodes.join(", "));
+    println!("processes:");
+    for (name, status) in &statuses {
+        let log = logs.iter().find(|(n, _)| n == name).map(|(_, l)| l.display().to_string()).unwrap_or_default();
+        println!("  {name:<12} {:<50} {log}", status.to_string());
+    }
+    println!("try:");
+    println!("  kubectl --kubeconfig {} get nodes", state.kubeconfig.display());
+    println!("  purelb-lab serve --prefix {} --service default/web", state.prefix);
+    println!("  ip netns exec {} curl http://192.0.2.240/", topology.client.netns);
+    println!("  purelb-lab down --prefix {}", state.prefix);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    dir: &Path,
+    nodes: Vec<String>,
+    port: u16,
+    service: Option<String>,
+    port_name: Option<String>,
+    not_ready: &[String],
+    terminating: &[String],
+) -> anyhow::Result<ExitCode> {
+    let lab = Lab::open(dir)
+        .await
+        .with_context(|| format!("no lab found in {} (run `purelb-lab up` first)", dir.display()))?;
+    let nodes = if nodes.is_empty() { lab.node_names() } else { nodes };
+    let mut backends = None;
+    if let Some(service) = &service {
+        let Some((namespace, name)) = service.split_once('/') else {
+            bail!("--service {service:?} must be NAMESPACE/NAME")
+        };
+        let mut b = ServiceBackends::new(namespace, name).port(port);
+        if let Some(port_name) = &port_name {
+            b = b.port_name(port_name);
+        }
+        backends = Some(b);
+    }
+    for node in &nodes {
+        lab.serve(node, port).await?;
+        let backend = if terminating.contains(node) {
+            Backend::terminating(node)
+        } else if not_ready.contains(node) {
+            Backend::not_ready(node)
+        } else {
+            Backend::ready(node)
+        };
+        backends = backends.map(|b| b.backend(backend));
+        println!(
+            "serving http on port {port} of every address of {node} (log {})",
+            lab.dir().join(lab::serve_name(node) + ".log").display()
+        );
+    }
+    if let Some(backends) = &backends {
+        lab.set_endpoints(backends).await?;
+        println!(
+            "wrote the EndpointSlices of {}/{} ({} endpoints)",
+            backends.namespace,
+            backends.service,
+            backends.backends.len()
+        );
+    }
+    lab.detach()?;
+    Ok(ExitCode::SUCCESS)
 }
