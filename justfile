@@ -23,7 +23,8 @@ bench:
 
 # Show PureLB working in the network-namespace lab.
 demo:
-    cargo run --locked --release -p purelb-e2e --bin purelb-lab -- demo
+    cargo build --locked --release --workspace --bins
+    ./target/release/purelb-lab demo
 
 # Everything CI does.
 ci:
