@@ -184,6 +184,8 @@ async fn assigns_writes_status_annotations_events_and_group_status() {
 async fn restart_changes_no_address_and_go_purelb_services_are_adopted() {
     let (_emu, client) = setup().await;
     group(&client, "default", json!({"local": {"v4pool": {"pool": "192.0.2.0/24", "subnet": "192.0.2.0/24"}, "v6pool": {"pool": "2001:db8::/112", "subnet": "2001:db8::/64"}}})).await;
+    // 250 IPv4 Services share the /24 with the two adopted ones; 250 more are IPv6.
+    let family = |i: usize| if i < 250 { json!({}) } else { json!({"ipFamilies": ["IPv6"]}) };
     // Pre-populated as the Go PureLB leaves them.
     let api: Api<Service> = Api::namespaced(client.clone(), "web");
     for (name, ip) in [("go-1", "192.0.2.7"), ("go-2", "192.0.2.0")] {
@@ -204,11 +206,11 @@ async fn restart_changes_no_address_and_go_purelb_services_are_adopted() {
         .unwrap();
     }
     let (task, stop) = start_allocator(client.clone());
-    for i in 0..200 {
-        create_svc(&client, "web", &format!("s{i}"), json!({}), json!({})).await;
+    for i in 0..500 {
+        create_svc(&client, "web", &format!("s{i}"), json!({}), family(i)).await;
     }
     let mut before = BTreeMap::new();
-    for i in 0..200 {
+    for i in 0..500 {
         let name = format!("s{i}");
         let ips = addresses_of(&client, "web", &name, 1).await;
         assert!(ips[0] != "192.0.2.7" && ips[0] != "192.0.2.0", "new Services never get adopted addresses");
@@ -274,4 +276,173 @@ async fn bad_input_gets_events_and_status_and_hurts_nobody_else() {
     }
     let default = wait_for("default status", async || sgs.get("default").await.ok()?.status).await;
     assert_eq!(default.conditions[0].status, "True", "other groups keep working");
+}
+
+fn start_replica(
+    client: Client,
+    identity: &str,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>, purelb::leader::Leadership) {
+    let config = purelb::leader::LeaderConfig::new(Duration::from_secs(2), Duration::from_millis(500));
+    let elector = purelb::leader::LeaderElector::new(client.clone(), NS, "purelb-allocator", identity, config).unwrap();
+    let leadership = elector.leadership();
+    let election = tokio::spawn(async move {
+        let _ = elector.run(futures::future::pending::<()>()).await;
+    });
+    let gate_leadership = leadership.clone();
+    let gate = WriteGate {
+        changes: leadership.subscribe(),
+        may_write: std::sync::Arc::new(move || gate_leadership.is_leader()),
+    };
+    let settings = Settings {
+        namespace: NS.to_owned(),
+        lb_class: "purelb.io/purelbv2".to_owned(),
+        default_announcer: true,
+        instance: identity.to_owned(),
+        api_timeout: Duration::from_secs(5),
+    };
+    let controller = tokio::spawn(async move {
+        controller::run(client, settings, gate, Readiness::new(), futures::future::pending::<()>()).await.unwrap();
+    });
+    (election, controller, leadership)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_standby_takes_over_and_no_address_is_given_twice() {
+    let (emu, client) = setup().await;
+    group(&client, "default", json!({"remote": {"v4pool": {"pool": "198.51.100.0/24", "subnet": "198.51.100.0/24"}}}))
+        .await;
+    let a = start_replica(emu.client(Some("replica-a")), "a");
+    let b = start_replica(emu.client(Some("replica-b")), "b");
+    for i in 0..100 {
+        create_svc(&client, "web", &format!("s{i}"), json!({}), json!({})).await;
+    }
+    let mut before = BTreeMap::new();
+    for i in 0..100 {
+        before.insert(i, addresses_of(&client, "web", &format!("s{i}"), 1).await);
+    }
+    let (leader, standby) = if a.2.is_leader() { (a, b) } else { (b, a) };
+    assert!(!standby.2.is_leader(), "exactly one leader");
+    // Crash the leader (no release) while Services keep coming.
+    leader.0.abort();
+    leader.1.abort();
+    let started = tokio::time::Instant::now();
+    for i in 100..200 {
+        create_svc(&client, "web", &format!("s{i}"), json!({}), json!({})).await;
+    }
+    wait_for("standby to lead", async || standby.2.is_leader().then_some(())).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "took over after {took:?}");
+    for i in 100..200 {
+        addresses_of(&client, "web", &format!("s{i}"), 1).await;
+    }
+    let api: Api<Service> = Api::namespaced(client.clone(), "web");
+    let mut seen = std::collections::HashSet::new();
+    for s in api.list(&ListParams::default()).await.unwrap().items {
+        for ip in ingress(&s) {
+            assert!(seen.insert(ip.clone()), "{ip} given twice");
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    for (i, ips) in before {
+        assert_eq!(
+            addresses_of(&client, "web", &format!("s{i}"), 1).await,
+            ips,
+            "s{i} kept its address across the leader change"
+        );
+    }
+    standby.0.abort();
+    standby.1.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_behaviour_through_the_controller() {
+    let (_emu, client) = setup().await;
+    group(&client, "default", local("192.0.2.240/31")).await;
+    group(&client, "team", json!({"local": {"v4pool": {"pool": "192.0.2.10/31", "subnet": "192.0.2.0/24"}}, "namespaces": ["shop"], "enforceNamespaces": true})).await;
+    let (_task, _stop) = start_allocator(client.clone());
+    let api: Api<Service> = Api::namespaced(client.clone(), "web");
+
+    // Namespace scoping: shop gets its own group; web may not use the enforcing group.
+    create_svc(&client, "shop", "cart", json!({}), json!({})).await;
+    assert_eq!(addresses_of(&client, "shop", "cart", 1).await, ["192.0.2.10"]);
+    create_svc(&client, "web", "intruder", json!({"purelb.io/service-group": "team"}), json!({})).await;
+    wait_for("namespace denied", async || {
+        events_for(&client, "web", "intruder")
+            .await
+            .iter()
+            .any(|(r, m)| r == "AllocationFailed" && m.contains("may not use it"))
+            .then_some(())
+    })
+    .await;
+
+    // Sharing: same key, different ports share; a port clash is refused naming the other Service.
+    create_svc(&client, "web", "http", json!({"purelb.io/allow-shared-ip": "k"}), json!({"ports": [{"port": 80}]}))
+        .await;
+    create_svc(&client, "web", "https", json!({"purelb.io/allow-shared-ip": "k"}), json!({"ports": [{"port": 443}]}))
+        .await;
+    let shared = addresses_of(&client, "web", "http", 1).await;
+    assert_eq!(addresses_of(&client, "web", "https", 1).await, shared);
+    create_svc(&client, "web", "clash", json!({"purelb.io/allow-shared-ip": "k"}), json!({"ports": [{"port": 80}]}))
+        .await;
+    wait_for("port conflict", async || {
+        events_for(&client, "web", "clash")
+            .await
+            .iter()
+            .any(|(r, m)| r == "AllocationFailed" && m.contains("web/http") && m.contains("80/TCP"))
+            .then_some(())
+    })
+    .await;
+
+    // Exhaustion, then release, then the waiting Service gets the freed address.
+    create_svc(&client, "web", "second", json!({}), json!({})).await;
+    let second = addresses_of(&client, "web", "second", 1).await;
+    create_svc(&client, "web", "waiting", json!({}), json!({})).await;
+    wait_for("pool full", async || {
+        events_for(&client, "web", "waiting")
+            .await
+            .iter()
+            .any(|(r, m)| r == "AllocationFailed" && m.contains("no free IPv4"))
+            .then_some(())
+    })
+    .await;
+    api.delete("second", &Default::default()).await.unwrap();
+    assert_eq!(addresses_of(&client, "web", "waiting", 1).await, second);
+
+    // A live annotation change re-allocates (with events); a class change releases.
+    create_svc(&client, "shop", "mover", json!({}), json!({})).await;
+    assert_eq!(addresses_of(&client, "shop", "mover", 1).await, ["192.0.2.11"]);
+    let shop: Api<Service> = Api::namespaced(client.clone(), "shop");
+    shop.delete("cart", &Default::default()).await.unwrap();
+    shop.patch(
+        "mover",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"purelb.io/addresses": "192.0.2.10"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("re-allocation to the pinned address", async || {
+        (ingress(&shop.get("mover").await.ok()?) == ["192.0.2.10"]).then_some(())
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = events_for(&client, "shop", "mover").await;
+        if e.iter().any(|(r, m)| r == "AddressReleased" && m.contains("192.0.2.11"))
+            && e.iter().filter(|(r, _)| r == "AddressAssigned").count() == 2
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "release and assign events missing: {e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A pool edit that leaves a held address outside every range: kept, warned, counted.
+    group(&client, "team", json!({"local": {"v4pool": {"pool": "192.0.2.20/31", "subnet": "192.0.2.0/24"}}, "namespaces": ["shop"], "enforceNamespaces": true})).await;
+    let sgs: Api<ServiceGroup> = Api::namespaced(client.clone(), NS);
+    wait_for("outside count", async || {
+        (sgs.get("team").await.ok()?.status?.addresses_outside_pools == Some(1)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ingress(&shop.get("mover").await.unwrap()), ["192.0.2.10"], "pool edit never moves a held address");
 }

@@ -553,9 +553,7 @@ impl Worker {
             (None, true) => self.clear_service(&svc).await,
             (None, false) => Ok(()),
         };
-        for (type_, reason, note) in plan.events {
-            self.publish_in_background(svc.object_ref(&()), type_, reason, note);
-        }
+        self.publish_in_background(svc.object_ref(&()), plan.events);
         result
     }
 
@@ -680,31 +678,32 @@ impl Worker {
         }
     }
 
-    /// Publishes an Event without holding up the worker (Events are best effort).
+    /// Publishes Events, in order, without holding up the worker (Events are best effort).
+    /// One task per object keeps them ordered and apart (kube names Events by timestamp).
     fn publish_in_background(
         &self,
         reference: k8s_openapi::api::core::v1::ObjectReference,
-        type_: EventType,
-        reason: &'static str,
-        note: String,
+        events: Vec<(EventType, &'static str, String)>,
     ) {
-        if !(self.gate.may_write)() {
+        if events.is_empty() || !(self.gate.may_write)() {
             return;
         }
         let recorder = self.recorder.clone();
         let timeout = self.settings.api_timeout;
         tokio::spawn(async move {
-            let event = KubeEvent {
-                type_,
-                reason: reason.to_owned(),
-                note: Some(note.chars().take(1000).collect()),
-                action: reason.to_owned(),
-                secondary: None,
-            };
-            match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
-                Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
+            for (type_, reason, note) in events {
+                let event = KubeEvent {
+                    type_,
+                    reason: reason.to_owned(),
+                    note: Some(note.chars().take(1000).collect()),
+                    action: reason.to_owned(),
+                    secondary: None,
+                };
+                match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
+                    Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
+                }
             }
         });
     }
@@ -791,7 +790,7 @@ impl Worker {
             ((status != old).then_some(status), invalid_note)
         };
         if let Some(message) = invalid_note {
-            self.publish_in_background(group.object_ref(&()), EventType::Warning, reasons::INVALID, message);
+            self.publish_in_background(group.object_ref(&()), vec![(EventType::Warning, reasons::INVALID, message)]);
         }
         let Some(status) = status else { return Ok(()) };
         if !(self.gate.may_write)() {
