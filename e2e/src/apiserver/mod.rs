@@ -135,6 +135,13 @@ impl Emulator {
         self.server.store.compact();
     }
 
+    /// The stored objects of a resource (`group` "" for core), in one namespace or all, read
+    /// directly from the store: for observers (tests, benchmarks) that must not load the server.
+    #[must_use]
+    pub fn objects(&self, group: &str, plural: &str, namespace: Option<&str>) -> Vec<Arc<serde_json::Value>> {
+        self.server.store.list(&(group.to_owned(), plural.to_owned()), namespace).0
+    }
+
     /// Serves HTTP on `addr` (port 0 picks one) until the returned handle is dropped.
     ///
     /// # Errors
