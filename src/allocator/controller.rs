@@ -149,6 +149,8 @@ struct State {
     last_note: HashMap<(String, &'static str), String>,
     /// Holders per address, from the node Leases.
     holders: HashMap<IpAddr, Vec<(String, String)>>,
+    /// The table has been rebuilt since this replica took the lead.
+    ready: bool,
 }
 
 fn reflect<K>(
@@ -200,7 +202,7 @@ pub async fn run(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         queue.clone(),
-        |s| Some(Work::Service(ServiceKey::of(s))),
+        |s| Some(Work::Service(ServiceKey::of_service(s))),
         "services",
     );
     let groups = reflect(
@@ -256,14 +258,20 @@ pub async fn run(
         ip_mode,
         state: std::sync::Mutex::new(State::default()),
     });
-    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut leading = false;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..WORKERS {
         let worker = worker.clone();
-        let leading = leading.clone();
         tasks.spawn(async move {
             while let Some(claim) = worker.queue.get().await {
-                if !leading.load(std::sync::atomic::Ordering::Acquire) || !(worker.gate.may_write)() {
+                if !(worker.gate.may_write)() {
+                    // A standby drops work: taking the lead rebuilds and queues everything.
+                    claim.done();
+                    continue;
+                }
+                if !worker.lock().ready {
+                    // The lead was just taken and the table is being rebuilt: come back after.
+                    worker.queue.add_after(claim.item().clone(), Duration::from_millis(50));
                     claim.done();
                     continue;
                 }
@@ -289,10 +297,10 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut changes = gate.changes.clone();
     loop {
-        if !leading.load(std::sync::atomic::Ordering::Acquire) && (gate.may_write)() {
+        if !leading && (gate.may_write)() {
             // Before allocating anything: rebuild the table from the cluster.
             worker.rebuild();
-            leading.store(true, std::sync::atomic::Ordering::Release);
+            leading = true;
             metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(1.0);
             tracing::info!(services = worker.services.state().len(), "leading: allocation table rebuilt");
         }
@@ -302,21 +310,23 @@ pub async fn run(
                 if changed.is_err() {
                     break;
                 }
-                if !*changes.borrow() && leading.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                if !*changes.borrow() && leading {
+                    leading = false;
+                    worker.lock().ready = false;
                     metrics::gauge!(catalog::ALLOCATOR_IS_LEADER).set(0.0);
                     tracing::info!("standing by: not the leader");
                 }
             }
         }
     }
-    leading.store(false, std::sync::atomic::Ordering::Release);
+    worker.lock().ready = false;
     queue.shutdown_and_wait().await;
     tasks.abort_all();
     Ok(())
 }
 
 fn age_key(svc: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
-    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of(svc))
+    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(svc))
 }
 
 /// Writes and Events a decision calls for, computed under the lock and carried out after it.
@@ -355,11 +365,11 @@ impl Worker {
         }
         {
             let mut state = self.lock();
-            *state = State { table, ..State::default() };
+            *state = State { table, ready: true, ..State::default() };
         }
         self.refresh_holders();
         for svc in &services {
-            self.queue.add(Work::Service(ServiceKey::of(svc)));
+            self.queue.add(Work::Service(ServiceKey::of_service(svc)));
         }
         self.queue.add(Work::Groups);
     }
@@ -376,7 +386,8 @@ impl Worker {
                 Ok(())
             }
             Work::Sweep => {
-                let existing: HashSet<ServiceKey> = self.services.state().iter().map(|s| ServiceKey::of(s)).collect();
+                let existing: HashSet<ServiceKey> =
+                    self.services.state().iter().map(|s| ServiceKey::of_service(s)).collect();
                 let gone = {
                     let mut state = self.lock();
                     let gone = state.table.forget_missing(&existing);
@@ -426,7 +437,7 @@ impl Worker {
         let names: Vec<String> = set.valid.keys().chain(set.invalid.keys()).cloned().collect();
         self.lock().table.set_groups(set);
         for svc in self.services.state() {
-            self.queue.add(Work::Service(ServiceKey::of(&svc)));
+            self.queue.add(Work::Service(ServiceKey::of_service(&svc)));
         }
         for name in names {
             self.pool_metrics(&name);
@@ -649,7 +660,7 @@ impl Worker {
     }
 
     async fn write(&self, svc: &Service, status: bool, body: Value) -> Result<(), AllocatorError> {
-        let key = ServiceKey::of(svc);
+        let key = ServiceKey::of_service(svc);
         let object = format!("Service {key}{}", if status { " status" } else { "" });
         if !(self.gate.may_write)() {
             return Err(AllocatorError::NotLeader { object });
@@ -692,11 +703,15 @@ impl Worker {
         let timeout = self.settings.api_timeout;
         tokio::spawn(async move {
             for (type_, reason, note) in events {
+                // kube's Recorder folds Events with the same type, reason and action into one
+                // series that keeps the first note, so the action carries the message to keep
+                // different messages apart.
+                let action: String = format!("{reason}: {note}").chars().take(128).collect();
                 let event = KubeEvent {
                     type_,
                     reason: reason.to_owned(),
                     note: Some(note.chars().take(1000).collect()),
-                    action: reason.to_owned(),
+                    action,
                     secondary: None,
                 };
                 match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {

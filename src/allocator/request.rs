@@ -3,7 +3,7 @@
 //! holds now. Entry point: [`ServiceRequest::from_service`]. Malformed annotation values become
 //! [`RequestError`]s with a message that says what is wrong and how to fix it.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use crate::{
     api::contract::{
@@ -14,37 +14,8 @@ use crate::{
     k8s_openapi::api::core::v1::Service,
 };
 
-/// `namespace/name` of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ServiceKey {
-    /// A key.
-    #[must_use]
-    pub fn new(namespace: &str, name: &str) -> Self {
-        Self { namespace: namespace.to_owned(), name: name.to_owned() }
-    }
-
-    /// The key of a Service object.
-    #[must_use]
-    pub fn of(svc: &Service) -> Self {
-        Self::new(
-            svc.metadata.namespace.as_deref().unwrap_or_default(),
-            svc.metadata.name.as_deref().unwrap_or_default(),
-        )
-    }
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+/// `namespace/name` of a Service (shared with the EndpointSlice index).
+pub use crate::core::endpoints::ServiceKey;
 
 /// `spec.ipFamilyPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +205,7 @@ impl ServiceRequest {
             .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref()).filter_map(|ip| ip.parse().ok()).collect())
             .unwrap_or_default();
         Self {
-            key: ServiceKey::of(svc),
+            key: ServiceKey::of_service(svc),
             handled: is_lb && class_ok,
             pinned,
             deprecated_lb_ip,

@@ -68,6 +68,15 @@ impl ServiceKey {
         Self { namespace: namespace.into(), name: name.into() }
     }
 
+    /// The key of a Service object.
+    #[must_use]
+    pub fn of_service(svc: &k8s_openapi::api::core::v1::Service) -> Self {
+        Self::new(
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+            svc.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+
     /// The Service a slice belongs to: the slice's namespace and its [`SERVICE_NAME_LABEL`];
     /// `None` when the label is missing or empty.
     #[must_use]

@@ -965,14 +965,26 @@ impl Server {
             return Err(ApiError::new(400, "BadRequest", "the name of the object does not match the name on the URL"));
         }
         let want_rv = body["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        self.write_over(target, req, want_rv.as_deref(), |_| Ok(body.clone()))
+    }
+
+    /// Replaces the stored object with what `compute` makes of it (shown form in, shown form
+    /// out), with the `resourceVersion` precondition, status/metadata rules, validation,
+    /// finalizers and cascades of every update.
+    fn write_over(
+        &self,
+        target: &Target,
+        req: &ApiRequest,
+        expected_rv: Option<&str>,
+        compute: impl FnOnce(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<(StatusCode, Value)> {
         let (deleted, stored) = self.store.transact(&target.key(), &target.namespace, &target.name, |cur| {
             let cur = cur.ok_or_else(|| target.not_found(&target.name))?;
-            if let Some(rv) = &want_rv
-                && cur["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
-            {
+            if expected_rv.is_some_and(|rv| cur["metadata"]["resourceVersion"].as_str() != Some(rv)) {
                 return Err(target.conflict(&target.name));
             }
-            let next = self.merge_write(target, cur, &body, req)?;
+            let doc = compute(cur)?;
+            let next = self.merge_write(target, cur, &doc, req)?;
             let write = self.finish_write(target, next);
             let deleted = matches!(write, Write::Delete).then(|| cur.clone());
             Ok((write, deleted))
@@ -1014,13 +1026,7 @@ impl Server {
             }
             return Err(target.not_found(&target.name));
         }
-        let (deleted, stored) = self.store.transact(&target.key(), &target.namespace, &target.name, |cur| {
-            let cur = cur.ok_or_else(|| target.not_found(&target.name))?;
-            if let Some(rv) = &applied_rv
-                && cur["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
-            {
-                return Err(target.conflict(&target.name));
-            }
+        self.write_over(target, req, applied_rv.as_deref(), |cur| {
             let mut doc = self.present(target, cur);
             patch::apply_patch(kind, &mut doc, &patch_body).map_err(|m| ApiError::new(422, "Invalid", m))?;
             if let Some(rv) = patch_body["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty())
@@ -1029,14 +1035,8 @@ impl Server {
             {
                 return Err(target.conflict(&target.name));
             }
-            let next = self.merge_write(target, cur, &doc, req)?;
-            let write = self.finish_write(target, next);
-            let deleted = matches!(write, Write::Delete).then(|| cur.clone());
-            Ok((write, deleted))
-        })?;
-        self.after_write(target, stored.as_deref(), deleted.as_ref());
-        let shown = stored.or(deleted.map(Arc::new)).ok_or_else(|| target.not_found(&target.name))?;
-        Ok((StatusCode::OK, self.present(target, &shown)))
+            Ok(doc)
+        })
     }
 
     /// Side effects of a write: CRD (re)registration, cascades after a delete.
