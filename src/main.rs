@@ -76,10 +76,7 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
         let election = tokio::spawn(elector.run(async {
             let _ = release_rx.await;
         }));
-        let gate = controller::WriteGate {
-            changes: leadership.subscribe(),
-            may_write: std::sync::Arc::new(move || leadership.is_leader()),
-        };
+        let gate = controller::WriteGate::from(leadership);
         let result = controller::run(client, settings, gate, readiness, process::shutdown_signal()).await;
         // Stop writing first, then hand the Lease over so a standby takes over at once.
         let _ = release_tx.send(());

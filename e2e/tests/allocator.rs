@@ -288,11 +288,7 @@ fn start_replica(
     let election = tokio::spawn(async move {
         let _ = elector.run(futures::future::pending::<()>()).await;
     });
-    let gate_leadership = leadership.clone();
-    let gate = WriteGate {
-        changes: leadership.subscribe(),
-        may_write: std::sync::Arc::new(move || gate_leadership.is_leader()),
-    };
+    let gate = WriteGate::from(leadership.clone());
     let settings = Settings {
         namespace: NS.to_owned(),
         lb_class: "purelb.io/purelbv2".to_owned(),

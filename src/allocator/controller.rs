@@ -102,10 +102,14 @@ impl WriteGate {
     /// A gate that is always open (`--leader-elect=false`).
     #[must_use]
     pub fn always() -> Self {
-        let (_tx, rx) = watch::channel(true);
-        // Keep the sender alive for the life of the process so `changed()` never errors.
-        std::mem::forget(_tx);
-        Self { changes: rx, may_write: Arc::new(|| true) }
+        Self::from(crate::leader::Leadership::always())
+    }
+}
+
+impl From<crate::leader::Leadership> for WriteGate {
+    /// Writes are allowed exactly while the leader election says so.
+    fn from(leadership: crate::leader::Leadership) -> Self {
+        Self { changes: leadership.subscribe(), may_write: Arc::new(move || leadership.is_leader()) }
     }
 }
 
