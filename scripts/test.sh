@@ -9,8 +9,13 @@ need_python_tool() { # tool, pip requirement
   command -v "$1" >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check "$2"
 }
 need_python_tool kubernetes-validate "kubernetes-validate==1.37.0"
-if ! command -v ip >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+# Tools the kernel and lab tests run: ip, nsenter, sysctl, curl, kubectl.
+missing=()
+for pair in ip:iproute2 nsenter:util-linux sysctl:procps curl:curl kubectl:kubernetes-client; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "== CRDs are current and valid for Kubernetes 1.25 and 1.33"
