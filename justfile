@@ -17,6 +17,19 @@ test *ARGS:
 crds:
     cargo run --locked --quiet --bin purelb -- crds > manifests/crds/purelb.yaml
 
+# Check the Helm chart as CI does (lint, render, schemas, Pod Security, RBAC, generated manifests).
+chart:
+    python3 scripts/chart-check.py
+
+# Regenerate manifests/install.yaml, manifests/crds.yaml and the chart's copy of the CRDs.
+chart-write:
+    python3 scripts/chart-check.py --write
+
+# Package the chart into dist/ (release).
+chart-package:
+    mkdir -p dist
+    python3 -c 'import helm_python as h; print(h.package("charts/purelb", destination="dist"))'
+
 # Run the benchmarks and print their numbers.
 bench:
     cargo bench --locked --workspace

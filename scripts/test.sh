@@ -25,6 +25,11 @@ for version in 1.25.0 1.33.0; do
   kubernetes-validate --quiet --strict -k "$version" manifests/crds/purelb.yaml
 done
 
+echo "== Helm chart: lint, render, schemas, Pod Security, RBAC, generated manifests"
+python3 -c 'import sys, helm_python; sys.exit(helm_python.__version__ != "0.2.2")' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check "helm-python-sdk==0.2.2"
+python3 scripts/chart-check.py
+
 echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"
