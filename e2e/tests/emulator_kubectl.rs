@@ -22,12 +22,17 @@ impl Drop for ApiServer {
 
 impl ApiServer {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("purelb-kubectl-{}", std::process::id()));
+        Self::start_with("plain", &[])
+    }
+
+    fn start_with(tag: &str, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("purelb-kubectl-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_purelb-lab"))
             .args(["apiserver", "--listen", "127.0.0.1:0", "--kubeconfig"])
             .arg(dir.join("kubeconfig"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,4 +161,71 @@ fn kubectl_works_against_the_standalone_emulator() {
     assert!(out.contains("deleted"), "{out}");
     let (ok, out) = api.kubectl(&["get", "svc", "web"]);
     assert!(!ok && out.contains("NotFound"), "{out}");
+}
+
+/// `GET`/`PUT` with a bearer token (kubectl sends none over plain HTTP); returns the status code.
+fn raw_request(api: &ApiServer, token: &str, method: &str, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let kubeconfig = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: http://")).unwrap().to_owned();
+    let mut stream = std::net::TcpStream::connect(&server).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn rendered_install_manifests_apply_and_their_rbac_is_enforced() {
+    let api = ApiServer::start_with(
+        "rbac",
+        &[
+            "--authorize",
+            "rbac",
+            "--token",
+            "agent-token=system:serviceaccount:purelb-system:purelb-agent",
+            "--token",
+            "alloc-token=system:serviceaccount:purelb-system:purelb-allocator",
+        ],
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = api.ok(&["apply", "--server-side", "-f", path(&root.join("manifests/crds.yaml"))]);
+    assert!(out.contains("servicegroups.purelb.io serverside-applied"), "{out}");
+    let out = api.ok(&["apply", "-f", path(&root.join("manifests/install.yaml"))]);
+    for object in [
+        "namespace/purelb-system",
+        "daemonset.apps/purelb-agent",
+        "deployment.apps/purelb-allocator",
+        "poddisruptionbudget.policy/purelb-allocator",
+        "lbnodeagent.purelb.io/default",
+    ] {
+        assert!(out.contains(object), "{object} not created:\n{out}");
+    }
+    let svc = api.write("svc.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n");
+    api.ok(&["apply", "-f", path(&svc)]);
+    // The agent reads Services and its Leases, and nothing more.
+    assert_eq!(raw_request(&api, "agent-token", "GET", "/api/v1/services", ""), 200);
+    assert_eq!(
+        raw_request(&api, "agent-token", "GET", "/apis/coordination.k8s.io/v1/namespaces/purelb-system/leases", ""),
+        200
+    );
+    assert_eq!(raw_request(&api, "agent-token", "GET", "/api/v1/namespaces/purelb-system/secrets", ""), 403);
+    assert_eq!(
+        raw_request(&api, "agent-token", "PATCH", "/api/v1/namespaces/default/services/web/status", "{}"),
+        403,
+        "the agent never writes Services"
+    );
+    assert_eq!(
+        raw_request(&api, "agent-token", "GET", "/apis/coordination.k8s.io/v1/namespaces/default/leases", ""),
+        403,
+        "Leases only in the install namespace"
+    );
+    // The allocator writes Service status but cannot read Secrets.
+    assert_eq!(raw_request(&api, "alloc-token", "GET", "/api/v1/namespaces/default/services/web", ""), 200);
+    assert_eq!(raw_request(&api, "alloc-token", "GET", "/api/v1/namespaces/purelb-system/secrets", ""), 403);
 }
