@@ -5,6 +5,7 @@
 //! ([`api`]), the pure core ([`core`]), telemetry ([`telemetry`]) and the command line
 //! ([`cli`]).
 
+pub mod agent;
 pub mod allocator;
 pub mod api;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod process;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod watch;
 
 /// The Kubernetes API types this build speaks (`k8s-openapi` with the `v1_33` shapes, chosen
 /// once in this crate's `Cargo.toml`). Other crates of the workspace use them through here.

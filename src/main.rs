@@ -36,7 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Allocator(args) => run_allocator(&args),
-        Command::Agent(_) => Ok(not_built("agent")),
+        Command::Agent(args) => run_agent(&args),
         Command::Reconcile(_) => Ok(not_built("reconcile")),
     }
 }
@@ -86,6 +86,29 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
             Ok(Ok(())) => {}
         }
         result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_agent(args: &purelb::cli::AgentArgs) -> anyhow::Result<ExitCode> {
+    use purelb::{agent, process, telemetry::catalog::Component};
+    runtime()?.block_on(async {
+        let (readiness, _server) = process::start(&args.common, Component::Agent).await?;
+        let client = process::kube_client(&args.common).await?;
+        let settings = agent::Settings {
+            namespace: args.common.namespace.clone(),
+            node: args.node_name.clone(),
+            instance: args.pod_uid.clone(),
+            lease_duration: args.lease_duration,
+            renew_interval: args.renew_interval,
+            handover_timeout: args.handover_timeout,
+            orphan_sweep_interval: args.orphan_sweep_interval,
+            api_timeout: std::time::Duration::from_secs(5)
+                .min(args.lease_duration.max(std::time::Duration::from_secs(1))),
+            reporter_instance: process::instance_name(),
+            settle_time: std::time::Duration::from_secs(1),
+        };
+        agent::run(client, settings, readiness, process::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

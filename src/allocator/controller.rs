@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Service},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -24,7 +23,6 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        WatchStreamExt,
         events::{Event as KubeEvent, EventType, Recorder, Reporter},
         reflector::{self, Store},
         watcher::{self, Event},
@@ -168,25 +166,15 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => {
-                    if let Some(work) = map(&o) {
-                        queue.add(work);
-                    }
-                }
-                Ok(Event::InitDone) => queue.add(Work::Sweep),
-                Ok(Event::Init) => {}
-                Err(error) => tracing::warn!(watch = name, %error, "watch error; retrying"),
+    crate::watch::spawn_reflector(api, config, name, move |event| match event {
+        Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => {
+            if let Some(work) = map(o) {
+                queue.add(work);
             }
         }
-        tracing::error!(watch = name, "watch stream ended");
-    });
-    reader
+        Event::InitDone => queue.add(Work::Sweep),
+        Event::Init => {}
+    })
 }
 
 /// Runs the allocator until `shutdown` resolves.

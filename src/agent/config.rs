@@ -1,0 +1,249 @@
+//! The agent's configuration: which `LBNodeAgent` governs this node (`api.md` §1: a specific
+//! selector beats a catch-all, ties by namespace/name), checked into a [`Config`].
+//!
+//! Entry points: [`select`], [`Config::from_spec`], [`selector_matches`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::{
+    api::{AddressOptions, LBNodeAgent, LocalAgentSpec},
+    core::announce::{BurstConfig, BurstConfigError},
+};
+
+/// A checked configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `namespace/name` of the LBNodeAgent, or `None` for the built-in defaults.
+    pub source: Option<String>,
+    /// `local.localInterface`: `default` or an interface name pattern (see [`name_matches`]).
+    pub local_interface: String,
+    /// `local.interfaces`.
+    pub extra_interfaces: Vec<String>,
+    /// `local.dummyInterface`.
+    pub dummy_interface: String,
+    /// The GARP/NA burst, `None` when disabled.
+    pub burst: Option<BurstConfig>,
+    /// Options of local addresses.
+    pub local_options: AddressOptions,
+    /// Options of remote addresses.
+    pub dummy_options: AddressOptions,
+}
+
+/// Why an LBNodeAgent cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `garp` section is invalid.
+    #[error("LBNodeAgent {source_name}: spec.local.garp: {error}")]
+    Garp {
+        /// `namespace/name`.
+        source_name: String,
+        /// What is wrong.
+        error: BurstConfigError,
+    },
+    /// A lifetime pair the kernel would not take as meant.
+    #[error(
+        "LBNodeAgent {source_name}: spec.local.addressConfig.{field}: preferredLifetime {preferred} is longer than validLifetime {valid}"
+    )]
+    Lifetimes {
+        /// `namespace/name`.
+        source_name: String,
+        /// `localInterface` or `dummyInterface`.
+        field: &'static str,
+        /// Valid lifetime.
+        valid: u32,
+        /// Preferred lifetime.
+        preferred: u32,
+    },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The built-in defaults are valid by construction.
+        Self::from_spec(None, &default_spec()).unwrap_or_else(|_| Self {
+            source: None,
+            local_interface: "default".to_owned(),
+            extra_interfaces: Vec::new(),
+            dummy_interface: crate::api::contract::DEFAULT_DUMMY_INTERFACE.to_owned(),
+            burst: None,
+            local_options: AddressOptions::local_default(),
+            dummy_options: AddressOptions::dummy_default(),
+        })
+    }
+}
+
+fn default_spec() -> LocalAgentSpec {
+    crate::api::LBNodeAgentSpec::default().local
+}
+
+impl Config {
+    /// Checks a `local` section.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the field.
+    pub fn from_spec(source: Option<String>, spec: &LocalAgentSpec) -> Result<Self, ConfigError> {
+        let name = source.clone().unwrap_or_else(|| "(defaults)".to_owned());
+        let burst = BurstConfig::from_spec(&spec.garp)
+            .map_err(|error| ConfigError::Garp { source_name: name.clone(), error })?;
+        for (field, o) in [
+            ("localInterface", spec.address_config.local_interface),
+            ("dummyInterface", spec.address_config.dummy_interface),
+        ] {
+            if o.valid_lifetime != 0 && o.preferred_lifetime > o.valid_lifetime {
+                return Err(ConfigError::Lifetimes {
+                    source_name: name,
+                    field,
+                    valid: o.valid_lifetime,
+                    preferred: o.preferred_lifetime,
+                });
+            }
+        }
+        Ok(Self {
+            source,
+            local_interface: spec.local_interface.clone(),
+            extra_interfaces: spec.interfaces.clone(),
+            dummy_interface: spec.dummy_interface.clone(),
+            burst,
+            local_options: spec.address_config.local_interface,
+            dummy_options: spec.address_config.dummy_interface,
+        })
+    }
+}
+
+/// Whether `selector` selects a node with `labels` (`matchLabels` and `matchExpressions` with
+/// `In`, `NotIn`, `Exists`, `DoesNotExist`; an unknown operator matches nothing).
+#[must_use]
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k).is_some_and(|have| have == v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let have = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => have.is_some_and(|h| values.contains(h)),
+            "NotIn" => have.is_none_or(|h| !values.contains(h)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+fn is_catch_all(selector: Option<&LabelSelector>) -> bool {
+    selector.is_none_or(|s| {
+        s.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && s.match_expressions.as_ref().is_none_or(Vec::is_empty)
+    })
+}
+
+/// The LBNodeAgent that governs a node with `labels`: matching ones, a specific selector before
+/// a catch-all, then by namespace/name.
+#[must_use]
+pub fn select<'a>(
+    agents: &'a [std::sync::Arc<LBNodeAgent>],
+    labels: &BTreeMap<String, String>,
+) -> Option<&'a LBNodeAgent> {
+    let mut matching: Vec<&LBNodeAgent> = agents
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|a| a.spec.node_selector.as_ref().is_none_or(|s| selector_matches(s, labels)))
+        .collect();
+    matching.sort_by_key(|a| {
+        (
+            is_catch_all(a.spec.node_selector.as_ref()),
+            a.metadata.namespace.clone().unwrap_or_default(),
+            a.metadata.name.clone().unwrap_or_default(),
+        )
+    });
+    matching.into_iter().next()
+}
+
+/// Whether an interface `name` matches the `localInterface` pattern: the exact name, or a
+/// prefix when the pattern ends in `.*` or `*` (e.g. `eth.*`, `enp*`). Full regular expressions
+/// are not supported in this build (see `docs/agent.md`).
+#[must_use]
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let pattern = pattern.trim_start_matches('^').trim_end_matches('$');
+    if let Some(prefix) = pattern.strip_suffix(".*").or_else(|| pattern.strip_suffix('*')) {
+        name.starts_with(prefix)
+    } else {
+        name == pattern
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+
+    use super::*;
+    use crate::api::LBNodeAgentSpec;
+
+    fn agent(name: &str, selector: Option<LabelSelector>) -> Arc<LBNodeAgent> {
+        Arc::new(LBNodeAgent {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("purelb-system".into()),
+                ..ObjectMeta::default()
+            },
+            spec: LBNodeAgentSpec { node_selector: selector, ..LBNodeAgentSpec::default() },
+        })
+    }
+
+    #[test]
+    fn specific_selector_beats_catch_all_and_names_break_ties() {
+        let zone = LabelSelector {
+            match_labels: Some(BTreeMap::from([("zone".to_owned(), "a".to_owned())])),
+            ..LabelSelector::default()
+        };
+        let agents = vec![agent("a-all", None), agent("z-zone", Some(zone)), agent("b-all", None)];
+        let in_a = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+        let in_b = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
+        assert_eq!(select(&agents, &in_a).unwrap().metadata.name.as_deref(), Some("z-zone"));
+        assert_eq!(select(&agents, &in_b).unwrap().metadata.name.as_deref(), Some("a-all"));
+        assert!(select(&[], &in_a).is_none());
+    }
+
+    #[test]
+    fn expressions_match() {
+        let sel = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+            }]),
+            ..LabelSelector::default()
+        };
+        let labels = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        assert!(selector_matches(&sel("In", &["v"]), &labels));
+        assert!(!selector_matches(&sel("NotIn", &["v"]), &labels));
+        assert!(selector_matches(&sel("Exists", &[]), &labels));
+        assert!(!selector_matches(&sel("DoesNotExist", &[]), &labels));
+        assert!(!selector_matches(&sel("Bogus", &[]), &labels));
+    }
+
+    #[test]
+    fn defaults_and_bad_configs() {
+        let c = Config::default();
+        assert_eq!(c.dummy_interface, "kube-lb0");
+        assert_eq!(c.local_options.valid_lifetime, 300);
+        assert!(c.burst.is_some());
+        let mut spec = default_spec();
+        spec.garp.count = 0;
+        assert!(Config::from_spec(Some("ns/x".into()), &spec).unwrap_err().to_string().contains("garp"));
+        let mut spec = default_spec();
+        spec.address_config.local_interface.preferred_lifetime = 900;
+        assert!(Config::from_spec(None, &spec).is_err());
+    }
+
+    #[test]
+    fn interface_patterns() {
+        assert!(name_matches("eth0", "eth0"));
+        assert!(!name_matches("eth0", "eth01"));
+        assert!(name_matches("^eth.*$", "eth7"));
+        assert!(name_matches("enp*", "enp3s0"));
+        assert!(!name_matches("enp*", "eth0"));
+    }
+}

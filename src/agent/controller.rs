@@ -1,0 +1,1186 @@
+//! The agent's IO: watch caches (Services, node Leases, ServiceGroups, LBNodeAgents, this Node,
+//! EndpointSlices into an [`EndpointIndex`]), the membership Lease task, a netlink watch, and one
+//! worker that runs level-triggered passes: desired addresses from [`super::decide`], actual
+//! addresses from a netlink snapshot, then add / renew / withdraw the difference, send GARP/NA
+//! bursts on takeover, publish Events on transitions and update `purelb.io/announcing`.
+//! Entry point: [`run`].
+//!
+//! Rules applied here (issue 6): an agent whose own Lease is not current makes no new local
+//! claims and removes nothing; a draining agent (SIGTERM) makes no new local claims and keeps
+//! each local address until another node's Lease lists it or `--handover-timeout` passes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{IpAddr, Ipv6Addr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        reflector::{self, Store},
+        watcher::{self, Event},
+    },
+};
+use rtnetlink::packet_route::link::LinkAttribute;
+use tokio::sync::Notify;
+
+use super::{
+    config::{self, Config},
+    decide::{self, Inputs, Kind},
+    lease::{self, LeaseContent, LeaseSettings},
+};
+use crate::{
+    api::{LBNodeAgent, ServiceGroup, contract, contract::reasons},
+    core::{
+        announce::{
+            BurstHandle, ETH_P_ALL, LinkInfo, MacAddr, SocketTransmitter, open_packet_capture, parse_claim, spawn_burst,
+        },
+        election::{self, HeldAddress, Members},
+        endpoints::{EndpointIndex, ServiceKey},
+        ipam::{AddressRange, Family, ParsedPools, parse_pool_spec},
+        netlink::{
+            Address, AddressManager, AddressSnapshot, AddressSpec, LinkRef, NetlinkError, interface_for, is_owned,
+        },
+        queue::WorkQueue,
+    },
+    telemetry::{Readiness, catalog},
+};
+
+/// Settings of the agent.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Install namespace (Leases, ServiceGroups, LBNodeAgents).
+    pub namespace: String,
+    /// This node.
+    pub node: String,
+    /// Pod UID (`purelb.io/instance`); a random one when empty.
+    pub instance: String,
+    /// `--lease-duration`.
+    pub lease_duration: Duration,
+    /// `--renew-interval`.
+    pub renew_interval: Duration,
+    /// `--handover-timeout`.
+    pub handover_timeout: Duration,
+    /// `--orphan-sweep-interval`.
+    pub orphan_sweep_interval: Duration,
+    /// Timeout of every API call.
+    pub api_timeout: Duration,
+    /// Event `reportingInstance`.
+    pub reporter_instance: String,
+    /// How long a remote address stays after its last usable local endpoint went away.
+    pub settle_time: Duration,
+}
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A netlink operation failed.
+    #[error("netlink: {0}")]
+    Netlink(#[from] NetlinkError),
+    /// A watch cache never became ready.
+    #[error("the {0} watch stopped before it was ready")]
+    WatchStopped(&'static str),
+    /// Reading link details failed.
+    #[error("cannot read the details of interface {link}: {reason}")]
+    LinkDetails {
+        /// The interface.
+        link: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Work {
+    Pass,
+}
+
+/// An address this node holds.
+struct Held {
+    spec: AddressSpec,
+    ifname: String,
+    kind: Kind,
+    services: Vec<ServiceKey>,
+    burst: Option<BurstHandle>,
+}
+
+/// The last status published per (Service, address), for transition-only Events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Note {
+    Announcing(Kind, String),
+    NotHere,
+    Failed(String),
+}
+
+#[derive(Default)]
+struct State {
+    held: BTreeMap<IpAddr, Held>,
+    notes: HashMap<(ServiceKey, IpAddr), Note>,
+    gauges: HashSet<(String, String, String)>,
+    config_error: Option<String>,
+    /// Remote addresses no longer eligible (endpoints gone), since when: withdrawn after the
+    /// settle time.
+    settling: HashMap<IpAddr, Instant>,
+    /// Elected node per local address at the last pass.
+    winners: BTreeMap<IpAddr, Option<String>>,
+    /// Services with an `endpointslice_count` series.
+    slice_gauges: HashSet<String>,
+}
+
+/// What the Lease task and the worker share (never held across an await).
+#[derive(Default)]
+struct Shared {
+    config: Config,
+    announcing: String,
+    draining: bool,
+    drain_started: Option<Instant>,
+    renewed_at: Option<Instant>,
+    /// After an outage of this node's Lease: no claims and no drops until then, so that peers
+    /// whose renewals the cache does not show yet are not taken for gone.
+    recovering_until: Option<Instant>,
+}
+
+struct Agent {
+    client: Client,
+    settings: Settings,
+    mgr: AddressManager,
+    links: rtnetlink::Handle,
+    services: Store<Service>,
+    leases: Store<Lease>,
+    groups: Store<ServiceGroup>,
+    lbnas: Store<LBNodeAgent>,
+    nodes: Store<Node>,
+    endpoints: std::sync::Mutex<EndpointIndex>,
+    queue: WorkQueue<Work>,
+    recorder: Recorder,
+    transmitter: Arc<SocketTransmitter>,
+    state: tokio::sync::Mutex<State>,
+    shared: std::sync::Mutex<Shared>,
+    kick_lease: Notify,
+    /// Local addresses held, for the capture threads (conflict detection).
+    held_local: Arc<std::sync::Mutex<HashSet<IpAddr>>>,
+    /// Capture threads by interface; dropping the flag's last user stops nothing, setting it does.
+    captures: std::sync::Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
+    /// Claims from other MACs for addresses held here: (address, claiming MAC, interface).
+    conflicts: tokio::sync::mpsc::UnboundedSender<(IpAddr, MacAddr, String)>,
+}
+
+fn reflect<K>(api: Api<K>, config: watcher::Config, queue: WorkQueue<Work>, name: &'static str) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    reflect_filtered(api, config, queue, name, None)
+}
+
+/// What in a node Lease changes a decision: renewals alone do not (expiry is scheduled from
+/// [`Members::next_expiry`] instead), so idle renewals do not cause passes.
+fn lease_key(lease: &Lease) -> String {
+    let spec = lease.spec.as_ref();
+    format!(
+        "{:?}|{:?}|{:?}",
+        lease.metadata.annotations,
+        spec.and_then(|s| s.holder_identity.as_ref()),
+        spec.and_then(|s| s.lease_duration_seconds)
+    )
+}
+
+fn reflect_filtered<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    queue: WorkQueue<Work>,
+    name: &'static str,
+    key: Option<fn(&K) -> String>,
+) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut seen: HashMap<String, String> = HashMap::new();
+    crate::watch::spawn_reflector(api, config, name, move |event| match event {
+        Event::Apply(o) => {
+            let changed = key.is_none_or(|key| seen.insert(o.name_any(), key(o)) != Some(key(o)));
+            if changed {
+                queue.add(Work::Pass);
+            }
+        }
+        Event::Delete(o) => {
+            seen.remove(&o.name_any());
+            queue.add(Work::Pass);
+        }
+        Event::InitDone => queue.add(Work::Pass),
+        Event::Init => seen.clear(),
+        Event::InitApply(o) => {
+            if let Some(key) = key {
+                seen.insert(o.name_any(), key(o));
+            }
+        }
+    })
+}
+
+fn watch_endpoints(agent: &Arc<Agent>) {
+    let api: Api<EndpointSlice> = Api::all(agent.client.clone());
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    metrics::counter!(catalog::ENDPOINTSLICE_SYNC).increment(1);
+                    let (changed, done) = {
+                        let mut index = agent.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let changed = index.handle_event(&event, Instant::now());
+                        (changed, matches!(event, Event::InitDone))
+                    };
+                    if done || !changed.is_empty() {
+                        agent.queue.add(Work::Pass);
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!(catalog::ENDPOINTSLICE_SYNC_ERRORS).increment(1);
+                    tracing::warn!(watch = "endpointslices", %error, "watch error; retrying");
+                }
+            }
+        }
+    });
+}
+
+/// Runs the agent until `shutdown` resolves, then hands over gracefully: marks its Lease
+/// draining, waits (up to the handover timeout) until successors list its local addresses,
+/// withdraws everything and deletes its Lease.
+///
+/// # Errors
+///
+/// The netlink socket cannot be opened or a watch cache never becomes ready.
+pub async fn run(
+    client: Client,
+    mut settings: Settings,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    if settings.instance.is_empty() {
+        settings.instance = format!("{}-{}", settings.node, std::process::id());
+    }
+    let mgr = AddressManager::new()?;
+    let (connection, links, _) = rtnetlink::new_connection()
+        .map_err(|e| AgentError::LinkDetails { link: "(netlink socket)".to_owned(), reason: e.to_string() })?;
+    tokio::spawn(connection);
+    // Subscribe before the first read so no change falls in between.
+    let mut address_watch = mgr.watch()?;
+    let queue: WorkQueue<Work> = WorkQueue::new("agent");
+    let ns = settings.namespace.clone();
+    let services = reflect(Api::<Service>::all(client.clone()), watcher::Config::default(), queue.clone(), "services");
+    let leases = reflect_filtered(
+        Api::<Lease>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            contract::LABEL_COMPONENT_AGENT.0,
+            contract::LABEL_COMPONENT_AGENT.1
+        )),
+        queue.clone(),
+        "leases",
+        Some(lease_key),
+    );
+    let groups = reflect(
+        Api::<ServiceGroup>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+        queue.clone(),
+        "servicegroups",
+    );
+    let lbnas = reflect(
+        Api::<LBNodeAgent>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+        queue.clone(),
+        "lbnodeagents",
+    );
+    let nodes = reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.node)),
+        queue.clone(),
+        "nodes",
+    );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: contract::MANAGER_AGENT.to_owned(), instance: Some(settings.reporter_instance.clone()) },
+    );
+    let (conflicts, mut conflict_rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent = Arc::new(Agent {
+        client,
+        settings,
+        mgr,
+        links,
+        services,
+        leases,
+        groups,
+        lbnas,
+        nodes,
+        endpoints: std::sync::Mutex::new(EndpointIndex::new()),
+        queue: queue.clone(),
+        recorder,
+        transmitter: Arc::new(SocketTransmitter::default()),
+        state: tokio::sync::Mutex::new(State::default()),
+        shared: std::sync::Mutex::new(Shared::default()),
+        kick_lease: Notify::new(),
+        held_local: Arc::new(std::sync::Mutex::new(HashSet::new())),
+        captures: std::sync::Mutex::new(HashMap::new()),
+        conflicts,
+    });
+    watch_endpoints(&agent);
+    for (ready, name) in [
+        (agent.services.wait_until_ready().await.is_ok(), "services"),
+        (agent.leases.wait_until_ready().await.is_ok(), "leases"),
+        (agent.groups.wait_until_ready().await.is_ok(), "servicegroups"),
+        (agent.lbnas.wait_until_ready().await.is_ok(), "lbnodeagents"),
+        (agent.nodes.wait_until_ready().await.is_ok(), "nodes"),
+    ] {
+        if !ready {
+            return Err(AgentError::WatchStopped(name));
+        }
+    }
+    agent.refresh_config();
+    let mut tasks = tokio::task::JoinSet::new();
+    // The membership Lease.
+    let lease_agent = agent.clone();
+    tasks.spawn(async move { lease_agent.lease_loop().await });
+    // Address changes (drift, interfaces coming and going).
+    let watch_queue = queue.clone();
+    tasks.spawn(async move {
+        loop {
+            match address_watch.changed().await {
+                Ok(_) => watch_queue.add(Work::Pass),
+                Err(error) => {
+                    tracing::warn!(%error, "the address watch stopped; relying on periodic passes");
+                    return;
+                }
+            }
+        }
+    });
+    // Another host claiming an address held here.
+    let conflict_agent = agent.clone();
+    tasks.spawn(async move {
+        let mut logged: HashMap<(IpAddr, MacAddr), Instant> = HashMap::new();
+        while let Some((ip, mac, ifname)) = conflict_rx.recv().await {
+            conflict_agent.on_conflict(ip, mac, &ifname, &mut logged).await;
+        }
+    });
+    // Orphan sweep.
+    let sweep_queue = queue.clone();
+    let sweep = agent.settings.orphan_sweep_interval.max(Duration::from_secs(1));
+    tasks.spawn(async move {
+        let mut ticker = tokio::time::interval(sweep);
+        loop {
+            ticker.tick().await;
+            sweep_queue.add(Work::Pass);
+        }
+    });
+    // The worker: one at a time (a pass covers everything).
+    let worker = agent.clone();
+    let worker_readiness = readiness.clone();
+    tasks.spawn(async move {
+        while let Some(claim) = worker.queue.get().await {
+            match worker.pass().await {
+                Ok(done) => {
+                    if done {
+                        worker_readiness.set_ready(true);
+                    }
+                    claim.succeeded();
+                }
+                Err(error) => {
+                    let delay = claim.retry_with_backoff();
+                    tracing::warn!(%error, ?delay, "pass failed; will retry");
+                }
+            }
+        }
+    });
+    queue.add(Work::Pass);
+    shutdown.await;
+    agent.hand_over().await;
+    readiness.set_ready(false);
+    queue.shutdown_and_wait().await;
+    tasks.abort_all();
+    agent.stop_captures(&HashSet::new());
+    agent.withdraw_all().await;
+    match lease::delete_own(&agent.client, &agent.lease_settings()).await {
+        Ok(true) => tracing::info!("deleted this node's Lease"),
+        Ok(false) => tracing::info!("this node's Lease names another instance or is gone; left as it is"),
+        Err(error) => tracing::warn!(%error, "cannot delete this node's Lease; it expires on its own"),
+    }
+    Ok(())
+}
+
+impl Agent {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lease_settings(&self) -> LeaseSettings {
+        LeaseSettings {
+            namespace: self.settings.namespace.clone(),
+            node: self.settings.node.clone(),
+            instance: self.settings.instance.clone(),
+            duration: self.settings.lease_duration,
+            api_timeout: self.settings.api_timeout,
+        }
+    }
+
+    /// Whether this node's own Lease is current: its last renewal succeeded (send time) less
+    /// than 1.5 renew intervals ago (at most the lease duration). Tighter than the lease itself
+    /// so that, in an API outage, this node stops claiming before peers' Leases look expired
+    /// in its cache (which would otherwise make it claim their addresses).
+    fn lease_ok(&self) -> bool {
+        let window =
+            (self.settings.renew_interval + self.settings.renew_interval / 2).min(self.settings.lease_duration);
+        let shared = self.shared();
+        shared.renewed_at.is_some_and(|t| t.elapsed() < window)
+            && shared.recovering_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Picks the LBNodeAgent for this node; an invalid one is reported and the last good
+    /// configuration stays.
+    fn refresh_config(&self) -> Option<(LBNodeAgent, String)> {
+        let labels = self
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.name_any() == self.settings.node)
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
+        let agents = self.lbnas.state();
+        let chosen = config::select(&agents, &labels);
+        let source = chosen.map(|a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()));
+        let spec = chosen.map_or_else(|| crate::api::LBNodeAgentSpec::default().local, |a| a.spec.local.clone());
+        match Config::from_spec(source, &spec) {
+            Ok(config) => {
+                let mut shared = self.shared();
+                if shared.config != config {
+                    tracing::info!(source = ?config.source, "configuration");
+                    shared.config = config;
+                }
+                None
+            }
+            Err(error) => chosen.map(|a| (a.clone(), error.to_string())),
+        }
+    }
+
+    /// Interfaces that announce local addresses: the default-route interface of each family
+    /// (or those matching `localInterface`), then `interfaces`; never the dummy interface.
+    async fn announce_interfaces(&self, config: &Config, snapshot: &AddressSnapshot) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        if config.local_interface == "default" {
+            for family in [Family::V4, Family::V6] {
+                match self.mgr.default_interface(family).await {
+                    Ok(Some(link)) => names.push(link.name),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, ?family, "cannot read the default route"),
+                }
+            }
+        } else {
+            names.extend(
+                snapshot
+                    .links
+                    .iter()
+                    .filter(|l| !l.loopback && config::name_matches(&config.local_interface, &l.name))
+                    .map(|l| l.name.clone()),
+            );
+        }
+        names.extend(config.extra_interfaces.iter().cloned());
+        names.retain(|n| *n != config.dummy_interface);
+        let mut seen = HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+
+    async fn subnets(&self, config: &Config) -> String {
+        let snapshot = match self.mgr.snapshot().await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read addresses for purelb.io/subnets");
+                return String::new();
+            }
+        };
+        let names = self.announce_interfaces(config, &snapshot).await;
+        let mut subnets = Vec::new();
+        for a in snapshot.addresses.iter().filter(|a| names.contains(&a.ifname) && a.defines_subnet()) {
+            let s = a.subnet();
+            if !subnets.contains(&s) {
+                subnets.push(s);
+            }
+        }
+        election::format_subnets(&subnets)
+    }
+
+    async fn lease_loop(self: Arc<Self>) {
+        let settings = self.lease_settings();
+        let mut was_healthy = false;
+        loop {
+            let (config, announcing, draining) = {
+                let s = self.shared();
+                (s.config.clone(), s.announcing.clone(), s.draining)
+            };
+            let node_uid =
+                self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
+            let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining, node_uid };
+            let sent = Instant::now();
+            match lease::renew(&self.client, &settings, &content).await {
+                Ok(()) => {
+                    let was_ok = self.lease_ok();
+                    let mut shared = self.shared();
+                    if !was_ok && shared.renewed_at.is_some() {
+                        tracing::info!("this node's Lease is renewed again after an outage");
+                        shared.recovering_until = Some(sent + self.settings.lease_duration);
+                    }
+                    shared.renewed_at = Some(sent);
+                }
+                Err(error) => tracing::warn!(%error, "cannot renew this node's Lease"),
+            }
+            let healthy = self.lease_ok();
+            metrics::gauge!(catalog::ELECTION_LEASE_HEALTHY).set(if healthy { 1.0 } else { 0.0 });
+            if healthy != was_healthy {
+                self.queue.add(Work::Pass);
+            }
+            if let Some(until) = self.shared().recovering_until {
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
+                }
+            }
+            was_healthy = healthy;
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.renew_interval) => {}
+                () = self.kick_lease.notified() => {}
+            }
+        }
+    }
+
+    fn parsed_groups(&self) -> (HashMap<String, ParsedPools>, Vec<AddressRange>) {
+        let mut groups = HashMap::new();
+        let mut ranges = Vec::new();
+        for g in self.groups.state() {
+            let parsed = match (&g.spec.local, &g.spec.remote) {
+                (Some(spec), None) => parse_pool_spec("spec.local", spec),
+                (None, Some(spec)) => parse_pool_spec("spec.remote", spec),
+                _ => continue,
+            };
+            if let Ok(parsed) = parsed {
+                ranges.extend(parsed.all().map(|r| r.range));
+                groups.insert(g.name_any(), parsed);
+            }
+        }
+        (groups, ranges)
+    }
+
+    /// One level-triggered pass. Returns whether it ran (it waits for this node's own Lease).
+    #[allow(clippy::too_many_lines)]
+    async fn pass(&self) -> Result<bool, AgentError> {
+        let mut state = self.state.lock().await;
+        let own = contract::node_lease_name(&self.settings.node);
+        let leases = self.leases.state();
+        let own_seen = leases.iter().any(|l| {
+            l.name_any() == own
+                && l.annotations().get(contract::LEASE_ANNOTATION_INSTANCE) == Some(&self.settings.instance)
+        });
+        if !own_seen {
+            // Membership is not known yet: deciding now would drop what this node should keep.
+            self.queue.add_after(Work::Pass, Duration::from_millis(200));
+            return Ok(false);
+        }
+        if let Some((bad, message)) = self.refresh_config() {
+            if state.config_error.as_ref() != Some(&message) {
+                tracing::warn!(%message, "invalid LBNodeAgent; keeping the last good configuration");
+                state.config_error = Some(message.clone());
+                self.publish(bad.object_ref(&()), vec![(EventType::Warning, reasons::CONFIG_ERROR, message)]);
+            }
+        } else {
+            state.config_error = None;
+        }
+        let members = Members::from_leases(leases.iter().map(AsRef::as_ref), Timestamp::now());
+        if let Some(expiry) = members.next_expiry() {
+            let millis = expiry.as_millisecond().saturating_sub(Timestamp::now().as_millisecond());
+            if let Ok(millis) = u64::try_from(millis) {
+                self.queue.add_after(Work::Pass, Duration::from_millis(millis + 20));
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(catalog::ELECTION_MEMBER_COUNT).set(members.iter().filter(|m| !m.draining).count() as f64);
+        let (config, draining, drain_started) = {
+            let s = self.shared();
+            (s.config.clone(), s.draining, s.drain_started)
+        };
+        // This node's own Lease must look live in the cache too: otherwise the cache is behind
+        // (e.g. right after an API outage) and so are the peers' Leases in it.
+        let lease_ok = self.lease_ok() && members.get(&self.settings.node).is_some();
+        let snapshot = self.mgr.snapshot().await?;
+        let ifaces = self.announce_interfaces(&config, &snapshot).await;
+        let (groups, ranges) = self.parsed_groups();
+        let services = self.services.state();
+        let (decision, slice_counts) = {
+            let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let decision = decide::decide(
+                services.iter().map(AsRef::as_ref),
+                &Inputs { node: &self.settings.node, members: &members, endpoints: &index, groups: &groups },
+            );
+            if let Some(age) = index.cache_age(Instant::now()) {
+                metrics::gauge!(catalog::ENDPOINTSLICE_CACHE_AGE).set(age.as_secs_f64());
+            }
+            let counts: BTreeMap<String, usize> =
+                decision.considered.iter().map(|(key, _, _)| (key.to_string(), index.slice_count(key))).collect();
+            (decision, counts)
+        };
+        let changes =
+            decision.winners.iter().filter(|(ip, w)| state.winners.get(*ip).is_some_and(|old| old != *w)).count();
+        if changes > 0 {
+            metrics::counter!(catalog::ELECTION_WINNER_CHANGES).increment(changes as u64);
+        }
+        state.winners.clone_from(&decision.winners);
+        for gone in state.slice_gauges.iter().filter(|s| !slice_counts.contains_key(*s)) {
+            metrics::gauge!(catalog::ENDPOINTSLICE_COUNT, "service" => gone.clone()).set(0.0);
+        }
+        for (service, count) in &slice_counts {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(catalog::ENDPOINTSLICE_COUNT, "service" => service.clone()).set(*count as f64);
+        }
+        state.slice_gauges = slice_counts.into_keys().collect();
+        let local_addresses: Vec<Address> =
+            snapshot.addresses.iter().filter(|a| ifaces.contains(&a.ifname)).cloned().collect();
+        let mut failures: HashMap<IpAddr, String> = HashMap::new();
+        let mut dummy_ready: Option<Result<(), String>> = None;
+        let mut new_held: BTreeMap<IpAddr, Held> = BTreeMap::new();
+        let mut renew_after: Option<u32> = None;
+        for wanted in decision.wanted.values() {
+            let ip = wanted.ip;
+            let spec = match wanted.kind {
+                Kind::Local => {
+                    let Some(m) = interface_for(&local_addresses, ip) else {
+                        failures.insert(
+                            ip,
+                            format!(
+                                "node {} has no announce interface ({}) with a subnet containing {ip}",
+                                self.settings.node,
+                                ifaces.join(", ")
+                            ),
+                        );
+                        continue;
+                    };
+                    let o = config.local_options;
+                    // IPv6 Service addresses must never become source addresses (preferred
+                    // lifetime 0). `AddressSpec` reads 0 as "forever", so the nearest it can say
+                    // is 1 s: deprecated one second after each (re-)add. With a permanent valid
+                    // lifetime there is no deprecated state to ask for.
+                    let preferred = match (ip.is_ipv6(), o.valid_lifetime) {
+                        (_, 0) => o.preferred_lifetime,
+                        (true, _) => 1,
+                        (false, _) => o.preferred_lifetime,
+                    };
+                    let mut spec =
+                        AddressSpec::new(m.ifname.clone(), ip, m.prefix_len).lifetimes(o.valid_lifetime, preferred);
+                    if o.no_prefix_route {
+                        spec = spec.noprefixroute();
+                    }
+                    if wanted.nodad {
+                        spec = spec.nodad();
+                    }
+                    spec
+                }
+                Kind::Remote => {
+                    let ready = match &dummy_ready {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = self
+                                .mgr
+                                .ensure_link(&config.dummy_interface)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string());
+                            dummy_ready = Some(r.clone());
+                            r
+                        }
+                    };
+                    if let Err(message) = ready {
+                        failures.insert(ip, message);
+                        continue;
+                    }
+                    let o = config.dummy_options;
+                    let mut spec = AddressSpec::new(config.dummy_interface.clone(), ip, wanted.aggregation)
+                        .lifetimes(o.valid_lifetime, o.preferred_lifetime.min(o.valid_lifetime));
+                    if o.no_prefix_route {
+                        spec = spec.noprefixroute();
+                    }
+                    spec
+                }
+            };
+            let ifname = spec.link.to_string();
+            let before =
+                state.held.remove(&ip).filter(|h| h.spec.link == spec.link && h.spec.prefix_len == spec.prefix_len);
+            if wanted.kind == Kind::Local && before.is_none() && (!lease_ok || draining) {
+                // No new claims without a current Lease, or while handing over.
+                continue;
+            }
+            let present = snapshot
+                .addresses
+                .iter()
+                .find(|a| a.ip == ip && a.ifname == ifname && a.prefix_len == spec.prefix_len && a.has_purelb_mark());
+            let renew_due = spec.valid_lifetime != 0
+                && present.is_some_and(|a| a.valid_lifetime.is_none_or(|left| left < spec.valid_lifetime / 2));
+            let flags_differ = present.is_some_and(|a| a.flags != spec.flags);
+            if present.is_none() || renew_due || flags_differ {
+                if let Err(error) = self.mgr.add_or_replace(&spec).await {
+                    tracing::warn!(%ip, link = %ifname, %error, "cannot add address");
+                    failures.insert(ip, format!("cannot add {ip} to {ifname} on node {}: {error}", self.settings.node));
+                    continue;
+                }
+                if present.is_none() {
+                    if before.is_some() {
+                        metrics::counter!(catalog::ADDRESS_DRIFT_REPAIRS).increment(1);
+                        tracing::info!(%ip, link = %ifname, "address was removed by someone else; added it back");
+                    } else {
+                        tracing::info!(%ip, link = %ifname, prefix_len = spec.prefix_len, kind = wanted.kind.as_str(), "added address");
+                    }
+                }
+            }
+            if spec.valid_lifetime != 0 {
+                renew_after = Some(renew_after.map_or(spec.valid_lifetime, |r| r.min(spec.valid_lifetime)));
+            }
+            let mut burst = before.and_then(|b| b.burst);
+            if wanted.kind == Kind::Local && (burst.is_none() || present.is_none()) {
+                if let Some(b) = burst.take() {
+                    b.stop();
+                }
+                burst = self.start_burst(&config, &snapshot, &ifname, ip).await;
+            }
+            new_held.insert(ip, Held { spec, ifname, kind: wanted.kind, services: wanted.services.clone(), burst });
+        }
+        // What was held and is not wanted any more, and every other owned address: withdraw.
+        let managed: Vec<String> = ifaces.iter().cloned().chain([config.dummy_interface.clone()]).collect();
+        let marks = self.mgr.mark_support();
+        let mut orphans = 0_u32;
+        for address in snapshot.addresses.iter().filter(|a| is_owned(a, &managed, &ranges, marks)) {
+            if new_held
+                .get(&address.ip)
+                .is_some_and(|h| h.ifname == address.ifname && h.spec.prefix_len == address.prefix_len)
+            {
+                continue;
+            }
+            let was_held = state.held.remove(&address.ip);
+            if let Some(held) = was_held {
+                let still_requested =
+                    decision.considered.iter().any(|(_, ip, kind)| *ip == address.ip && *kind == Kind::Remote);
+                let keep = if !lease_ok {
+                    true
+                } else if held.kind == Kind::Remote && still_requested && !draining {
+                    // Endpoints went away: wait the settle time (rollouts flap EndpointSlices).
+                    let since = *state.settling.entry(address.ip).or_insert_with(Instant::now);
+                    let left = self.settings.settle_time.saturating_sub(since.elapsed());
+                    if !left.is_zero() {
+                        self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
+                    }
+                    !left.is_zero()
+                } else if draining && held.kind == Kind::Local {
+                    let handed_over =
+                        members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
+                    let timed_out = drain_started.is_some_and(|t| t.elapsed() >= self.settings.handover_timeout);
+                    if handed_over && let Some(t) = drain_started {
+                        metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
+                    }
+                    !(handed_over || timed_out)
+                } else {
+                    false
+                };
+                if keep {
+                    new_held.insert(address.ip, held);
+                    continue;
+                }
+                if let Some(b) = &held.burst {
+                    b.stop();
+                }
+                match self.mgr.delete_listed(address, &snapshot).await {
+                    Ok(_) => tracing::info!(ip = %address.ip, link = %address.ifname, "withdrew address"),
+                    Err(error) => {
+                        tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot withdraw address");
+                        new_held.insert(address.ip, held);
+                    }
+                }
+            } else {
+                if !lease_ok {
+                    continue;
+                }
+                orphans += 1;
+                match self.mgr.delete_listed(address, &snapshot).await {
+                    Ok(_) => {
+                        metrics::counter!(catalog::ORPHANED_IPS_REMOVED).increment(1);
+                        tracing::info!(ip = %address.ip, link = %address.ifname, "removed orphaned address (PureLB-owned, not held by this node)");
+                    }
+                    Err(error) => {
+                        tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot remove orphaned address")
+                    }
+                }
+            }
+        }
+        metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
+        // Held addresses that vanished without being wanted (Service gone while the address
+        // was already removed): just forget them.
+        for (_, held) in std::mem::take(&mut state.held) {
+            if let Some(b) = &held.burst {
+                b.stop();
+            }
+        }
+        state.held = new_held;
+        let held_now: HashSet<IpAddr> =
+            state.held.iter().filter(|(ip, _)| decision.wanted.contains_key(*ip)).map(|(ip, _)| *ip).collect();
+        let State { settling, held, .. } = &mut *state;
+        settling.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
+        let local_ifaces: HashSet<String> =
+            state.held.values().filter(|h| h.kind == Kind::Local).map(|h| h.ifname.clone()).collect();
+        *self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            state.held.iter().filter(|(_, h)| h.kind == Kind::Local).map(|(ip, _)| *ip).collect();
+        self.stop_captures(&local_ifaces);
+        for ifname in &local_ifaces {
+            self.start_capture(&snapshot, ifname).await;
+        }
+        self.report(&mut state, &decision, &failures);
+        let announcing = election::format_announcing(
+            &state
+                .held
+                .values()
+                .map(|h| HeldAddress { address: h.spec.ip, interface: Some(h.ifname.clone()) })
+                .collect::<Vec<_>>(),
+        );
+        let changed = {
+            let mut shared = self.shared();
+            let changed = shared.announcing != announcing;
+            shared.announcing = announcing;
+            changed
+        };
+        if changed {
+            self.kick_lease.notify_one();
+        }
+        if let Some(valid) = renew_after {
+            self.queue.add_after(Work::Pass, Duration::from_secs(u64::from(valid / 3).max(1)));
+        }
+        Ok(true)
+    }
+
+    /// Events and metrics for the transitions of this pass.
+    fn report(&self, state: &mut State, decision: &decide::Decision, failures: &HashMap<IpAddr, String>) {
+        let mut events: BTreeMap<ServiceKey, Vec<(EventType, &'static str, String)>> = BTreeMap::new();
+        let mut seen: HashSet<(ServiceKey, IpAddr)> = HashSet::new();
+        let node = &self.settings.node;
+        let no_endpoint: HashMap<(ServiceKey, IpAddr), Option<String>> =
+            decision.no_endpoint.iter().map(|n| ((n.service.clone(), n.ip), n.reporter.clone())).collect();
+        for (key, ip, kind) in &decision.considered {
+            let id = (key.clone(), *ip);
+            seen.insert(id.clone());
+            let note = if let Some(h) = state.held.get(ip).filter(|h| h.services.contains(key)) {
+                Note::Announcing(h.kind, h.ifname.clone())
+            } else if let Some(message) = failures.get(ip) {
+                Note::Failed(message.clone())
+            } else if let Some(reporter) = no_endpoint.get(&id) {
+                if reporter.as_deref() == Some(node.as_str()) {
+                    Note::Failed(format!(
+                        "no node has a usable endpoint for {ip} (externalTrafficPolicy: Local), so nobody announces it"
+                    ))
+                } else {
+                    Note::NotHere
+                }
+            } else {
+                Note::NotHere
+            };
+            let old = state.notes.insert(id, note.clone());
+            if old.as_ref() == Some(&note) {
+                continue;
+            }
+            let event = match (&old, &note) {
+                (_, Note::Announcing(Kind::Local, iface)) => Some((
+                    EventType::Normal,
+                    reasons::ANNOUNCING_LOCAL,
+                    format!("node {node} announces {ip} on {iface}"),
+                )),
+                (_, Note::Announcing(Kind::Remote, iface)) => Some((
+                    EventType::Normal,
+                    reasons::ANNOUNCING_REMOTE,
+                    format!("node {node} announces {ip} on {iface} ({} pool)", kind.as_str()),
+                )),
+                (Some(Note::Announcing(..)), Note::NotHere) => {
+                    Some((EventType::Normal, reasons::WITHDRAWN, format!("node {node} withdrew {ip}")))
+                }
+                (_, Note::Failed(message)) => Some((EventType::Warning, reasons::ANNOUNCEMENT_FAILED, message.clone())),
+                _ => None,
+            };
+            if let Some(e) = event {
+                events.entry(key.clone()).or_default().push(e);
+            }
+        }
+        state.notes.retain(|id, _| seen.contains(id));
+        for (key, list) in events {
+            let svc = self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            if let Some(svc) = svc {
+                self.publish(svc.object_ref(&()), list);
+            }
+        }
+        // Metrics.
+        let mut gauges = HashSet::new();
+        for h in state.held.values() {
+            for s in &h.services {
+                gauges.insert((s.to_string(), h.spec.ip.to_string(), h.ifname.clone()));
+            }
+        }
+        for gone in state.gauges.difference(&gauges) {
+            metrics::gauge!(catalog::LBNODEAGENT_ANNOUNCED, "service" => gone.0.clone(), "ip" => gone.1.clone(), "interface" => gone.2.clone()).set(0.0);
+        }
+        for g in &gauges {
+            metrics::gauge!(catalog::LBNODEAGENT_ANNOUNCED, "service" => g.0.clone(), "ip" => g.1.clone(), "interface" => g.2.clone()).set(1.0);
+        }
+        state.gauges = gauges;
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(catalog::ANNOUNCED_IPS).set(state.held.len() as f64);
+    }
+
+    async fn link_info(&self, snapshot: &AddressSnapshot, ifname: &str) -> Result<LinkInfo, AgentError> {
+        let details = |reason: String| AgentError::LinkDetails { link: ifname.to_owned(), reason };
+        let link = snapshot.link(ifname).ok_or_else(|| details("not found".to_owned()))?;
+        let message = self
+            .links
+            .link()
+            .get()
+            .match_index(link.index)
+            .execute()
+            .try_next()
+            .await
+            .map_err(|e| details(e.to_string()))?
+            .ok_or_else(|| details("not found".to_owned()))?;
+        let mac = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                _ => None,
+            })
+            .ok_or_else(|| details("it has no Ethernet address".to_owned()))?;
+        let link_local: Option<Ipv6Addr> = snapshot
+            .addresses_on(&LinkRef::Index(link.index))
+            .find(|a| a.is_link_local() && !a.state.tentative)
+            .and_then(|a| match a.ip {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            });
+        Ok(LinkInfo { name: ifname.to_owned(), index: link.index, mac: MacAddr(mac), link_local })
+    }
+
+    async fn start_burst(
+        &self,
+        config: &Config,
+        snapshot: &AddressSnapshot,
+        ifname: &str,
+        ip: IpAddr,
+    ) -> Option<BurstHandle> {
+        let burst = config.burst?;
+        match self.link_info(snapshot, ifname).await {
+            Ok(link) => Some(spawn_burst(self.transmitter.clone(), link, ip, burst)),
+            Err(error) => {
+                metrics::counter!(catalog::GARP_ERRORS).increment(1);
+                tracing::warn!(%ip, %error, "cannot announce the takeover with gratuitous ARP/NA");
+                None
+            }
+        }
+    }
+
+    /// Publishes Events in order without holding up the worker (best effort).
+    fn publish(
+        &self,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        events: Vec<(EventType, &'static str, String)>,
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        let recorder = self.recorder.clone();
+        let timeout = self.settings.api_timeout;
+        tokio::spawn(async move {
+            for (type_, reason, note) in events {
+                // As in the allocator: the action carries the message so that kube's Recorder
+                // does not fold different messages into one series.
+                let action: String = format!("{reason}: {note}").chars().take(128).collect();
+                let event = KubeEvent {
+                    type_,
+                    reason: reason.to_owned(),
+                    note: Some(note.chars().take(1000).collect()),
+                    action,
+                    secondary: None,
+                };
+                match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
+                    Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
+                }
+            }
+        });
+    }
+
+    /// Starts a capture thread on `ifname` unless one runs: it reports ARP/NA claims for held
+    /// local addresses from other MACs.
+    async fn start_capture(&self, snapshot: &AddressSnapshot, ifname: &str) {
+        if self.captures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(ifname) {
+            return;
+        }
+        let link = match self.link_info(snapshot, ifname).await {
+            Ok(link) => link,
+            Err(error) => {
+                tracing::warn!(%error, "no conflict detection on this interface");
+                return;
+            }
+        };
+        let socket = match open_packet_capture(&link, ETH_P_ALL) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "no conflict detection on this interface");
+                return;
+            }
+        };
+        if let Err(error) = socket.set_read_timeout(Some(Duration::from_millis(250))) {
+            tracing::warn!(%error, interface = ifname, "no conflict detection on this interface");
+            return;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.captures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ifname.to_owned(), stop.clone());
+        let held = self.held_local.clone();
+        let tx = self.conflicts.clone();
+        let name = ifname.to_owned();
+        let spawned = std::thread::Builder::new().name(format!("capture-{name}")).spawn(move || {
+            use std::io::Read;
+            let mut buf = [0_u8; 2048];
+            let mut socket = socket;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = match socket.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, interface = %name, "conflict detection stopped");
+                        return;
+                    }
+                };
+                let Some(claim) = buf.get(..n).and_then(parse_claim) else { continue };
+                if claim.mac == link.mac {
+                    continue;
+                }
+                let ours = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&claim.address);
+                if ours && tx.send((claim.address, claim.mac, name.clone())).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, interface = ifname, "cannot start conflict detection");
+            self.captures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(ifname);
+        }
+    }
+
+    /// Stops the capture threads of interfaces not in `keep`.
+    fn stop_captures(&self, keep: &HashSet<String>) {
+        self.captures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|name, stop| {
+            let keep = keep.contains(name);
+            if !keep {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            keep
+        });
+    }
+
+    /// Another MAC claims `ip`, which this node holds. A node that cannot renew its Lease (it
+    /// may be the one cut off) or that is draining gives the address up at once; a node with a
+    /// current Lease keeps it (the other is the stale one) and counts the conflict.
+    async fn on_conflict(
+        &self,
+        ip: IpAddr,
+        mac: MacAddr,
+        ifname: &str,
+        logged: &mut HashMap<(IpAddr, MacAddr), Instant>,
+    ) {
+        metrics::counter!(catalog::ADDRESS_CONFLICTS).increment(1);
+        let draining = self.shared().draining;
+        if self.lease_ok() && !draining {
+            let recent = logged.get(&(ip, mac)).is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if !recent {
+                logged.insert((ip, mac), Instant::now());
+                tracing::warn!(%ip, %mac, interface = ifname, "another host claims an address this node holds; keeping it (this node's Lease is current)");
+            }
+            return;
+        }
+        let mut state = self.state.lock().await;
+        let Some(held) = state.held.remove(&ip) else { return };
+        if let Some(b) = &held.burst {
+            b.stop();
+        }
+        self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&ip);
+        match self.mgr.delete(held.spec.link.clone(), ip).await {
+            Ok(_) => {
+                tracing::info!(%ip, %mac, interface = ifname, draining, "another host took over the address; gave it up")
+            }
+            Err(error) => {
+                tracing::warn!(%ip, %error, "cannot give up an address another host claims");
+                state.held.insert(ip, held);
+            }
+        }
+        drop(state);
+        self.queue.add(Work::Pass);
+    }
+
+    /// Graceful handover: mark the Lease draining and keep passing until no local address is
+    /// left or the handover timeout passes.
+    async fn hand_over(&self) {
+        let started = Instant::now();
+        {
+            let mut shared = self.shared();
+            shared.draining = true;
+            shared.drain_started = Some(started);
+        }
+        self.kick_lease.notify_one();
+        tracing::info!(timeout = ?self.settings.handover_timeout, "draining: handing local addresses over");
+        loop {
+            let local_left = self.state.lock().await.held.values().filter(|h| h.kind == Kind::Local).count();
+            if local_left == 0 {
+                tracing::info!(elapsed = ?started.elapsed(), "handover complete");
+                return;
+            }
+            if started.elapsed() > self.settings.handover_timeout + Duration::from_millis(200) {
+                tracing::warn!(local_left, "handover timed out; withdrawing anyway");
+                return;
+            }
+            self.queue.add(Work::Pass);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Removes every address this node holds (at exit).
+    async fn withdraw_all(&self) {
+        let mut state = self.state.lock().await;
+        let held = std::mem::take(&mut state.held);
+        let mut withdrawn = BTreeSet::new();
+        for (ip, h) in held {
+            if let Some(b) = &h.burst {
+                b.stop();
+            }
+            match self.mgr.delete(h.spec.link.clone(), ip).await {
+                Ok(_) => {
+                    withdrawn.insert(ip);
+                }
+                Err(error) => tracing::warn!(%ip, %error, "cannot withdraw address at exit"),
+            }
+        }
+        tracing::info!(count = withdrawn.len(), "withdrew every address at exit");
+    }
+}

@@ -1,0 +1,17 @@
+//! `purelb agent`: runs on every node, keeps this node's membership Lease, decides which
+//! Service addresses this node must hold and makes the kernel hold exactly those (issue 6,
+//! `api.md` §1, §3, §4, §6). See `docs/agent.md` for the behaviour and the decisions taken.
+//!
+//! - [`decide`]: the pure decision (desired addresses from Services, members, groups and
+//!   endpoints);
+//! - [`config`]: which LBNodeAgent governs this node, checked;
+//! - [`lease`]: this node's Lease body and its renewal;
+//! - [`controller`]: the IO (watch caches, netlink, bursts, Events, metrics); entry point
+//!   [`controller::run`].
+
+pub mod config;
+pub mod controller;
+pub mod decide;
+pub mod lease;
+
+pub use controller::{AgentError, Settings, run};
