@@ -56,6 +56,14 @@ pub enum ConfigError {
         /// Preferred lifetime.
         preferred: u32,
     },
+    /// `localInterface` is not a valid regular expression.
+    #[error("LBNodeAgent {source_name}: {message}")]
+    InterfacePattern {
+        /// `namespace/name`.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Default for Config {
@@ -87,6 +95,11 @@ impl Config {
         let name = source.clone().unwrap_or_else(|| "(defaults)".to_owned());
         let burst = BurstConfig::from_spec(&spec.garp)
             .map_err(|error| ConfigError::Garp { source_name: name.clone(), error })?;
+        if spec.local_interface != "default"
+            && let Some(message) = pattern_error(&spec.local_interface)
+        {
+            return Err(ConfigError::InterfacePattern { source_name: name, message });
+        }
         for (field, o) in [
             ("localInterface", spec.address_config.local_interface),
             ("dummyInterface", spec.address_config.dummy_interface),
@@ -159,17 +172,25 @@ pub fn select<'a>(
     matching.into_iter().next()
 }
 
-/// Whether an interface `name` matches the `localInterface` pattern: the exact name, or a
-/// prefix when the pattern ends in `.*` or `*` (e.g. `eth.*`, `enp*`). Full regular expressions
-/// are not supported in this build (see `docs/agent.md`).
+/// Whether an interface `name` matches the `localInterface` pattern: an anchored regular
+/// expression over the whole name (`eth0`, `eth.*`, `en(p|s)[0-9]+s0`), as `api.md` §1 says. A
+/// pattern that is not a valid expression matches nothing (and [`pattern_error`] says why).
 #[must_use]
 pub fn name_matches(pattern: &str, name: &str) -> bool {
-    let pattern = pattern.trim_start_matches('^').trim_end_matches('$');
-    if let Some(prefix) = pattern.strip_suffix(".*").or_else(|| pattern.strip_suffix('*')) {
-        name.starts_with(prefix)
-    } else {
-        name == pattern
-    }
+    anchored(pattern).is_ok_and(|re| re.is_match(name))
+}
+
+/// Why `pattern` is not a usable interface pattern, if it is not.
+#[must_use]
+pub fn pattern_error(pattern: &str) -> Option<String> {
+    anchored(pattern)
+        .err()
+        .map(|e| format!("spec.local.localInterface {pattern:?} is not a valid regular expression: {e}"))
+}
+
+fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    let body = pattern.trim_start_matches('^').trim_end_matches('$');
+    regex::RegexBuilder::new(&format!("^(?:{body})$")).size_limit(1 << 16).build()
 }
 
 #[cfg(test)]
@@ -243,7 +264,12 @@ mod tests {
         assert!(name_matches("eth0", "eth0"));
         assert!(!name_matches("eth0", "eth01"));
         assert!(name_matches("^eth.*$", "eth7"));
-        assert!(name_matches("enp*", "enp3s0"));
-        assert!(!name_matches("enp*", "eth0"));
+        assert!(name_matches("enp.*", "enp3s0"));
+        assert!(!name_matches("enp.*", "eth0"));
+        assert!(name_matches("en(p|s)[0-9]+s0", "ens3s0"));
+        assert!(!name_matches("eth", "eth0"), "anchored: the whole name must match");
+        assert!(!name_matches("eth(", "eth("));
+        assert!(pattern_error("eth(").is_some_and(|e| e.contains("localInterface")));
+        assert!(pattern_error("eth.*").is_none());
     }
 }
