@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod core;
 pub mod duration;
+pub mod events;
 pub mod leader;
 pub mod process;
 pub mod telemetry;

@@ -29,7 +29,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
         WatchStreamExt,
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        events::{EventType, Recorder, Reporter},
         reflector::{self, Store},
         watcher::{self, Event},
     },
@@ -998,35 +998,8 @@ impl Agent {
     }
 
     /// Publishes Events in order without holding up the worker (best effort).
-    fn publish(
-        &self,
-        reference: k8s_openapi::api::core::v1::ObjectReference,
-        events: Vec<(EventType, &'static str, String)>,
-    ) {
-        if events.is_empty() {
-            return;
-        }
-        let recorder = self.recorder.clone();
-        let timeout = self.settings.api_timeout;
-        tokio::spawn(async move {
-            for (type_, reason, note) in events {
-                // As in the allocator: the action carries the message so that kube's Recorder
-                // does not fold different messages into one series.
-                let action: String = format!("{reason}: {note}").chars().take(128).collect();
-                let event = KubeEvent {
-                    type_,
-                    reason: reason.to_owned(),
-                    note: Some(note.chars().take(1000).collect()),
-                    action,
-                    secondary: None,
-                };
-                match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
-                    Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
-                }
-            }
-        });
+    fn publish(&self, reference: k8s_openapi::api::core::v1::ObjectReference, events: Vec<crate::events::EventSpec>) {
+        crate::events::publish_in_background(&self.recorder, reference, events, self.settings.api_timeout);
     }
 
     /// Starts a capture thread on `ifname` unless one runs: it reports ARP/NA claims for held

@@ -23,7 +23,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        events::{EventType, Recorder, Reporter},
         reflector::{self, Store},
         watcher::{self, Event},
     },
@@ -681,38 +681,15 @@ impl Worker {
         }
     }
 
-    /// Publishes Events, in order, without holding up the worker (Events are best effort).
-    /// One task per object keeps them ordered and apart (kube names Events by timestamp).
+    /// Publishes Events, in order, without holding up the worker (only while leading).
     fn publish_in_background(
         &self,
         reference: k8s_openapi::api::core::v1::ObjectReference,
-        events: Vec<(EventType, &'static str, String)>,
+        events: Vec<crate::events::EventSpec>,
     ) {
-        if events.is_empty() || !(self.gate.may_write)() {
-            return;
+        if (self.gate.may_write)() {
+            crate::events::publish_in_background(&self.recorder, reference, events, self.settings.api_timeout);
         }
-        let recorder = self.recorder.clone();
-        let timeout = self.settings.api_timeout;
-        tokio::spawn(async move {
-            for (type_, reason, note) in events {
-                // kube's Recorder folds Events with the same type, reason and action into one
-                // series that keeps the first note, so the action carries the message to keep
-                // different messages apart.
-                let action: String = format!("{reason}: {note}").chars().take(128).collect();
-                let event = KubeEvent {
-                    type_,
-                    reason: reason.to_owned(),
-                    note: Some(note.chars().take(1000).collect()),
-                    action,
-                    secondary: None,
-                };
-                match tokio::time::timeout(timeout, recorder.publish(&event, &reference)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, reason, "cannot publish Event"),
-                    Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
-                }
-            }
-        });
     }
 
     fn pool_metrics(&self, group: &str) {
