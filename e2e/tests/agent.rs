@@ -5,6 +5,7 @@
 //! orphan removal at restart (an administrator's address in the pool range stays) and drift repair.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use purelb_e2e::lab::wait_for;
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -109,23 +110,6 @@ spec:
   - {{name: http, port: 80, targetPort: 80}}
 "
     )
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn address_of(lab: &Lab, name: &str) -> IpAddr {

@@ -7,6 +7,7 @@
 //! implemented yet"), the demo runs every step it can, skips those that need them, and says
 //! what is missing. Entry point: [`run`].
 
+use super::wait_for;
 use std::{
     io::Write,
     net::{IpAddr, SocketAddr},
@@ -159,23 +160,6 @@ async fn service_address(lab: &Lab) -> Option<IpAddr> {
     let service = services.get("web").await.ok()?;
     let ingress = service.status?.load_balancer?.ingress?;
     ingress.iter().find_map(|i| i.ip.as_deref()?.parse().ok())
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn show_services(lab: &Lab, p: &mut Printer<'_>) {
