@@ -30,14 +30,21 @@ chart-package:
     mkdir -p dist
     python3 -c 'import helm_python as h; print(h.package("charts/purelb", destination="dist"))'
 
-# Run the benchmarks and print their numbers.
-bench:
-    cargo bench --locked --workspace
+# Run every benchmark and lab measurement and rewrite BENCHMARKS.md (root for the lab parts).
+# `just bench --only queue,endpoints --output /tmp/b.md`, `--keep-going`, `--fuzz-log FILE`,
+# `--soak-json FILE...`; `just bench --list` shows the sections, `--help` the rest.
+bench *ARGS:
+    python3 scripts/bench-report.py {{ARGS}}
 
 # Show PureLB working in the network-namespace lab.
 demo:
     cargo build --locked --release --workspace --bins
     ./target/release/purelb-lab demo
+
+# Fails on any invariant violation or failed request outside the allowed windows (e2e/README.md).
+# Chaos soak in the lab (root): `just soak [SECONDS] [SEED]`, default 30 min with a random seed.
+soak DURATION="1800" *SEED:
+    bash scripts/soak.sh {{DURATION}} {{SEED}}
 
 # Everything CI does.
 ci:

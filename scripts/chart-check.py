@@ -8,7 +8,8 @@ embeds Helm's Go SDK; no helm binary needed):
     (kubernetes-validate); objects of custom kinds are skipped and listed;
   * the allocator pod passes Pod Security Standards "restricted"; the agent pod needs nothing
     beyond hostNetwork, root and NET_ADMIN + NET_RAW; no Secret reaches the agent;
-  * the rendered RBAC equals manifests/rbac.yaml exactly (an extra verb fails);
+  * the rendered RBAC equals manifests/rbac.yaml exactly (an extra verb fails), plus, with
+    netbox.enabled only, manifests/rbac-netbox.yaml naming netbox.tokenSecret.name;
   * charts/purelb/files/crds.yaml equals manifests/crds/purelb.yaml (the `purelb crds` output);
   * manifests/install.yaml and manifests/crds.yaml equal what the chart renders.
 
@@ -48,6 +49,9 @@ VALUE_SETS: dict[str, dict] = {
                 }
             },
         },
+    },
+    "netbox-own-secret": {
+        "netbox": {"enabled": True, "tokenSecret": {"name": "nb-api", "key": "api-token"}},
     },
     "canary": {
         "agent": {
@@ -223,6 +227,15 @@ def check_set(label: str, objs: list[dict], values: dict) -> None:
     secret_vols = [v for v in alloc.get("volumes", []) if "secret" in v]
     if netbox != bool(secret_vols):
         fail(f"{label}: allocator Secret volumes {secret_vols} with netbox.enabled={netbox}")
+    if netbox:
+        # The token file is <dir>/<key>, and the allocator knows which Secret is mounted.
+        want = values["netbox"]["tokenSecret"]
+        items = [i for v in secret_vols for i in v["secret"].get("items", [])]
+        if [v["secret"]["secretName"] for v in secret_vols] != [want["name"]] or items != [{"key": want["key"], "path": want["key"]}]:
+            fail(f"{label}: allocator Secret volume {secret_vols} does not mount key {want['key']} of {want['name']} as a file of that name")
+        env = {e["name"]: e.get("value") for e in alloc["containers"][0].get("env", [])}
+        if env.get("PURELB_NETBOX_TOKEN_SECRET") != want["name"] or env.get("PURELB_NETBOX_TOKEN_DIR") != "/etc/purelb/netbox":
+            fail(f"{label}: allocator not told which Secret is mounted where: {env}")
     for name, ds in dss.items():
         check_agent(f"{label}: {name}", ds["spec"]["template"]["spec"])
         c = ds["spec"]["template"]["spec"]["containers"][0]
@@ -275,6 +288,21 @@ def rbac_view(objs: list[dict]) -> dict[str, object]:
             body = {k: o.get(k) for k in ("automountServiceAccountToken", "secrets", "imagePullSecrets")}
         out[key(o)] = body
     return out
+
+
+def documented_for(values: dict, documented: dict, netbox_docs: list[dict]) -> dict:
+    """manifests/rbac.yaml, plus manifests/rbac-netbox.yaml (naming the values' Secret) when
+    netbox.enabled."""
+    nb = values.get("netbox", {})
+    if not nb.get("enabled"):
+        return documented
+    extra = copy.deepcopy(netbox_docs)
+    name = nb.get("tokenSecret", {}).get("name", "netbox-token")
+    for d in extra:
+        for r in d.get("rules") or []:
+            if "resourceNames" in r:
+                r["resourceNames"] = [name]
+    return {**documented, **rbac_view(extra)}
 
 
 def check_rbac(label: str, objs: list[dict], documented: dict) -> None:
@@ -346,6 +374,7 @@ def main() -> int:
 
     chart = helm.Chart.load(str(CHART))
     documented = rbac_view([d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text()) if d])
+    netbox_docs = [d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac-netbox.yaml").read_text()) if d]
     skipped: set[str] = set()
     defaults = {}
     for label, values in VALUE_SETS.items():
@@ -361,7 +390,7 @@ def main() -> int:
         kinds = sorted({o["kind"] for o in objs})
         print(f"== {label}: lint ok={not problems}, {len(objs)} objects: {', '.join(kinds)}")
         check_set(label, objs, values)
-        check_rbac(label, objs, documented)
+        check_rbac(label, objs, documented_for(values, documented, netbox_docs))
         validate(label, objs, skipped)
         if label == "defaults":
             defaults = values

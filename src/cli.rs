@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, builder::NonEmptyStringValueParser};
 
 use crate::{api::contract, duration::parse_duration, telemetry::LogFormat};
 
@@ -77,6 +77,15 @@ pub struct AllocatorArgs {
     /// How often the leader renews its Lease (must be well below --lease-duration).
     #[arg(long, env = "PURELB_RENEW_INTERVAL", value_parser = duration_arg, default_value = "5s")]
     pub renew_interval: Duration,
+    /// Directory where the NetBox token Secret is mounted (one file per key).
+    #[arg(long, env = "PURELB_NETBOX_TOKEN_DIR", value_name = "PATH", default_value = "/etc/purelb/netbox")]
+    pub netbox_token_dir: PathBuf,
+    /// Name of the Secret mounted at --netbox-token-dir; groups naming another Secret (or a key that is not mounted) read it through the API.
+    #[arg(long, env = "PURELB_NETBOX_TOKEN_SECRET", value_name = "NAME", default_value = "")]
+    pub netbox_token_secret: String,
+    /// Longest wait for one NetBox request (connect, send, whole answer).
+    #[arg(long, env = "PURELB_NETBOX_TIMEOUT", value_parser = duration_arg, default_value = "10s")]
+    pub netbox_timeout: Duration,
 }
 
 /// `purelb agent`.
@@ -118,22 +127,22 @@ pub enum OutputFormat {
 /// `purelb reconcile`.
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileArgs {
-    /// Common flags.
+    /// Common flags (the metrics server is not started by this one-shot command).
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Node whose addresses to reconcile (from the downward API in an init container).
-    #[arg(long, env = "NODE_NAME")]
+    /// Node this runs on, whose addresses to reconcile (from the downward API in an init container); required unless --all.
+    #[arg(long, env = "NODE_NAME", required_unless_present = "all", value_parser = NonEmptyStringValueParser::new())]
     pub node_name: Option<String>,
-    /// Only report what would be removed.
+    /// Only report what would be removed; change nothing.
     #[arg(long, env = "PURELB_DRY_RUN")]
     pub dry_run: bool,
     /// Remove every PureLB-owned address and the dummy interface PureLB created (uninstall); needs no API access.
     #[arg(long, env = "PURELB_ALL")]
     pub all: bool,
-    /// Report format.
+    /// Report format: text lines with a summary, or one JSON document (interface, address, reason).
     #[arg(long, env = "PURELB_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// Exit with status 3 when orphaned addresses were found.
+    /// Exit with status 3 when orphaned addresses were found (also with --dry-run), else 0.
     #[arg(long, env = "PURELB_EXIT_CODE")]
     pub exit_code: bool,
 }
@@ -159,6 +168,8 @@ mod tests {
         assert_eq!(a.lease_duration, Duration::from_secs(15));
         assert_eq!(a.renew_interval, Duration::from_secs(5));
         assert_eq!(a.common.metrics_addr.to_string(), "0.0.0.0:7472");
+        assert_eq!(a.netbox_token_dir, PathBuf::from("/etc/purelb/netbox"));
+        assert_eq!((a.netbox_token_secret.as_str(), a.netbox_timeout), ("", Duration::from_secs(10)));
 
         let cli = Cli::try_parse_from([
             "purelb",
@@ -181,6 +192,25 @@ mod tests {
             .unwrap();
         let Command::Allocator(a) = cli.command else { unreachable!() };
         assert!(!a.leader_elect && !a.default_announcer);
+    }
+
+    #[test]
+    fn reconcile_needs_a_node_unless_all() {
+        let cli =
+            Cli::try_parse_from(["purelb", "reconcile", "--node-name", "n1", "--dry-run", "--output", "json"]).unwrap();
+        let Command::Reconcile(r) = cli.command else { unreachable!() };
+        assert_eq!(r.node_name.as_deref(), Some("n1"));
+        assert!(r.dry_run && !r.all && !r.exit_code);
+        assert_eq!(r.output, OutputFormat::Json);
+        let cli = Cli::try_parse_from(["purelb", "reconcile", "--all", "--exit-code"]).unwrap();
+        let Command::Reconcile(r) = cli.command else { unreachable!() };
+        assert!(r.all && r.exit_code && r.node_name.is_none());
+        assert_eq!(r.output, OutputFormat::Text);
+        if std::env::var_os("NODE_NAME").is_none() {
+            let err = Cli::try_parse_from(["purelb", "reconcile"]).unwrap_err().to_string();
+            assert!(err.contains("--node-name"), "{err}");
+        }
+        assert!(Cli::try_parse_from(["purelb", "reconcile", "--node-name", ""]).is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! balancer.
 //!
 //! The library holds everything the `purelb` binary runs: the custom resource types
-//! ([`api`]), the pure core ([`core`]), telemetry ([`telemetry`]) and the command line
-//! ([`cli`]).
+//! ([`api`]), the pure core ([`core`]), the subcommands ([`allocator`], [`agent`],
+//! [`reconcile`]), telemetry ([`telemetry`]) and the command line ([`cli`]).
 
 pub mod agent;
 pub mod allocator;
@@ -13,7 +13,9 @@ pub mod core;
 pub mod duration;
 pub mod events;
 pub mod leader;
+pub mod netbox;
 pub mod process;
+pub mod reconcile;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -16,14 +16,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Status for a subcommand whose issue has not landed yet: it never pretends to work.
-const NOT_BUILT: u8 = 2;
-
-fn not_built(name: &str) -> ExitCode {
-    eprintln!("purelb {name}: not implemented yet in this build; nothing was done");
-    ExitCode::from(NOT_BUILT)
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crds => {
@@ -37,7 +29,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Allocator(args) => run_allocator(&args),
         Command::Agent(args) => run_agent(&args),
-        Command::Reconcile(_) => Ok(not_built("reconcile")),
+        Command::Reconcile(args) => run_reconcile(&args),
     }
 }
 
@@ -57,9 +49,22 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
             instance: process::instance_name(),
             api_timeout: std::time::Duration::from_secs(10),
         };
+        let netbox = purelb::allocator::netbox::NetboxSettings {
+            token_dir: args.netbox_token_dir.clone(),
+            token_secret: Some(args.netbox_token_secret.clone()).filter(|s| !s.is_empty()),
+            timeout: args.netbox_timeout,
+            ..Default::default()
+        };
         if !args.leader_elect {
-            controller::run(client, settings, controller::WriteGate::always(), readiness, process::shutdown_signal())
-                .await?;
+            controller::run_with_netbox(
+                client,
+                settings,
+                netbox,
+                controller::WriteGate::always(),
+                readiness,
+                process::shutdown_signal(),
+            )
+            .await?;
             return Ok(ExitCode::SUCCESS);
         }
         let config = purelb::leader::LeaderConfig::new(args.lease_duration, args.renew_interval);
@@ -77,7 +82,8 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
             let _ = release_rx.await;
         }));
         let gate = controller::WriteGate::from(leadership);
-        let result = controller::run(client, settings, gate, readiness, process::shutdown_signal()).await;
+        let result =
+            controller::run_with_netbox(client, settings, netbox, gate, readiness, process::shutdown_signal()).await;
         // Stop writing first, then hand the Lease over so a standby takes over at once.
         let _ = release_tx.send(());
         match election.await {
@@ -110,5 +116,48 @@ fn run_agent(args: &purelb::cli::AgentArgs) -> anyhow::Result<ExitCode> {
         };
         agent::run(client, settings, readiness, process::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `purelb reconcile`: one shot; prints the report on stdout (logs go to stderr). Exit status:
+/// 0, or 3 with `--exit-code` when orphans were found; 1 on any error (also when a removal
+/// failed, after printing the report).
+fn run_reconcile(args: &purelb::cli::ReconcileArgs) -> anyhow::Result<ExitCode> {
+    use purelb::{cli::OutputFormat, process, reconcile};
+    purelb::telemetry::init_tracing(args.common.log_level.as_deref(), args.common.log_format)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let settings = reconcile::Settings {
+        namespace: args.common.namespace.clone(),
+        dry_run: args.dry_run,
+        api_timeout: std::time::Duration::from_secs(10),
+    };
+    let report = runtime.block_on(async {
+        if args.all {
+            return Ok::<_, anyhow::Error>(reconcile::run_all(&settings).await?);
+        }
+        let node = args.node_name.as_deref().ok_or_else(|| anyhow::anyhow!("--node-name is required without --all"))?;
+        let client = process::kube_client(&args.common).await.map_err(|error| {
+            anyhow::anyhow!(
+                "{error}; nothing was removed; to remove every PureLB-owned address without API access (uninstall), use --all"
+            )
+        })?;
+        Ok(reconcile::run_node(&client, &settings, node).await?)
+    })?;
+    let text = match args.output {
+        OutputFormat::Text => report.text(),
+        OutputFormat::Json => report.json()?,
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    let failed = report.failures();
+    if failed > 0 {
+        anyhow::bail!(
+            "could not remove {failed} of {} orphaned addresses and interfaces (see the report above)",
+            report.found()
+        );
+    }
+    Ok(if args.exit_code && report.found() > 0 {
+        ExitCode::from(reconcile::EXIT_ORPHANS_FOUND)
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -51,7 +51,7 @@ pub async fn start(common: &CommonArgs, component: Component) -> Result<(Readine
 ///
 /// No usable configuration.
 pub async fn kube_client(common: &CommonArgs) -> Result<Client, StartError> {
-    let config = match &common.kubeconfig {
+    let mut config = match &common.kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .map_err(|source| StartError::Kubeconfig { path: path.display().to_string(), source })?;
@@ -61,6 +61,12 @@ pub async fn kube_client(common: &CommonArgs) -> Result<Client, StartError> {
         }
         None => Config::infer().await.map_err(|e| StartError::Config(e.to_string()))?,
     };
+    // No client-level retry of 429/503/504: kube-rs would retry up to 15 times with delays
+    // growing towards minutes, so after a spell of 503 answers a watch could sleep in that loop
+    // for many seconds while the controller acts on its stale cache (the chaos soak, issue 9,
+    // saw 10 s after a 10 s cut). Callers retry on their own terms: watches with
+    // `watch::WatchBackoff`, writes through their work queues, the Lease on its renew interval.
+    config.default_retry = false;
     Ok(Client::try_from(config)?)
 }
 

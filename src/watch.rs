@@ -1,16 +1,84 @@
 //! Watch caches for the controllers: a kube reflector whose events are handed to a callback
-//! (which usually queues work), restarted with backoff on errors. Entry point:
-//! [`spawn_reflector`].
+//! (which usually queues work), restarted with backoff on errors. Entry points:
+//! [`spawn_reflector`], [`watch_restartable`], [`restart_all`], [`WatchBackoff`].
 
-use futures::StreamExt;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::BoxStream};
 use kube::{
     Api,
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
+        utils::Backoff,
         watcher,
     },
 };
+
+/// First delay before a failed watch is started again.
+pub const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest delay (before jitter) between attempts to start a failed watch.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// The retry delays of the watch caches: [`WATCH_BACKOFF_MIN`] doubling up to
+/// [`WATCH_BACKOFF_MAX`], each with up to a quarter added at random (so that many agents do not
+/// reconnect in step), back to the minimum after any successful event.
+///
+/// Not kube-rs's default (client-go's 800 ms doubling to 30 s): after an API outage of half a
+/// minute a cache could then stay stale for up to another 30 s while its controller, whose Lease
+/// renews fine, keeps acting on it (the chaos soak, issue 9, saw agents keep deleted Services'
+/// addresses and miss new ones for 6–16 s after outages). A bounded delay keeps every cache at
+/// most about 5 s behind a recovered API.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+    state: u64,
+}
+
+impl WatchBackoff {
+    /// A backoff starting at [`WATCH_BACKOFF_MIN`], with its own jitter sequence.
+    #[must_use]
+    pub fn new() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self { next: WATCH_BACKOFF_MIN, state: seed | 1 }
+    }
+
+    /// Uniform in `[0, 1)` (xorshift64*).
+    #[allow(clippy::cast_precision_loss)]
+    fn unit(&mut self) -> f64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        (self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(WATCH_BACKOFF_MAX);
+        Some(base + base.mul_f64(self.unit() / 4.0))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_BACKOFF_MIN;
+    }
+}
 
 /// Starts a reflector on `api` in the background and returns its cache; every watch event is
 /// passed to `on_event` after the cache has applied it. Errors are logged and retried.
@@ -21,7 +89,7 @@ where
     F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let stream = reflector::reflector(writer, watch_restartable(api, config));
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -33,4 +101,70 @@ where
         tracing::error!(watch = name, "watch stream ended");
     });
     reader
+}
+
+/// Every restartable watch of this process starts again (see [`restart_all`]).
+fn restarts() -> &'static tokio::sync::watch::Sender<u64> {
+    static RESTARTS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> = std::sync::OnceLock::new();
+    RESTARTS.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
+
+/// Starts every watch of this process again with a fresh list (the caches are replaced, not
+/// cleared). For a controller that has just found its API connection working again after an
+/// outage or a cut: a watch whose connection silently hung would otherwise stay stale until the
+/// client's read timeout (minutes) while the controller acts on it (found by the chaos soak).
+pub fn restart_all() {
+    restarts().send_modify(|generation| *generation = generation.wrapping_add(1));
+}
+
+/// A watcher (with [`WatchBackoff`]) that starts again on [`restart_all`].
+pub fn watch_restartable<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> BoxStream<'static, watcher::Result<watcher::Event<K>>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let make = move || watcher::watcher(api.clone(), config.clone()).backoff(WatchBackoff::new()).boxed();
+    let mut restart = restarts().subscribe();
+    restart.mark_unchanged();
+    let first = make();
+    futures::stream::unfold((first, restart, make), |(mut stream, mut restart, make)| async move {
+        loop {
+            tokio::select! {
+                item = stream.next() => return item.map(|item| (item, (stream, restart, make))),
+                changed = restart.changed() => {
+                    if changed.is_err() {
+                        // Cannot happen (the sender is static); never spin on it.
+                        return None;
+                    }
+                    tracing::info!("starting a watch again after the API connection recovered");
+                    stream = make();
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_are_bounded_jittered_and_reset() {
+        let mut backoff = WatchBackoff::new();
+        let delays: Vec<Duration> = backoff.by_ref().take(10).collect();
+        for (delay, base) in delays.iter().zip([250, 500, 1000, 2000, 4000, 4000, 4000, 4000, 4000, 4000]) {
+            let base = Duration::from_millis(base);
+            assert!(*delay >= base && *delay <= base + base / 4, "{delay:?} for {base:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next().is_some_and(|d| d < Duration::from_millis(320)));
+        // Two backoffs do not jitter in step.
+        let (a, b): (Vec<Duration>, Vec<Duration>) =
+            (WatchBackoff::new().take(5).collect(), WatchBackoff::new().take(5).collect());
+        assert_ne!(a, b);
+    }
 }

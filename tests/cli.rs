@@ -1,5 +1,6 @@
-//! The `purelb` binary as a user meets it: help, version, CRDs, and honest exits for
-//! subcommands that are not built yet.
+//! The `purelb` binary as a user meets it: help, version, CRDs, flag errors, and the exits of
+//! `purelb reconcile` that need neither root nor a cluster (its kernel and cluster behaviour is
+//! in `tests/reconcile.rs` and `e2e/tests/reconcile.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
@@ -71,6 +72,49 @@ fn bad_flag_values_give_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
+}
+
+#[test]
+fn reconcile_needs_a_node_name_unless_all() {
+    let out = Command::new(env!("CARGO_BIN_EXE_purelb"))
+        .args(["reconcile", "--dry-run"])
+        .env_remove("NODE_NAME")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--node-name"), "{err}");
+}
+
+#[test]
+fn reconcile_without_the_api_says_so_suggests_all_and_exits_1() {
+    let kubeconfig = std::env::temp_dir().join(format!("purelb-cli-test-{}.kubeconfig", std::process::id()));
+    // Port 1 on the loopback address: nothing listens, the connection is refused at once.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"http://127.0.0.1:1\"}\n\
+         users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n\
+         current-context: x\n",
+    )
+    .unwrap();
+    for output in [&["--output", "text"][..], &["--output", "json", "--exit-code"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_purelb"))
+            .args(["reconcile", "--node-name", "n1", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(output)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{output:?}");
+        assert!(out.stdout.is_empty(), "no report when nothing could be decided");
+        let err = String::from_utf8(out.stderr).unwrap();
+        for needle in ["cannot list", "Kubernetes API", "nothing was removed", "use --all"] {
+            assert!(err.contains(needle), "{needle:?} missing from: {err}");
+        }
+        assert_eq!(err.lines().filter(|l| l.starts_with("purelb: error:")).count(), 1, "{err}");
+    }
+    let _ = std::fs::remove_file(&kubeconfig);
 }
 
 /// The help text of `flag`: the words after it, up to the next option, without `<VALUE>`.

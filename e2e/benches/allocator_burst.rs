@@ -40,13 +40,15 @@ async fn http_client(emulator: &Emulator) -> (purelb_e2e::apiserver::HttpServer,
     (server, Client::try_from(config).unwrap())
 }
 
-async fn create_services(client: &Client, ns: &str, n: usize) {
+/// Creates `n` LoadBalancer Services; `class` set keeps them away from PureLB (the raw
+/// measurement's Services must not become work for the allocator).
+async fn create_services(client: &Client, ns: &str, n: usize, class: Option<&str>) {
     let api: Api<Service> = Api::namespaced(client.clone(), ns);
     stream::iter(0..n)
         .for_each_concurrent(16, |i| {
             let api = api.clone();
             async move {
-                let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}, "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
+                let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}, "spec": {"type": "LoadBalancer", "loadBalancerClass": class, "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
                 api.create(&PostParams::default(), &svc).await.unwrap();
             }
         })
@@ -74,7 +76,7 @@ async fn main() {
     Api::<ServiceGroup>::namespaced(client.clone(), "purelb-system").create(&PostParams::default(), &sg).await.unwrap();
 
     // Raw write throughput: one client patching the status of n Services, one at a time.
-    create_services(&client, "raw", n).await;
+    create_services(&client, "raw", n, Some("bench.example/not-purelb")).await;
     let raw_api: Api<Service> = Api::namespaced(client.clone(), "raw");
     let start = Instant::now();
     for i in 0..n {
@@ -89,7 +91,7 @@ async fn main() {
     );
 
     // The burst: n Services exist, the allocator starts and allocates them all.
-    create_services(&client, "burst", n).await;
+    create_services(&client, "burst", n, None).await;
     let settings = Settings {
         namespace: "purelb-system".into(),
         lb_class: "purelb.io/purelbv2".into(),

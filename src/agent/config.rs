@@ -1,15 +1,21 @@
 //! The agent's configuration: which `LBNodeAgent` governs this node (`api.md` §1: a specific
 //! selector beats a catch-all, ties by namespace/name), checked into a [`Config`].
 //!
-//! Entry points: [`select`], [`Config::from_spec`], [`selector_matches`].
+//! Entry points: [`select`], [`Config::from_spec`], [`selector_matches`]; which interfaces
+//! announce local addresses and the subnets they advertise: [`announce_interfaces`],
+//! [`announce_subnets`] (shared with `purelb reconcile`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::{
     api::{AddressOptions, LBNodeAgent, LocalAgentSpec},
-    core::announce::{BurstConfig, BurstConfigError},
+    core::{
+        announce::{BurstConfig, BurstConfigError},
+        ipam::Subnet,
+        netlink::{Address, Link},
+    },
 };
 
 /// A checked configuration.
@@ -172,6 +178,42 @@ pub fn select<'a>(
     matching.into_iter().next()
 }
 
+/// Interfaces that announce local addresses, in order: with `localInterface: default` the
+/// interfaces of `default_links` (the default-route interface of each family, IPv4 first),
+/// otherwise every non-loopback link of `links` whose name matches the pattern; then
+/// `interfaces`. Never the dummy interface; no name twice.
+#[must_use]
+pub fn announce_interfaces(config: &Config, links: &[Link], default_links: &[Link]) -> Vec<String> {
+    let mut names: Vec<String> = if config.local_interface == "default" {
+        default_links.iter().map(|l| l.name.clone()).collect()
+    } else {
+        links
+            .iter()
+            .filter(|l| !l.loopback && name_matches(&config.local_interface, &l.name))
+            .map(|l| l.name.clone())
+            .collect()
+    };
+    names.extend(config.extra_interfaces.iter().cloned());
+    names.retain(|n| *n != config.dummy_interface);
+    let mut seen = HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// The subnets of the announce interfaces `names` (what `purelb.io/subnets` advertises): every
+/// subnet an address on them [defines](Address::defines_subnet), once, in address order.
+#[must_use]
+pub fn announce_subnets(addresses: &[Address], names: &[String]) -> Vec<Subnet> {
+    let mut subnets = Vec::new();
+    for a in addresses.iter().filter(|a| names.contains(&a.ifname) && a.defines_subnet()) {
+        let s = a.subnet();
+        if !subnets.contains(&s) {
+            subnets.push(s);
+        }
+    }
+    subnets
+}
+
 /// Whether an interface `name` matches the `localInterface` pattern: an anchored regular
 /// expression over the whole name (`eth0`, `eth.*`, `en(p|s)[0-9]+s0`), as `api.md` §1 says. A
 /// pattern that is not a valid expression matches nothing (and [`pattern_error`] says why).
@@ -257,6 +299,54 @@ mod tests {
         let mut spec = default_spec();
         spec.address_config.local_interface.preferred_lifetime = 900;
         assert!(Config::from_spec(None, &spec).is_err());
+    }
+
+    fn link(index: u32, name: &str, loopback: bool) -> Link {
+        Link {
+            index,
+            name: name.to_owned(),
+            kind: None,
+            admin_up: true,
+            lower_up: true,
+            loopback,
+            promote_secondaries: None,
+            alias: None,
+        }
+    }
+
+    #[test]
+    fn announce_interfaces_and_their_subnets() {
+        let links = [link(1, "lo", true), link(2, "eth0", false), link(3, "eth1", false), link(4, "kube-lb0", false)];
+        let mut c =
+            Config { extra_interfaces: vec!["eth1".into(), "kube-lb0".into(), "eth0".into()], ..Config::default() };
+        // `default`: the default-route links, then the extras; never the dummy, no name twice.
+        assert_eq!(announce_interfaces(&c, &links, &links[1..2]), ["eth0", "eth1"]);
+        c.local_interface = "eth.*".into();
+        c.extra_interfaces.clear();
+        assert_eq!(announce_interfaces(&c, &links, &[]), ["eth0", "eth1"]);
+        c.local_interface = ".*".into();
+        assert_eq!(announce_interfaces(&c, &links, &[]), ["eth0", "eth1"], "no loopback, no dummy");
+
+        let address = |index: u32, ifname: &str, ip: &str, prefix_len: u8, mark: Option<u8>| Address {
+            index,
+            ifname: ifname.into(),
+            ip: ip.parse().unwrap(),
+            prefix_len,
+            flags: crate::core::netlink::AddressFlags::default(),
+            state: crate::core::netlink::AddressState::default(),
+            valid_lifetime: None,
+            preferred_lifetime: None,
+            protocol: mark,
+        };
+        let addresses = [
+            address(2, "eth0", "192.0.2.11", 24, None),
+            address(2, "eth0", "192.0.2.12", 24, None),
+            address(2, "eth0", "192.0.2.240", 24, Some(crate::core::netlink::PURELB_ADDRESS_PROTOCOL)),
+            address(3, "eth1", "198.51.100.7", 32, None),
+            address(4, "kube-lb0", "203.0.113.1", 24, None),
+        ];
+        let subnets = announce_subnets(&addresses, &["eth0".into(), "eth1".into()]);
+        assert_eq!(subnets, vec![Subnet::new("192.0.2.0".parse().unwrap(), 24)]);
     }
 
     #[test]

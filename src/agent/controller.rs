@@ -28,7 +28,6 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        WatchStreamExt,
         events::{EventType, Recorder, Reporter},
         reflector::{self, Store},
         watcher::{self, Event},
@@ -50,7 +49,7 @@ use crate::{
         },
         election::{self, HeldAddress, Members},
         endpoints::{EndpointIndex, ServiceKey},
-        ipam::{AddressRange, Family, ParsedPools, parse_pool_spec},
+        ipam::Family,
         netlink::{
             Address, AddressManager, AddressSnapshot, AddressSpec, LinkRef, NetlinkError, interface_for, is_owned,
         },
@@ -165,7 +164,7 @@ struct Agent {
     nodes: Store<Node>,
     endpoints: std::sync::Mutex<EndpointIndex>,
     queue: WorkQueue<Work>,
-    recorder: Recorder,
+    recorder: crate::events::Publisher,
     transmitter: Arc<SocketTransmitter>,
     state: tokio::sync::Mutex<State>,
     shared: std::sync::Mutex<Shared>,
@@ -233,7 +232,7 @@ where
 
 fn watch_endpoints(agent: &Arc<Agent>) {
     let api: Api<EndpointSlice> = Api::all(agent.client.clone());
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = crate::watch::watch_restartable(api, watcher::Config::default());
     let agent = agent.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -313,9 +312,15 @@ pub async fn run(
         queue.clone(),
         "nodes",
     );
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: contract::MANAGER_AGENT.to_owned(), instance: Some(settings.reporter_instance.clone()) },
+    let recorder = crate::events::Publisher::start(
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: contract::MANAGER_AGENT.to_owned(),
+                instance: Some(settings.reporter_instance.clone()),
+            },
+        ),
+        settings.api_timeout,
     );
     let (conflicts, mut conflict_rx) = tokio::sync::mpsc::unbounded_channel();
     let agent = Arc::new(Agent {
@@ -478,30 +483,20 @@ impl Agent {
 
     /// Interfaces that announce local addresses: the default-route interface of each family
     /// (or those matching `localInterface`), then `interfaces`; never the dummy interface.
+    /// The announce interfaces (`config::announce_interfaces`), with the default-route links
+    /// read from the kernel when the pattern is `default`.
     async fn announce_interfaces(&self, config: &Config, snapshot: &AddressSnapshot) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
+        let mut default_links = Vec::new();
         if config.local_interface == "default" {
             for family in [Family::V4, Family::V6] {
                 match self.mgr.default_interface(family).await {
-                    Ok(Some(link)) => names.push(link.name),
+                    Ok(Some(link)) => default_links.push(link),
                     Ok(None) => {}
                     Err(error) => tracing::warn!(%error, ?family, "cannot read the default route"),
                 }
             }
-        } else {
-            names.extend(
-                snapshot
-                    .links
-                    .iter()
-                    .filter(|l| !l.loopback && config::name_matches(&config.local_interface, &l.name))
-                    .map(|l| l.name.clone()),
-            );
         }
-        names.extend(config.extra_interfaces.iter().cloned());
-        names.retain(|n| *n != config.dummy_interface);
-        let mut seen = HashSet::new();
-        names.retain(|n| seen.insert(n.clone()));
-        names
+        config::announce_interfaces(config, &snapshot.links, &default_links)
     }
 
     async fn subnets(&self, config: &Config) -> String {
@@ -513,14 +508,7 @@ impl Agent {
             }
         };
         let names = self.announce_interfaces(config, &snapshot).await;
-        let mut subnets = Vec::new();
-        for a in snapshot.addresses.iter().filter(|a| names.contains(&a.ifname) && a.defines_subnet()) {
-            let s = a.subnet();
-            if !subnets.contains(&s) {
-                subnets.push(s);
-            }
-        }
-        election::format_subnets(&subnets)
+        election::format_subnets(&config::announce_subnets(&snapshot.addresses, &names))
     }
 
     async fn lease_loop(self: Arc<Self>) {
@@ -537,11 +525,18 @@ impl Agent {
             let sent = Instant::now();
             match lease::renew(&self.client, &settings, &content).await {
                 Ok(()) => {
-                    let was_ok = self.lease_ok();
+                    // An outage is a gap in the renewals. Not `!self.lease_ok()`: that is also
+                    // false while recovering, so every renewal would push the recovery further
+                    // and the agent would never claim or drop anything again (found by the soak).
+                    let window = (self.settings.renew_interval + self.settings.renew_interval / 2)
+                        .min(self.settings.lease_duration);
                     let mut shared = self.shared();
-                    if !was_ok && shared.renewed_at.is_some() {
+                    if shared.renewed_at.is_some_and(|t| t.elapsed() >= window) {
                         tracing::info!("this node's Lease is renewed again after an outage");
                         shared.recovering_until = Some(sent + self.settings.lease_duration);
+                        // A watch whose connection hung through the outage would stay stale
+                        // until the client's read timeout: start them all again.
+                        crate::watch::restart_all();
                     }
                     shared.renewed_at = Some(sent);
                 }
@@ -564,23 +559,6 @@ impl Agent {
                 () = self.kick_lease.notified() => {}
             }
         }
-    }
-
-    fn parsed_groups(&self) -> (HashMap<String, ParsedPools>, Vec<AddressRange>) {
-        let mut groups = HashMap::new();
-        let mut ranges = Vec::new();
-        for g in self.groups.state() {
-            let parsed = match (&g.spec.local, &g.spec.remote) {
-                (Some(spec), None) => parse_pool_spec("spec.local", spec),
-                (None, Some(spec)) => parse_pool_spec("spec.remote", spec),
-                _ => continue,
-            };
-            if let Ok(parsed) = parsed {
-                ranges.extend(parsed.all().map(|r| r.range));
-                groups.insert(g.name_any(), parsed);
-            }
-        }
-        (groups, ranges)
     }
 
     /// One level-triggered pass. Returns whether it ran (it waits for this node's own Lease).
@@ -625,7 +603,7 @@ impl Agent {
         let lease_ok = self.lease_ok() && members.get(&self.settings.node).is_some();
         let snapshot = self.mgr.snapshot().await?;
         let ifaces = self.announce_interfaces(&config, &snapshot).await;
-        let (groups, ranges) = self.parsed_groups();
+        let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
         let services = self.services.state();
         let (decision, slice_counts) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -999,7 +977,7 @@ impl Agent {
 
     /// Publishes Events in order without holding up the worker (best effort).
     fn publish(&self, reference: k8s_openapi::api::core::v1::ObjectReference, events: Vec<crate::events::EventSpec>) {
-        crate::events::publish_in_background(&self.recorder, reference, events, self.settings.api_timeout);
+        self.recorder.publish(&reference, events);
     }
 
     /// Starts a capture thread on `ifname` unless one runs: it reports ARP/NA claims for held

@@ -19,13 +19,14 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
 
 use crate::{
-    api::contract,
+    api::{NetboxSpec, ServiceGroup, contract},
     core::{
         election::{Members, Winner},
         endpoints::{EndpointIndex, ServiceKey},
-        ipam::{Family, ParsedPools},
+        ipam::{AddressRange, Family, ParsedPools, ParsedRange, Subnet, parse_aggregation, parse_pool_spec},
     },
 };
 
@@ -125,6 +126,96 @@ pub fn ingress_addresses(svc: &Service) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// The valid `local` and `remote` ServiceGroups by name (the groups [`Inputs::groups`] wants),
+/// and every range of them (the pool ranges of the ownership rule on kernels without address
+/// marks). Invalid groups and `netbox` groups are left out.
+#[must_use]
+pub fn parse_groups<'a>(
+    groups: impl IntoIterator<Item = &'a ServiceGroup>,
+) -> (HashMap<String, ParsedPools>, Vec<AddressRange>) {
+    let mut parsed_groups = HashMap::new();
+    let mut ranges = Vec::new();
+    for g in groups {
+        let parsed = match (&g.spec.local, &g.spec.remote, &g.spec.netbox) {
+            (Some(spec), None, None) => parse_pool_spec("spec.local", spec),
+            (None, Some(spec), None) => parse_pool_spec("spec.remote", spec),
+            (None, None, Some(netbox)) => {
+                // Not in `ranges`: a netbox group's addresses are not known in advance, and the
+                // ranges decide ownership on kernels without address marks.
+                if let Some(parsed) = netbox_pools(netbox) {
+                    parsed_groups.insert(g.name_any(), parsed);
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if let Ok(parsed) = parsed {
+            ranges.extend(parsed.all().map(|r| r.range));
+            parsed_groups.insert(g.name_any(), parsed);
+        }
+    }
+    (parsed_groups, ranges)
+}
+
+/// A netbox group as the agent needs it: one range per family covering every address, with
+/// the group's `aggregation` (default: a host route, /32 or /128, since the prefix NetBox
+/// records is not known to the agent). `None` when the aggregation is invalid (the allocator
+/// reports that on the ServiceGroup).
+fn netbox_pools(netbox: &NetboxSpec) -> Option<ParsedPools> {
+    let whole = |family: Family| -> Option<ParsedRange> {
+        let (network, text) = match family {
+            Family::V4 => (IpAddr::from([0u8; 4]), "0.0.0.0/0"),
+            Family::V6 => (IpAddr::from([0u16; 8]), "::/0"),
+        };
+        let subnet = Subnet::new(network, 0);
+        let aggregation =
+            parse_aggregation("spec.netbox.aggregation", netbox.aggregation.as_deref(), family, family.bits()).ok()?;
+        Some(ParsedRange {
+            field: "spec.netbox".to_owned(),
+            text: text.to_owned(),
+            range: subnet.range(),
+            subnet,
+            aggregation,
+        })
+    };
+    Some(ParsedPools { v4: vec![whole(Family::V4)?], v6: vec![whole(Family::V6)?], ..ParsedPools::default() })
+}
+
+/// Who holds a local address.
+enum LocalChoice {
+    /// This node.
+    Node(String),
+    /// Nobody: every Service of the address has `externalTrafficPolicy: Local` and no candidate
+    /// has a usable endpoint; the node that would win without that rule reports it.
+    NoEndpoint(Option<String>),
+    /// No candidate at all.
+    Nobody,
+}
+
+/// Elects the holder of a local address from all the Services that use it (`sharers`: key and
+/// whether it has `externalTrafficPolicy: Local`). Without a `Local` Service: the hash winner.
+/// With some: the winner among candidates with a usable endpoint for every `Local` Service,
+/// else for at least one of them; else, when a `Cluster` Service shares the address, the hash
+/// winner (it serves from any node), else nobody.
+fn local_choice(ip: IpAddr, sharers: &[(ServiceKey, bool)], inputs: &Inputs<'_>) -> LocalChoice {
+    let local: Vec<&ServiceKey> = sharers.iter().filter(|(_, l)| *l).map(|(k, _)| k).collect();
+    if local.is_empty() {
+        return inputs.members.winner(ip).map_or(LocalChoice::Nobody, |n| LocalChoice::Node(n.to_owned()));
+    }
+    let family = Family::of(ip);
+    let all = |node: &str| local.iter().all(|k| inputs.endpoints.has_usable_endpoint(k, family, node));
+    if let Winner::Preferred(node) = inputs.members.winner_preferring(ip, all) {
+        return LocalChoice::Node(node);
+    }
+    let any = |node: &str| local.iter().any(|k| inputs.endpoints.has_usable_endpoint(k, family, node));
+    match inputs.members.winner_preferring(ip, any) {
+        Winner::Preferred(node) => LocalChoice::Node(node),
+        Winner::Fallback(node) if sharers.iter().any(|(_, l)| !l) => LocalChoice::Node(node),
+        Winner::Fallback(node) => LocalChoice::NoEndpoint(Some(node)),
+        Winner::None => LocalChoice::Nobody,
+    }
+}
+
 fn traffic_policy_local(svc: &Service) -> bool {
     svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local")
 }
@@ -133,6 +224,20 @@ fn traffic_policy_local(svc: &Service) -> bool {
 #[must_use]
 pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inputs<'_>) -> Decision {
     let mut decision = Decision::default();
+    let services: Vec<&Service> = services.into_iter().collect();
+    // Every Service of a local address, so that the address is elected once, whatever the
+    // Services sharing it say (one holder, never one per Service).
+    let mut sharers: HashMap<IpAddr, Vec<(ServiceKey, bool)>> = HashMap::new();
+    for svc in &services {
+        if pool_kind(svc) == Some(Kind::Local) {
+            let key = ServiceKey::of_service(svc);
+            let local_policy = traffic_policy_local(svc);
+            for ip in ingress_addresses(svc) {
+                sharers.entry(ip).or_default().push((key.clone(), local_policy));
+            }
+        }
+    }
+    let mut choices: HashMap<IpAddr, LocalChoice> = HashMap::new();
     for svc in services {
         let Some(kind) = pool_kind(svc) else { continue };
         let key = ServiceKey::of_service(svc);
@@ -148,19 +253,28 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
             let family = Family::of(ip);
             let usable = |node: &str| inputs.endpoints.has_usable_endpoint(&key, family, node);
             let mine = match kind {
-                Kind::Local if local_policy => match inputs.members.winner_preferring(ip, usable) {
-                    Winner::Preferred(node) => {
-                        let mine = node == inputs.node;
-                        decision.winners.insert(ip, Some(node));
-                        mine
+                Kind::Local => {
+                    let choice = choices
+                        .entry(ip)
+                        .or_insert_with(|| local_choice(ip, sharers.get(&ip).map_or(&[][..], Vec::as_slice), inputs));
+                    match choice {
+                        LocalChoice::Node(node) => {
+                            decision.winners.insert(ip, Some(node.clone()));
+                            node == inputs.node
+                        }
+                        LocalChoice::NoEndpoint(reporter) => {
+                            if local_policy {
+                                decision.no_endpoint.push(NoEndpoint {
+                                    service: key.clone(),
+                                    ip,
+                                    reporter: reporter.clone(),
+                                });
+                            }
+                            false
+                        }
+                        LocalChoice::Nobody => false,
                     }
-                    Winner::Fallback(node) => {
-                        decision.no_endpoint.push(NoEndpoint { service: key.clone(), ip, reporter: Some(node) });
-                        false
-                    }
-                    Winner::None => false,
-                },
-                Kind::Local => inputs.members.winner(ip) == Some(inputs.node),
+                }
                 Kind::Remote => !local_policy || usable(inputs.node),
             };
             if !mine {

@@ -128,6 +128,8 @@ pub enum AllocatorError {
     WatchStopped(&'static str),
 }
 
+mod netbox;
+
 struct Worker {
     client: Client,
     settings: Settings,
@@ -136,9 +138,11 @@ struct Worker {
     leases: Store<Lease>,
     queue: WorkQueue<Work>,
     gate: WriteGate,
-    recorder: Recorder,
+    recorder: crate::events::Publisher,
     ip_mode: bool,
     state: std::sync::Mutex<State>,
+    /// NetBox groups: clients, releases, checks of adopted addresses.
+    netbox: netbox::Link,
 }
 
 /// What the workers share and change; the lock is never held across an await.
@@ -177,7 +181,7 @@ where
     })
 }
 
-/// Runs the allocator until `shutdown` resolves.
+/// Runs the allocator until `shutdown` resolves, with the default NetBox settings.
 ///
 /// # Errors
 ///
@@ -185,6 +189,22 @@ where
 pub async fn run(
     client: Client,
     settings: Settings,
+    gate: WriteGate,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AllocatorError> {
+    run_with_netbox(client, settings, super::netbox::NetboxSettings::default(), gate, readiness, shutdown).await
+}
+
+/// Runs the allocator until `shutdown` resolves; netbox groups use `netbox`.
+///
+/// # Errors
+///
+/// A watch cache that never becomes ready.
+pub async fn run_with_netbox(
+    client: Client,
+    settings: Settings,
+    netbox: super::netbox::NetboxSettings,
     gate: WriteGate,
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()>,
@@ -234,10 +254,14 @@ pub async fn run(
             false
         }
     };
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: contract::MANAGER_ALLOCATOR.to_owned(), instance: Some(settings.instance.clone()) },
+    let recorder = crate::events::Publisher::start(
+        Recorder::new(
+            client.clone(),
+            Reporter { controller: contract::MANAGER_ALLOCATOR.to_owned(), instance: Some(settings.instance.clone()) },
+        ),
+        settings.api_timeout,
     );
+    let netbox = netbox::Link::new(client.clone(), &settings.namespace, netbox);
     let worker = Arc::new(Worker {
         client,
         settings,
@@ -249,9 +273,11 @@ pub async fn run(
         recorder,
         ip_mode,
         state: std::sync::Mutex::new(State::default()),
+        netbox,
     });
-    let mut leading = false;
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(worker.clone().netbox_release_loop());
+    let mut leading = false;
     for _ in 0..WORKERS {
         let worker = worker.clone();
         tasks.spawn(async move {
@@ -312,6 +338,7 @@ pub async fn run(
         }
     }
     worker.lock().ready = false;
+    worker.netbox.releases.shutdown();
     queue.shutdown_and_wait().await;
     tasks.abort_all();
     Ok(())
@@ -359,6 +386,8 @@ impl Worker {
             let mut state = self.lock();
             *state = State { table, ready: true, ..State::default() };
         }
+        // Adopted NetBox addresses are checked against NetBox again.
+        self.netbox.forget_checks();
         self.refresh_holders();
         for svc in &services {
             self.queue.add(Work::Service(ServiceKey::of_service(svc)));
@@ -367,6 +396,13 @@ impl Worker {
     }
 
     async fn process(&self, work: Work) -> Result<(), AllocatorError> {
+        let result = self.process_work(work).await;
+        // Give back to NetBox what this work released from netbox groups.
+        self.netbox_flush();
+        result
+    }
+
+    async fn process_work(&self, work: Work) -> Result<(), AllocatorError> {
         match work {
             Work::Service(key) => self.service(&key).await,
             Work::Groups => self.groups_changed().await,
@@ -543,7 +579,9 @@ impl Worker {
             return Ok(());
         };
         let req = self.request(&svc);
+        let reserved = self.netbox_reserve(&req).await;
         let plan = self.plan(&svc, &req);
+        self.netbox_settle(&svc, &req, reserved, plan.failure.as_ref()).await;
         if let Some(failure) = &plan.failure {
             metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => failure.group.clone().unwrap_or_default(), "reason" => failure.reason.label()).increment(1);
         }
@@ -688,7 +726,7 @@ impl Worker {
         events: Vec<crate::events::EventSpec>,
     ) {
         if (self.gate.may_write)() {
-            crate::events::publish_in_background(&self.recorder, reference, events, self.settings.api_timeout);
+            self.recorder.publish(&reference, events);
         }
     }
 
@@ -717,7 +755,10 @@ impl Worker {
                 (
                     "True",
                     "Valid",
-                    format!("{ranges} address ranges"),
+                    match &g.netbox {
+                        Some(n) => format!("addresses from NetBox at {}, tenant {}", n.url, n.tenant),
+                        None => format!("{ranges} address ranges"),
+                    },
                     Some(g.pool_type.as_str().to_owned()),
                     g.generation,
                 )
@@ -746,6 +787,7 @@ impl Worker {
             if let Some(m) = &invalid_note {
                 state.last_note.insert((format!("sg/{name}"), reasons::INVALID), m.clone());
             }
+            let zero = (pool_type.as_deref() != Some(PoolType::Netbox.as_str())).then(|| "0".to_owned());
             let mut status = crate::api::ServiceGroupStatus {
                 conditions: vec![Condition {
                     type_: "Ready".to_owned(),
@@ -758,12 +800,9 @@ impl Worker {
                 pool_type,
                 allocated_ipv4: stats.allocated.get(&Family::V4).copied().or(Some(0)),
                 allocated_ipv6: stats.allocated.get(&Family::V6).copied().or(Some(0)),
-                available_ipv4: Some(
-                    stats.available.get(&Family::V4).map_or_else(|| "0".to_owned(), ToString::to_string),
-                ),
-                available_ipv6: Some(
-                    stats.available.get(&Family::V6).map_or_else(|| "0".to_owned(), ToString::to_string),
-                ),
+                // A netbox group's availability is unknown until NetBox was asked: absent.
+                available_ipv4: stats.available.get(&Family::V4).map(ToString::to_string).or_else(|| zero.clone()),
+                available_ipv6: stats.available.get(&Family::V6).map(ToString::to_string).or(zero),
                 addresses_outside_pools: Some(stats.outside),
                 observed_generation: generation,
             };

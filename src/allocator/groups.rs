@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    api::{PoolType, ServiceGroup},
-    core::ipam::{Family, ParsedPools, ParsedRange, find_overlap, parse_pool_spec},
+    api::{NetboxSpec, PoolType, ServiceGroup},
+    core::ipam::{Family, ParsedPools, ParsedRange, find_overlap, parse_aggregation, parse_pool_spec},
 };
 
 /// A valid group.
@@ -19,6 +19,8 @@ pub struct Group {
     pub pool_type: PoolType,
     /// Address ranges (empty for netbox groups).
     pub pools: ParsedPools,
+    /// `spec.netbox` of a netbox group (its addresses come from NetBox, not from ranges).
+    pub netbox: Option<NetboxSpec>,
     /// `spec.namespaces` (deduplicated).
     pub namespaces: BTreeSet<String>,
     /// `spec.enforceNamespaces`.
@@ -30,10 +32,11 @@ pub struct Group {
 }
 
 impl Group {
-    /// Whether the group has ranges of `family`.
+    /// Whether the group has ranges of `family` (a netbox group may serve both families:
+    /// NetBox decides, per allocation, whether it has an address).
     #[must_use]
     pub fn serves(&self, family: Family) -> bool {
-        !self.pools.family(family).is_empty()
+        self.netbox.is_some() || !self.pools.family(family).is_empty()
     }
 
     /// Whether `ip` lies in one of the group's ranges.
@@ -71,6 +74,17 @@ pub struct GroupSet {
     pub elsewhere: BTreeSet<String>,
 }
 
+/// Checks what the API server cannot: the URL is usable and the aggregation parses.
+fn check_netbox(spec: &NetboxSpec) -> Result<(), String> {
+    crate::netbox::check_url(&spec.url).map_err(|e| e.to_string())?;
+    parse_aggregation("spec.netbox.aggregation", spec.aggregation.as_deref(), Family::V6, Family::V6.bits())
+        .map_err(|e| e.to_string())?;
+    if spec.tenant.trim().is_empty() {
+        return Err("spec.netbox.tenant is empty: set it to the slug of the NetBox tenant whose reserved addresses PureLB may use".to_owned());
+    }
+    Ok(())
+}
+
 fn pool_spec_of(group: &ServiceGroup) -> Result<(PoolType, ParsedPools), String> {
     let spec = &group.spec;
     match (spec.pool_type(), &spec.local, &spec.remote, &spec.netbox) {
@@ -80,7 +94,7 @@ fn pool_spec_of(group: &ServiceGroup) -> Result<(PoolType, ParsedPools), String>
         (Some(PoolType::Remote), _, Some(p), _) => {
             parse_pool_spec("spec.remote", p).map(|x| (PoolType::Remote, x)).map_err(|e| e.to_string())
         }
-        (Some(PoolType::Netbox), _, _, Some(_)) => Ok((PoolType::Netbox, ParsedPools::default())),
+        (Some(PoolType::Netbox), _, _, Some(n)) => check_netbox(n).map(|()| (PoolType::Netbox, ParsedPools::default())),
         _ => Err("spec: exactly one of spec.local, spec.remote or spec.netbox must be set".to_owned()),
     }
 }
@@ -131,7 +145,16 @@ impl GroupSet {
             accepted.extend(pools.all().map(|r| (format!("{install_ns}/{name}"), r.clone())));
             set.valid.insert(
                 name.clone(),
-                Group { name, pool_type, pools, namespaces, enforce, namespace_default, generation },
+                Group {
+                    name,
+                    pool_type,
+                    pools,
+                    netbox: g.spec.netbox.clone().filter(|_| pool_type == PoolType::Netbox),
+                    namespaces,
+                    enforce,
+                    namespace_default,
+                    generation,
+                },
             );
         }
         set

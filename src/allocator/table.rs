@@ -6,6 +6,12 @@
 //! Promises kept here: an address, once held, only changes when the Service asks for another
 //! one (another pin, another group) or stops being handled; a pool edit never moves it; a
 //! failed pass leaves the table as it was.
+//!
+//! Netbox groups have no ranges: the controller first asks [`Allocator::netbox_need`] what a
+//! Service needs, reserves that in NetBox (async, outside the table), hands the outcome over
+//! with [`Allocator::offer`], and [`Allocator::decide`] then commits it like any other address.
+//! NetBox addresses are held in the same address map as pool addresses, so no address is ever
+//! given twice, whichever group it came from.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -17,7 +23,7 @@ use super::{
     request::{FamilyPolicy, PortKey, ServiceKey, ServiceRequest},
 };
 use crate::{
-    api::PoolType,
+    api::{NetboxSpec, PoolType},
     core::ipam::{AddressCount, Family, RangeUsage},
 };
 
@@ -58,8 +64,8 @@ pub enum FailReason {
     Malformed,
     /// The group cannot serve the families the Service requires.
     Family,
-    /// The group kind is not supported by this build.
-    Unsupported,
+    /// NetBox could not be asked, or refused (unreachable, slow, token, malformed answers).
+    Netbox,
 }
 
 impl FailReason {
@@ -76,7 +82,7 @@ impl FailReason {
             Self::OutsidePools => "outside_pools",
             Self::Malformed => "malformed",
             Self::Family => "family",
-            Self::Unsupported => "unsupported",
+            Self::Netbox => "netbox",
         }
     }
 }
@@ -116,12 +122,48 @@ struct AddressUse {
     group: String,
     services: BTreeSet<ServiceKey>,
     sharing_key: Option<String>,
+    /// Every Service that used the address while it was held (one of them is the owner NetBox
+    /// records for a netbox address).
+    users: BTreeSet<ServiceKey>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct GroupUsage {
     ranges: BTreeMap<Family, Vec<RangeUsage>>,
     outside: BTreeSet<IpAddr>,
+    /// Addresses of a netbox group (from NetBox, not from ranges).
+    external: BTreeSet<IpAddr>,
+    /// Reserved addresses NetBox had left for a netbox group when last asked, per family.
+    external_available: BTreeMap<Family, AddressCount>,
+}
+
+/// What a Service needs from NetBox before [`Allocator::decide`] can give it addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetboxNeed {
+    /// The netbox group.
+    pub group: String,
+    /// Its `spec.netbox`.
+    pub spec: NetboxSpec,
+    /// Families for which a new address must be reserved, in the Service's order.
+    pub families: Vec<Family>,
+    /// The Service's family policy (with `PreferDualStack` one family is enough).
+    pub policy: FamilyPolicy,
+}
+
+/// The outcome of reserving addresses in NetBox for one Service, per family.
+pub type NetboxOffers = BTreeMap<Family, Result<IpAddr, Failure>>;
+
+/// A NetBox address nobody holds any more, to be given back to NetBox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetboxRelease {
+    /// The group it came from.
+    pub group: String,
+    /// The group's `spec.netbox` (as last seen, also when the group is gone since).
+    pub spec: Option<NetboxSpec>,
+    /// The address.
+    pub ip: IpAddr,
+    /// The Services that used it while it was held, the last one first.
+    pub owners: Vec<ServiceKey>,
 }
 
 /// Per-group numbers for ServiceGroup status and metrics.
@@ -145,6 +187,12 @@ pub struct Allocator {
     holdings: HashMap<ServiceKey, Holding>,
     addresses: HashMap<IpAddr, AddressUse>,
     sharing: HashMap<(String, Family, String), IpAddr>,
+    /// Addresses reserved in NetBox for a Service, waiting for its next [`Self::decide`].
+    offers: HashMap<ServiceKey, NetboxOffers>,
+    /// NetBox addresses released from the table, to be given back to NetBox.
+    netbox_released: Vec<NetboxRelease>,
+    /// `spec.netbox` of every netbox group seen (kept when a group goes away, for releases).
+    netbox_specs: HashMap<String, NetboxSpec>,
 }
 
 impl Allocator {
@@ -188,16 +236,34 @@ impl Allocator {
     /// Replaces the groups; every held address stays held (inside the new ranges where it
     /// fits, otherwise counted as outside its group's pools).
     pub fn set_groups(&mut self, groups: GroupSet) {
+        for g in groups.valid.values() {
+            if let Some(spec) = &g.netbox {
+                self.netbox_specs.insert(g.name.clone(), spec.clone());
+            }
+        }
         let mut usage: BTreeMap<String, GroupUsage> = BTreeMap::new();
         for g in groups.valid.values() {
             let mut u = GroupUsage::default();
             for family in [Family::V4, Family::V6] {
                 u.ranges.insert(family, g.pools.family(family).iter().map(|r| RangeUsage::new(r.range)).collect());
             }
+            if let Some(old) = self.usage.get(&g.name) {
+                u.external_available.clone_from(&old.external_available);
+            }
             usage.insert(g.name.clone(), u);
         }
         for (ip, used) in &self.addresses {
             let u = usage.entry(used.group.clone()).or_default();
+            // A netbox group's addresses stay NetBox's (to be given back there) also while the
+            // group is gone, unless a pool group of that name replaced it.
+            let netbox = match groups.valid.get(&used.group) {
+                Some(g) => g.netbox.is_some(),
+                None => self.netbox_specs.contains_key(&used.group),
+            };
+            if netbox {
+                u.external.insert(*ip);
+                continue;
+            }
             let taken = u
                 .ranges
                 .get_mut(&Family::of(*ip))
@@ -226,7 +292,13 @@ impl Allocator {
                 .map(|r| r.in_use().to_u128().map_or(u64::MAX, |n| u64::try_from(n).unwrap_or(u64::MAX)))
                 .sum();
             let outside = u.outside.iter().filter(|ip| Family::of(**ip) == *family).count() as u64;
-            stats.allocated.insert(*family, in_ranges + outside);
+            let external = u.external.iter().filter(|ip| Family::of(**ip) == *family).count() as u64;
+            stats.allocated.insert(*family, in_ranges + outside + external);
+        }
+        if self.groups.valid.get(group).is_some_and(|g| g.netbox.is_some()) {
+            // NetBox knows the size; what it had left when last asked is all PureLB knows.
+            stats.size.clear();
+            stats.available = u.external_available.clone();
         }
         stats.outside = u.outside.len() as u64;
         stats
@@ -294,10 +366,28 @@ impl Allocator {
             }
             if let Some(used) = self.addresses.get_mut(&ip) {
                 used.services.insert(key.clone());
+                used.users.insert(key.clone());
             }
             return Ok(());
         }
+        let external = self.groups.valid.get(group).is_some_and(|g| g.netbox.is_some());
         let usage = self.usage.entry(group.to_owned()).or_default();
+        if external {
+            usage.external.insert(ip);
+            self.addresses.insert(
+                ip,
+                AddressUse {
+                    group: group.to_owned(),
+                    services: BTreeSet::from([key.clone()]),
+                    sharing_key: sharing_key.map(str::to_owned),
+                    users: BTreeSet::from([key.clone()]),
+                },
+            );
+            if let Some(k) = sharing_key {
+                self.sharing.insert((group.to_owned(), Family::of(ip), k.to_owned()), ip);
+            }
+            return Ok(());
+        }
         let in_range = usage
             .ranges
             .get_mut(&Family::of(ip))
@@ -322,6 +412,7 @@ impl Allocator {
                 group: group.to_owned(),
                 services: BTreeSet::from([key.clone()]),
                 sharing_key: sharing_key.map(str::to_owned),
+                users: BTreeSet::from([key.clone()]),
             },
         );
         if let Some(k) = sharing_key {
@@ -339,19 +430,31 @@ impl Allocator {
         }
         let group = used.group.clone();
         let sharing_key = used.sharing_key.clone();
+        let mut owners = vec![key.clone()];
+        owners.extend(used.users.iter().filter(|u| *u != key).cloned());
         self.addresses.remove(&ip);
         if let Some(k) = sharing_key {
             self.sharing.remove(&(group.clone(), Family::of(ip), k));
         }
         if let Some(u) = self.usage.get_mut(&group) {
+            let external = u.external.remove(&ip);
+            if external {
+                self.netbox_released.push(NetboxRelease {
+                    group: group.clone(),
+                    spec: self.netbox_specs.get(&group).cloned(),
+                    ip,
+                    owners,
+                });
+            }
             if !u.outside.remove(&ip)
+                && !external
                 && let Some(r) =
                     u.ranges.get_mut(&Family::of(ip)).and_then(|rs| rs.iter_mut().find(|r| r.range().contains(ip)))
             {
                 r.release(ip);
             }
             let is_valid = self.groups.valid.contains_key(&group);
-            if !is_valid && u.outside.is_empty() {
+            if !is_valid && u.outside.is_empty() && u.external.is_empty() {
                 self.usage.remove(&group);
             }
         }
@@ -413,6 +516,18 @@ impl Allocator {
                 })?
             }
         } else {
+            if let Some(g) = req.group.as_ref().and_then(|name| self.groups.valid.get(name))
+                && g.netbox.is_some()
+            {
+                return Err(fail(
+                    FailReason::Malformed,
+                    Some(&g.name),
+                    format!(
+                        "ServiceGroup {} takes its addresses from NetBox, which cannot pin addresses: remove purelb.io/addresses (or spec.loadBalancerIP)",
+                        g.name
+                    ),
+                ));
+            }
             let mut found: Option<&Group> = None;
             for ip in &req.pinned {
                 let Some(g) = self.groups.containing(*ip) else {
@@ -455,16 +570,6 @@ impl Allocator {
         };
         if let Some(why) = self.groups.denial(&group, &req.key.namespace) {
             return Err(fail(FailReason::NamespaceDenied, Some(&group.name), why));
-        }
-        if group.pool_type == PoolType::Netbox {
-            return Err(fail(
-                FailReason::Unsupported,
-                Some(&group.name),
-                format!(
-                    "ServiceGroup {} is a Netbox group, which this build of PureLB does not support yet",
-                    group.name
-                ),
-            ));
         }
         Ok(group)
     }
@@ -578,8 +683,114 @@ impl Allocator {
         Some(holding)
     }
 
+    /// What `req` needs reserved in NetBox before [`Self::decide`] can serve it: `None` when
+    /// it is not (or not only) a netbox group's business, or it already holds what it needs.
+    /// Mirrors the group and family choice of [`Self::decide`], which reports any failure.
+    #[must_use]
+    pub fn netbox_need(&self, req: &ServiceRequest, install_namespace: &str) -> Option<NetboxNeed> {
+        if !req.handled {
+            return None;
+        }
+        let held = self.holdings.get(&req.key);
+        let explicit = !req.pinned.is_empty() || req.group.is_some();
+        let group = match (held, explicit) {
+            (Some(h), false) => self.groups.valid.get(&h.group)?.clone(),
+            _ => self.choose_group(req, install_namespace).ok()?,
+        };
+        let spec = group.netbox.clone()?;
+        let families = Self::families_for(req, &group).ok()?;
+        let same_group = held.is_some_and(|h| h.group == group.name);
+        let families: Vec<Family> = families
+            .into_iter()
+            .filter(|f| {
+                let have = same_group && held.is_some_and(|h| h.addresses.iter().any(|ip| Family::of(*ip) == *f));
+                !have && self.shared_address(&group.name, *f, req.sharing_key.as_deref()).is_none()
+            })
+            .collect();
+        (!families.is_empty()).then(|| NetboxNeed { group: group.name.clone(), spec, families, policy: req.policy })
+    }
+
+    /// Hands over what was reserved in NetBox for `key`; the next [`Self::decide`] of that
+    /// Service uses it (addresses it does not use must be given back to NetBox).
+    pub fn offer(&mut self, key: &ServiceKey, offers: NetboxOffers) {
+        if offers.is_empty() {
+            self.offers.remove(key);
+        } else {
+            self.offers.insert(key.clone(), offers);
+        }
+    }
+
+    /// Whether NetBox's address `ip` may be given to a Service: nobody holds it and it is in no
+    /// range of a local or remote group (those are PureLB's to hand out).
+    #[must_use]
+    pub fn netbox_may_use(&self, ip: IpAddr) -> bool {
+        !self.addresses.contains_key(&ip) && self.groups.containing(ip).is_none()
+    }
+
+    /// NetBox addresses released since the last call, to be given back to NetBox.
+    pub fn take_netbox_releases(&mut self) -> Vec<NetboxRelease> {
+        std::mem::take(&mut self.netbox_released)
+    }
+
+    /// `spec.netbox` of the valid netbox group `group`.
+    #[must_use]
+    pub fn netbox_spec(&self, group: &str) -> Option<&NetboxSpec> {
+        self.groups.valid.get(group).and_then(|g| g.netbox.as_ref())
+    }
+
+    /// Whether any Service holds `ip`.
+    #[must_use]
+    pub fn is_held(&self, ip: IpAddr) -> bool {
+        self.addresses.contains_key(&ip)
+    }
+
+    /// Records how many reserved addresses of `family` NetBox had left for a netbox group
+    /// (shown as `availableIPv4/IPv6`).
+    pub fn set_netbox_available(&mut self, group: &str, family: Family, available: u64) {
+        if let Some(u) = self.usage.get_mut(group) {
+            u.external_available.insert(family, AddressCount::from(available));
+        }
+    }
+
+    /// The address a Service with `sharing_key` already holds in `group` for `family`.
+    fn shared_address(&self, group: &str, family: Family, sharing_key: Option<&str>) -> Option<IpAddr> {
+        let k = sharing_key?;
+        self.sharing.get(&(group.to_owned(), family, k.to_owned())).copied()
+    }
+
+    /// An address of `family` for `key` from a netbox group: a shared one, else the one NetBox
+    /// reserved for it.
+    fn allocate_netbox(
+        &mut self,
+        group: &Group,
+        family: Family,
+        key: &ServiceKey,
+        sharing_key: Option<&str>,
+        ports: &BTreeSet<PortKey>,
+        offers: &NetboxOffers,
+    ) -> Result<IpAddr, Failure> {
+        let ip = match (self.shared_address(&group.name, family, sharing_key), offers.get(&family)) {
+            (Some(ip), _) => ip,
+            (None, Some(Ok(ip))) => *ip,
+            (None, Some(Err(failure))) => return Err(failure.clone()),
+            // Another family's failure stopped the reservation: that is the reason.
+            (None, None) => {
+                return Err(offers.values().find_map(|r| r.as_ref().err()).cloned().unwrap_or_else(|| {
+                    fail(
+                        FailReason::Netbox,
+                        Some(&group.name),
+                        format!("no {family} address has been reserved in NetBox for this Service yet; PureLB retries"),
+                    )
+                }));
+            }
+        };
+        self.take(&group.name, ip, key, sharing_key, ports, false)?;
+        Ok(ip)
+    }
+
     /// Decides one Service and updates the table.
     pub fn decide(&mut self, req: &ServiceRequest, install_namespace: &str) -> Decision {
+        let offers = self.offers.remove(&req.key).unwrap_or_default();
         let held = self.holdings.get(&req.key).cloned();
         if !req.handled {
             return match self.forget(&req.key) {
@@ -606,11 +817,27 @@ impl Allocator {
                 Err(failure) => return Decision::Failed { failure, kept: held },
             },
         };
-        let families = match Self::families_for(req, &group) {
+        let mut families = match Self::families_for(req, &group) {
             Ok(f) => f,
             Err(failure) => return Decision::Failed { failure, kept: held },
         };
         let same_group = held.as_ref().is_some_and(|h| h.group == group.name);
+        if group.netbox.is_some() && req.policy == FamilyPolicy::PreferDualStack {
+            // NetBox may have addresses of one family only: take what it has.
+            let usable: Vec<Family> = families
+                .iter()
+                .copied()
+                .filter(|f| {
+                    let have =
+                        same_group && held.as_ref().is_some_and(|h| h.addresses.iter().any(|ip| Family::of(*ip) == *f));
+                    have || self.shared_address(&group.name, *f, req.sharing_key.as_deref()).is_some()
+                        || matches!(offers.get(f), Some(Ok(_)))
+                })
+                .collect();
+            if !usable.is_empty() {
+                families = usable;
+            }
+        }
         let mut assigned: Vec<IpAddr> = Vec::new();
         let mut addresses: Vec<IpAddr> = Vec::new();
         for family in &families {
@@ -624,6 +851,9 @@ impl Allocator {
                 (Some(h), Some(p)) if h == p => Ok(h),
                 (_, Some(p)) => {
                     self.take(&group.name, p, &req.key, req.sharing_key.as_deref(), &req.ports, false).map(|()| p)
+                }
+                (None, None) if group.netbox.is_some() => {
+                    self.allocate_netbox(&group, *family, &req.key, req.sharing_key.as_deref(), &req.ports, &offers)
                 }
                 (None, None) => self.allocate(&group, *family, &req.key, req.sharing_key.as_deref(), &req.ports),
             };
@@ -663,7 +893,7 @@ impl Allocator {
         if assigned.is_empty() && released.is_empty() {
             let warnings = addresses
                 .iter()
-                .filter(|ip| !group.contains(**ip))
+                .filter(|ip| group.netbox.is_none() && !group.contains(**ip))
                 .map(|ip| format!(
                     "address {ip} is no longer in any range of ServiceGroup {}; the Service keeps it until it is released",
                     group.name

@@ -10,7 +10,8 @@
 //! Entry points: [`AddressManager::new`] (one request socket on the current Tokio runtime),
 //! then [`AddressManager::snapshot`], [`AddressManager::add_or_replace`],
 //! [`AddressManager::delete`] (or [`AddressManager::delete_listed`] with a snapshot at
-//! hand), [`AddressManager::ensure_link`], [`AddressManager::link`] (`if_nametoindex`),
+//! hand), [`AddressManager::ensure_link`], [`AddressManager::delete_created_link`],
+//! [`AddressManager::link`] (`if_nametoindex`),
 //! [`AddressManager::default_interface`], [`AddressManager::interface_for`],
 //! [`AddressManager::owned_addresses`], [`AddressManager::watch`] and
 //! [`AddressManager::repair_drift`]. The decisions themselves are pure functions over a
@@ -31,6 +32,17 @@
 //! [`AddressManager::add_or_replace`] refuses to replace it (a replace would rewrite its
 //! lifetimes and give it our mark) and [`AddressManager::delete`] refuses to delete it; both
 //! return [`NetlinkError::NotOwned`].
+//!
+//! # Links PureLB creates
+//!
+//! [`AddressManager::ensure_link`] creates the dummy interface only when no link of that name
+//! exists, and then sets its alias (`IFLA_IFALIAS`) to [`PURELB_LINK_ALIAS`] (`ip link show`
+//! prints `alias created by PureLB`). That alias is how `purelb reconcile --all` later knows the
+//! link is PureLB's to delete ([`Link::is_created_by_purelb`],
+//! [`AddressManager::delete_created_link`]); a link that was there before (an administrator's
+//! bridge, a dummy from another tool) is never marked and never deleted. The kernel ignores an
+//! alias sent with the creation request, so it is set right after; if that fails the link works
+//! but stays unmarked (logged).
 //!
 //! # Secondary addresses
 //!
@@ -90,6 +102,10 @@ pub use watch::{AddressWatch, WatchConfig, WatchTrigger};
 /// The `IFA_PROTO` value on every address PureLB adds: `0x50` (ASCII `P`, decimal 80). See the
 /// module documentation for what it means and how ownership is decided.
 pub const PURELB_ADDRESS_PROTOCOL: u8 = 0x50;
+
+/// The alias (`IFLA_IFALIAS`) [`AddressManager::ensure_link`] sets on a link it creates: the
+/// mark that PureLB created the link (see the module documentation).
+pub const PURELB_LINK_ALIAS: &str = "created by PureLB";
 
 /// A lifetime of zero seconds in [`AddressSpec`] means "permanent".
 pub const PERMANENT: u32 = 0;

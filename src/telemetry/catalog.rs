@@ -60,6 +60,8 @@ catalog! {
     ALLOCATOR_IS_LEADER = "purelb_allocator_is_leader", Gauge, [Allocator], "1 while this allocator replica holds the leader Lease and writes, else 0.";
     K8S_CLIENT_UPDATES = "purelb_k8s_client_updates_total", Counter, [Allocator], "Writes to the Kubernetes API.";
     K8S_CLIENT_UPDATE_ERRORS = "purelb_k8s_client_update_errors_total", Counter, [Allocator], "Writes to the Kubernetes API that failed.";
+    NETBOX_REQUESTS = "purelb_netbox_requests_total", Counter, [Allocator], "Requests to NetBox, by HTTP method and status code (timeout or error when there was no answer).";
+    NETBOX_REQUEST_DURATION = "purelb_netbox_request_duration_seconds", Histogram, [Allocator], "Time NetBox took to answer one request, by HTTP method.";
     LBNODEAGENT_ANNOUNCED = "purelb_lbnodeagent_announced", Gauge, [Agent], "1 while this node holds the address for the Service on the interface.";
     ANNOUNCED_IPS = "purelb_announced_ips_total", Gauge, [Agent], "Addresses this node holds now.";
     ORPHANED_IPS = "purelb_orphaned_ips_total", Gauge, [Agent], "PureLB-owned addresses found at the last sweep that this node should not hold.";

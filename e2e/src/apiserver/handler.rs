@@ -5,7 +5,7 @@
 //! fault injection. Entry point: [`Server::handle`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     pin::Pin,
     sync::{Arc, Mutex, RwLock},
@@ -205,6 +205,9 @@ impl Target {
     }
 }
 
+/// User, token prefix, verb, resource: what [`Server`] counts requests by.
+type RequestKey = (String, String, &'static str, String);
+
 /// The emulated API server.
 #[derive(Debug)]
 pub struct Server {
@@ -223,6 +226,10 @@ pub struct Server {
     /// Families new Services get by default (`["IPv4"]`, `["IPv4","IPv6"]`, ...).
     pub service_families: Vec<String>,
     next_cluster_ip: Mutex<u32>,
+    /// Requests served, by user, token (its first 8 characters: processes of one service
+    /// account have tokens of their own), verb and resource (`GET /_emulator/requests`): how
+    /// tests measure one client's API load.
+    requests: Mutex<BTreeMap<RequestKey, u64>>,
 }
 
 fn now_rfc3339() -> String {
@@ -296,6 +303,7 @@ impl Server {
             bookmark_interval: Duration::from_secs(1),
             service_families,
             next_cluster_ip: Mutex::new(1),
+            requests: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -368,6 +376,17 @@ impl Server {
             Err(e) => return e.into_response(),
         };
         let verb = verb_of(&req.method, &target, &req.query);
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((
+                identity.user.clone(),
+                token.as_deref().map(|t| t.chars().take(8).collect()).unwrap_or_default(),
+                verb,
+                target.resource_with_sub(),
+            ))
+            .or_default() += 1;
         let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if !req.body.is_empty() && (content_type.contains("protobuf") || content_type.contains("cbor")) {
             return status_response(
@@ -471,6 +490,16 @@ impl Server {
             ("POST", "/_emulator/compact") => {
                 self.store.compact();
                 json_response(StatusCode::OK, &json!({"ok": true, "revision": self.store.revision()}))
+            }
+            ("GET", "/_emulator/requests") => {
+                let requests = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let rows: Vec<Value> = requests
+                    .iter()
+                    .map(|((user, token, verb, resource), count)| {
+                        json!({"user": user, "token": token, "verb": verb, "resource": resource, "count": count})
+                    })
+                    .collect();
+                json_response(StatusCode::OK, &json!({"requests": rows}))
             }
             ("GET", "/_emulator/state") => json_response(
                 StatusCode::OK,

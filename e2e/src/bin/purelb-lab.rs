@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use purelb_e2e::{
     apiserver::{Emulator, EmulatorOptions, HttpServer},
-    lab::{self, Backend, Lab, LabOptions, ServiceBackends, demo},
+    lab::{self, Backend, Lab, LabOptions, ServiceBackends, demo, soak},
 };
 
 /// PureLB's test ground: an API emulator and a network-namespace lab.
@@ -172,6 +172,46 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         terminating: Vec<String>,
     },
+    /// Chaos soak: seeded random Service churn and faults in a dual-stack lab with two allocator
+    /// replicas, every invariant checked every 25 ms, a client sending requests throughout.
+    /// Exits 0 only with zero violations and zero failed requests outside the allowed windows.
+    Soak {
+        /// How long churn and faults run: seconds, or a duration such as 90s, 30m.
+        #[arg(long, value_parser = parse_soak_duration)]
+        duration: Duration,
+        /// Seed of the schedules (default: random, printed at the start).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Number of nodes (3 or 4).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(3..=4))]
+        nodes: u8,
+        /// Prefix of the soak lab's namespaces.
+        #[arg(long, default_value = "plsoak")]
+        prefix: String,
+        /// Lab directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The `purelb` binary.
+        #[arg(long)]
+        purelb_bin: Option<PathBuf>,
+        /// Print the report as JSON on stdout (progress stays on stderr).
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as JSON to this file (e.g. for BENCHMARKS.md).
+        #[arg(long, value_name = "PATH")]
+        json_file: Option<PathBuf>,
+        /// Keep the logs (they are kept anyway when the soak fails).
+        #[arg(long)]
+        keep_logs: bool,
+        /// Quiet time at the end, checks still running (seconds).
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+        /// Leave out what triggers the open product bugs listed in e2e/README.md ("Soak"): no
+        /// sharing between Services with externalTrafficPolicy Local, no agent cut-off by hanging
+        /// connections.
+        #[arg(long)]
+        avoid_open_bugs: bool,
+    },
     /// The HTTP server itself, run inside a node's namespace by `serve`.
     #[command(hide = true)]
     ServeNode {
@@ -217,6 +257,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Down { .. } => "down",
         Command::Demo { .. } => "demo",
         Command::Serve { .. } => "serve",
+        Command::Soak { .. } => "soak",
         Command::ServeNode { .. } => "serve-node",
     }
 }
@@ -266,11 +307,54 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (_, dir) = place.resolve();
             serve(&dir, nodes, port, service, port_name, &not_ready, &terminating).await
         }
+        Command::Soak {
+            duration,
+            seed,
+            nodes,
+            prefix,
+            dir,
+            purelb_bin,
+            json,
+            json_file,
+            keep_logs,
+            settle,
+            avoid_open_bugs,
+        } => {
+            let seed = seed.unwrap_or_else(soak::random_seed);
+            let mut options = soak::SoakOptions::new(&prefix, duration, seed);
+            options.nodes = usize::from(nodes);
+            options.dir = dir;
+            options.purelb_bin = purelb_bin;
+            options.keep_logs = keep_logs;
+            options.settle = Duration::from_secs(settle);
+            options.avoid_open_bugs = avoid_open_bugs;
+            eprintln!("purelb-lab soak: seed {seed} (rerun with --seed {seed})");
+            let mut progress = std::io::stderr();
+            let report = soak::run(options, &mut progress).await?;
+            if let Some(path) = &json_file {
+                std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                report.print(&mut std::io::stdout())?;
+            }
+            Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::ServeNode { name, port } => {
             lab::http::serve(name, port).await.context("serving HTTP")?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `180` (seconds) or a duration such as `90s`, `30m`.
+fn parse_soak_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    purelb::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 async fn apiserver(

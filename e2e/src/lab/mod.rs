@@ -17,8 +17,11 @@ pub mod cluster;
 pub mod demo;
 pub mod endpoints;
 pub mod http;
+pub mod invariants;
 pub mod netns;
+pub mod observer;
 pub mod processes;
+pub mod soak;
 pub mod topology;
 
 use std::{
@@ -49,11 +52,34 @@ pub const ALLOCATOR: &str = "allocator";
 pub const STATE_FILE: &str = "state.json";
 /// The admin kubeconfig in the lab directory (works from the root namespace).
 pub const KUBECONFIG_FILE: &str = "kubeconfig";
+/// The emulator's data directory inside the lab directory (labs built with
+/// [`LabOptions::persist_api`]); it holds the emulator's change log `changes.jsonl`.
+pub const API_DATA_DIR: &str = "apiserver-data";
+/// The emulator's change log inside [`API_DATA_DIR`].
+pub const API_CHANGE_LOG: &str = "changes.jsonl";
 
 /// Name of the agent process of `node`.
 #[must_use]
 pub fn agent_name(node: &str) -> String {
     format!("agent-{node}")
+}
+
+/// Name of allocator replica `replica` (1-based): `allocator`, `allocator-2`, ..
+#[must_use]
+pub fn allocator_name(replica: usize) -> String {
+    if replica <= 1 { ALLOCATOR.to_owned() } else { format!("{ALLOCATOR}-{replica}") }
+}
+
+/// Whether `name` is an allocator replica's process name.
+fn is_allocator(name: &str) -> bool {
+    name == ALLOCATOR || name.strip_prefix("allocator-").is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
+/// The metrics/health port of a `purelb` process: [`METRICS_PORT`], and the next ports for
+/// further allocator replicas (they share the router's namespace).
+fn metrics_port_of(name: &str) -> u16 {
+    let replica = name.strip_prefix("allocator-").and_then(|n| n.parse::<u16>().ok()).unwrap_or(1);
+    METRICS_PORT.saturating_add(replica.saturating_sub(1))
 }
 
 /// Name of the HTTP server process of `node`.
@@ -214,6 +240,11 @@ pub struct LabOptions {
     pub lab_bin: Option<PathBuf>,
     /// Start `purelb allocator`.
     pub allocator: bool,
+    /// Allocator replicas (leader election picks one writer); 1 unless set.
+    pub allocators: usize,
+    /// Run the emulator with a data directory ([`API_DATA_DIR`]) so that its state survives
+    /// [`Lab::restart_apiserver`], and its change log can be read by observers.
+    pub persist_api: bool,
     /// Start `purelb agent` on every node.
     pub agents: bool,
     /// Extra arguments for the allocator.
@@ -238,6 +269,8 @@ impl LabOptions {
             purelb_bin: None,
             lab_bin: None,
             allocator: true,
+            allocators: 1,
+            persist_api: false,
             agents: true,
             allocator_args: Vec::new(),
             agent_args: Vec::new(),
@@ -279,6 +312,20 @@ impl LabOptions {
     pub fn purelb(mut self, allocator: bool, agents: bool) -> Self {
         self.allocator = allocator;
         self.agents = agents;
+        self
+    }
+
+    /// Sets the number of allocator replicas (at least 1 when the allocator runs).
+    #[must_use]
+    pub fn allocators(mut self, replicas: usize) -> Self {
+        self.allocators = replicas.max(1);
+        self
+    }
+
+    /// Whether the emulator keeps its state in [`API_DATA_DIR`] (see [`LabOptions::persist_api`]).
+    #[must_use]
+    pub fn persist_api(mut self, on: bool) -> Self {
+        self.persist_api = on;
         self
     }
 
@@ -334,8 +381,9 @@ pub struct TeardownReport {
 
 /// Whether `name` is a file the lab writes into its directory.
 fn is_lab_file(name: &str, with_logs: bool) -> bool {
-    let log_owner =
-        |stem: &str| [APISERVER, ALLOCATOR].contains(&stem) || stem.starts_with("agent-") || stem.starts_with("serve-");
+    let log_owner = |stem: &str| {
+        stem == APISERVER || is_allocator(stem) || stem.starts_with("agent-") || stem.starts_with("serve-")
+    };
     name == STATE_FILE
         || name == KUBECONFIG_FILE
         || name.ends_with(".kubeconfig")
@@ -343,6 +391,12 @@ fn is_lab_file(name: &str, with_logs: bool) -> bool {
 }
 
 fn remove_lab_files(dir: &Path, keep_logs: bool) {
+    // The emulator's data goes with the logs (it explains a failed run as well as they do).
+    if !keep_logs {
+        let data = dir.join(API_DATA_DIR);
+        let _ = std::fs::remove_file(data.join(API_CHANGE_LOG));
+        let _ = std::fs::remove_dir(data);
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_name().to_str().is_some_and(|n| is_lab_file(n, !keep_logs)) {
@@ -504,7 +558,9 @@ impl Lab {
         netns::build(&topology)?;
 
         let mut tokens = BTreeMap::new();
-        tokens.insert(ALLOCATOR.to_owned(), token());
+        for replica in 1..=options.allocators.max(1) {
+            tokens.insert(allocator_name(replica), token());
+        }
         for node in &topology.nodes {
             tokens.insert(agent_name(&node.name), token());
         }
@@ -520,8 +576,11 @@ impl Lab {
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
         ];
+        if options.persist_api {
+            args.extend(["--data-dir".into(), dir.join(API_DATA_DIR).display().to_string()]);
+        }
         for (process, token) in &tokens {
-            let account = if process == ALLOCATOR { "purelb-allocator" } else { "purelb-agent" };
+            let account = if is_allocator(process) { "purelb-allocator" } else { "purelb-agent" };
             args.push("--token".into());
             args.push(format!("{token}=system:serviceaccount:{INSTALL_NAMESPACE}:{account}"));
         }
@@ -530,6 +589,7 @@ impl Lab {
         resources.lock().insert(APISERVER.to_owned(), apiserver);
         wait_for_kubeconfig(&resources, &kubeconfig, Duration::from_secs(15)).await?;
         let api_url = server_of(&kubeconfig)?;
+        pin_listen_port(&resources, &api_url);
         let client = cluster::connect(&kubeconfig).await?;
         cluster::install(&client, &topology, cluster::RBAC_YAML).await?;
 
@@ -545,12 +605,13 @@ impl Lab {
 
     fn start_purelb(&self, options: &LabOptions, purelb_bin: Result<PathBuf, LabError>) -> Result<(), LabError> {
         let lab_url = format!("http://{}", topology::api_addr_in_lab());
-        let metrics = format!("0.0.0.0:{METRICS_PORT}");
         let mut wanted: Vec<(String, String, Vec<String>)> = Vec::new();
         if options.allocator {
-            let mut args = vec!["allocator".to_owned()];
-            args.extend(options.allocator_args.iter().cloned());
-            wanted.push((ALLOCATOR.to_owned(), self.topology.router.netns.clone(), args));
+            for replica in 1..=options.allocators.max(1) {
+                let mut args = vec!["allocator".to_owned()];
+                args.extend(options.allocator_args.iter().cloned());
+                wanted.push((allocator_name(replica), self.topology.router.netns.clone(), args));
+            }
         }
         if options.agents {
             for node in &self.topology.nodes {
@@ -580,7 +641,7 @@ impl Lab {
                 "--namespace".to_owned(),
                 INSTALL_NAMESPACE.to_owned(),
                 "--metrics-addr".to_owned(),
-                metrics.clone(),
+                format!("0.0.0.0:{}", metrics_port_of(&name)),
             ]);
             let log = self.dir.join(format!("{name}.log"));
             let program = purelb_bin.as_ref().map_or_else(|_| PathBuf::from("purelb"), Clone::clone);
@@ -604,7 +665,7 @@ impl Lab {
                 let mut processes = self.resources.lock();
                 processes
                     .iter_mut()
-                    .filter(|(name, _)| name.as_str() == ALLOCATOR || name.starts_with("agent-"))
+                    .filter(|(name, _)| is_allocator(name) || name.starts_with("agent-"))
                     .filter_map(|(name, p)| {
                         let netns = p.spec.netns.clone()?;
                         p.status().is_running().then(|| (name.clone(), netns))
@@ -614,7 +675,7 @@ impl Lab {
             let mut ready = Vec::new();
             let mut waiting = false;
             for (name, netns) in running {
-                let target = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
+                let target = SocketAddr::from(([127, 0, 0, 1], metrics_port_of(&name)));
                 match http::get(&netns, target, "/readyz", Duration::from_millis(500)).await {
                     Ok(reply) if reply.status == 200 => ready.push(name),
                     _ => waiting = true,
@@ -886,6 +947,60 @@ impl Lab {
         self.restart(&agent_name(node))
     }
 
+    /// Names of the allocator replicas the lab started (`allocator`, `allocator-2`, ..).
+    #[must_use]
+    pub fn allocator_names(&self) -> Vec<String> {
+        self.resources.lock().keys().filter(|n| is_allocator(n)).cloned().collect()
+    }
+
+    /// Waits up to `timeout` until the `purelb` process `name` answers `/readyz` with 200;
+    /// returns whether it did.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> bool {
+        let Some(netns) = self.resources.lock().get(name).and_then(|p| p.spec.netns.clone()) else { return false };
+        let target = SocketAddr::from(([127, 0, 0, 1], metrics_port_of(name)));
+        wait_for(timeout, || {
+            let netns = netns.clone();
+            async move {
+                let reply = http::get(&netns, target, "/readyz", Duration::from_millis(500)).await.ok()?;
+                (reply.status == 200).then_some(())
+            }
+        })
+        .await
+        .is_some()
+    }
+
+    /// Restarts the API emulator (SIGKILL, then the same command line: the same port and, for a
+    /// lab built with [`LabOptions::persist_api`], the same data) and waits up to `timeout`
+    /// until it answers again. Returns how long it was unreachable.
+    ///
+    /// # Errors
+    ///
+    /// It cannot be started, or does not answer within `timeout`.
+    pub async fn restart_apiserver(&self, timeout: Duration) -> Result<Duration, LabError> {
+        let started = Instant::now();
+        self.restart(APISERVER)?;
+        if self.wait_api(timeout).await {
+            Ok(started.elapsed())
+        } else {
+            Err(LabError::Timeout {
+                what: "the restarted API emulator answering".to_owned(),
+                timeout,
+                hint: format!("; see {}", self.dir.join(format!("{APISERVER}.log")).display()),
+            })
+        }
+    }
+
+    /// Waits up to `timeout` until the API answers `/version`; returns whether it did.
+    pub async fn wait_api(&self, timeout: Duration) -> bool {
+        wait_for(timeout, || async {
+            let request = ::http::Request::get("/version").body(Vec::new()).ok()?;
+            let probe = self.client.request_text(request);
+            tokio::time::timeout(Duration::from_secs(2), probe).await.ok()?.ok().map(|_| ())
+        })
+        .await
+        .is_some()
+    }
+
     /// Kills the allocator with SIGKILL.
     ///
     /// # Errors
@@ -1116,6 +1231,20 @@ impl Lab {
     }
 }
 
+/// Makes later restarts of the emulator listen on the port it picked at start (so clients and
+/// the kubeconfig stay valid across [`Lab::restart_apiserver`]).
+fn pin_listen_port(resources: &Resources, api_url: &str) {
+    let Some(addr) = api_url.strip_prefix("http://") else { return };
+    let mut processes = resources.lock();
+    let Some(apiserver) = processes.get_mut(APISERVER) else { return };
+    let args = &mut apiserver.spec.args;
+    if let Some(i) = args.iter().position(|a| a == "--listen")
+        && let Some(value) = args.get_mut(i + 1)
+    {
+        addr.clone_into(value);
+    }
+}
+
 async fn wait_for_kubeconfig(resources: &Resources, kubeconfig: &Path, timeout: Duration) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -1168,11 +1297,21 @@ mod tests {
         for name in ["state.json", "kubeconfig", "agent-n1.kubeconfig", "allocator.kubeconfig"] {
             assert!(is_lab_file(name, false), "{name}");
         }
-        for name in ["apiserver.log", "agent-n2.log", "serve-n1.log", "allocator.log"] {
+        for name in ["apiserver.log", "agent-n2.log", "serve-n1.log", "allocator.log", "allocator-2.log"] {
             assert!(is_lab_file(name, true) && !is_lab_file(name, false), "{name}");
         }
-        for name in ["notes.txt", "other.log", "kubeconfig.bak", "state.json.bak"] {
+        for name in ["notes.txt", "other.log", "kubeconfig.bak", "state.json.bak", "allocator-x.log"] {
             assert!(!is_lab_file(name, true), "{name}");
         }
+    }
+
+    #[test]
+    fn allocator_replicas_have_their_own_names_and_ports() {
+        assert_eq!(allocator_name(1), "allocator");
+        assert_eq!(allocator_name(2), "allocator-2");
+        assert!(is_allocator("allocator") && is_allocator("allocator-2") && !is_allocator("agent-n1"));
+        assert_eq!(metrics_port_of("allocator"), METRICS_PORT);
+        assert_eq!(metrics_port_of("agent-n1"), METRICS_PORT);
+        assert_eq!(metrics_port_of("allocator-2"), METRICS_PORT + 1);
     }
 }

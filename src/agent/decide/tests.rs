@@ -183,3 +183,70 @@ fn five_thousand_services_are_decided_quickly() {
     assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
     assert!(!d.wanted.is_empty());
 }
+
+#[test]
+fn netbox_groups_give_their_aggregation_and_no_ownership_ranges() {
+    let group = |aggregation: Option<&str>| -> ServiceGroup {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "purelb.io/v2", "kind": "ServiceGroup",
+            "metadata": {"name": "nb", "namespace": "purelb-system"},
+            "spec": {"netbox": {"url": "https://netbox.example.com", "tenant": "t", "aggregation": aggregation,
+                                "tokenSecretRef": {"name": "s", "key": "token"}}}
+        }))
+        .unwrap()
+    };
+    let (groups, ranges) = parse_groups([&group(None)]);
+    assert!(ranges.is_empty(), "a netbox group must not widen the ownership ranges: {ranges:?}");
+    let members = members();
+    let endpoints = EndpointIndex::new();
+    let svc = service("nb", "remote", &["198.51.100.77", "2001:db8::77"], None);
+    let mut svc = svc;
+    svc.annotations_mut().insert(contract::ANNOTATION_ALLOCATED_FROM.to_owned(), "nb".to_owned());
+    let d = decide([&svc], &Inputs { node: "n1", members: &members, endpoints: &endpoints, groups: &groups });
+    let aggregations: Vec<u8> = d.wanted.values().map(|w| w.aggregation).collect();
+    assert_eq!(aggregations, vec![32, 128]);
+    let (groups, _) = parse_groups([&group(Some("/24"))]);
+    let d = decide([&svc], &Inputs { node: "n1", members: &members, endpoints: &endpoints, groups: &groups });
+    let v4 = d.wanted.values().find(|w| w.ip.is_ipv4()).unwrap();
+    assert_eq!(v4.aggregation, 24);
+}
+
+#[test]
+fn a_shared_local_address_is_elected_once_whatever_its_services_say() {
+    let members = members();
+    let slice = |service: &str, node: &str| -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{service}-x"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": node}]
+        }))
+        .unwrap()
+    };
+    // Every node that the hash would not pick, so that the endpoint rule decides.
+    let ip: std::net::IpAddr = "192.0.2.241".parse().unwrap();
+    let hash_winner = members.winner(ip).unwrap().to_owned();
+    for endpoint_node in ["n1", "n2", "n3"].into_iter().filter(|n| *n != hash_winner) {
+        for (a_policy, b_policy) in [(Some("Local"), None), (Some("Local"), Some("Local")), (None, Some("Local"))] {
+            let mut endpoints = EndpointIndex::new();
+            let now = std::time::Instant::now();
+            endpoints.apply(&slice("a", endpoint_node), now);
+            endpoints.apply(&slice("b", endpoint_node), now);
+            let a = service("a", "local", &["192.0.2.241"], a_policy);
+            let b = service("b", "local", &["192.0.2.241"], b_policy);
+            let groups = groups(None);
+            let holders: Vec<&str> = ["n1", "n2", "n3"]
+                .into_iter()
+                .filter(|node| {
+                    let inputs = Inputs { node, members: &members, endpoints: &endpoints, groups: &groups };
+                    // Both orders of the Services give the same answer.
+                    let one = decide([&a, &b], &inputs).wanted.contains_key(&ip);
+                    let two = decide([&b, &a], &inputs).wanted.contains_key(&ip);
+                    assert_eq!(one, two);
+                    one
+                })
+                .collect();
+            assert_eq!(holders, vec![endpoint_node], "{a_policy:?}/{b_policy:?}");
+        }
+    }
+}

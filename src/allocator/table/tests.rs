@@ -394,3 +394,5 @@ fn balance_pools_spreads_allocations() {
     let got: Vec<IpAddr> = ["a", "b", "c", "d"].iter().flat_map(|n| addrs(&a.decide(&svc("n", n).req(), NS))).collect();
     assert_eq!(got, [ip("192.0.2.10"), ip("192.0.2.20"), ip("192.0.2.11"), ip("192.0.2.21")]);
 }
+
+mod netbox;

@@ -130,6 +130,30 @@ pub enum NetlinkError {
         /// The kernel's answer.
         kernel: KernelError,
     },
+    /// The alias that marks a link as created by PureLB could not be set.
+    #[error("cannot mark interface {name} as created by PureLB (alias): {kernel}")]
+    MarkLink {
+        /// The link name.
+        name: String,
+        /// The kernel's answer.
+        kernel: KernelError,
+    },
+    /// A link PureLB did not create is never deleted.
+    #[error(
+        "interface {name} was not created by PureLB (its alias is not PureLB's mark), so PureLB does not delete it"
+    )]
+    LinkNotCreated {
+        /// The link name.
+        name: String,
+    },
+    /// Deleting a link failed.
+    #[error("cannot delete interface {name}: {kernel}")]
+    DeleteLink {
+        /// The link name.
+        name: String,
+        /// The kernel's answer.
+        kernel: KernelError,
+    },
     /// An address the kernel would refuse.
     #[error("invalid address {ip}/{prefix_len}: {reason}")]
     InvalidAddress {
@@ -206,6 +230,8 @@ impl NetlinkError {
             Self::List { kernel, .. }
             | Self::CreateLink { kernel, .. }
             | Self::SetLinkUp { kernel, .. }
+            | Self::MarkLink { kernel, .. }
+            | Self::DeleteLink { kernel, .. }
             | Self::AddAddress { kernel, .. }
             | Self::DeleteAddress { kernel, .. }
             | Self::PromoteSecondaries { kernel, .. } => kernel.errno(),
@@ -215,6 +241,7 @@ impl NetlinkError {
             | Self::InvalidLinkName { .. }
             | Self::InvalidAddress { .. }
             | Self::NotOwned { .. }
+            | Self::LinkNotCreated { .. }
             | Self::WatchClosed => None,
         }
     }

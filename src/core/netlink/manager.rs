@@ -316,7 +316,9 @@ impl AddressManager {
     }
 
     /// Makes sure a link named `name` exists and is up: an existing link of any kind is used
-    /// as it is (only set up); an absent one is created as a dummy link.
+    /// as it is (only set up); an absent one is created as a dummy link and marked as created
+    /// by PureLB (alias [`PURELB_LINK_ALIAS`](super::PURELB_LINK_ALIAS), see
+    /// [`AddressManager::mark_created_link`]).
     ///
     /// # Errors
     ///
@@ -340,7 +342,11 @@ impl AddressManager {
                     Err(error) if KernelError::from(error.clone()).is(libc::EEXIST) => {}
                     Err(error) => return Err(NetlinkError::create_link(name, error.into())),
                 }
-                self.resolve(&by_name).await?
+                let link = self.resolve(&by_name).await?;
+                if created && let Err(error) = self.mark_created_link(&link).await {
+                    warn!(link = name, %error, "created the link but cannot mark it as PureLB's; `purelb reconcile --all` will leave it");
+                }
+                link
             }
         };
         if !link.admin_up {
@@ -348,6 +354,51 @@ impl AddressManager {
             info!(link = name, kind = link.kind.as_deref().unwrap_or("none"), "set link up");
         }
         Ok(EnsuredLink { index: link.index, name: link.name, kind: link.kind, created })
+    }
+
+    /// Marks `link` as created by PureLB: sets its alias to
+    /// [`PURELB_LINK_ALIAS`](super::PURELB_LINK_ALIAS). [`AddressManager::ensure_link`] calls it
+    /// on every link it creates; nothing else should (a marked link is one
+    /// [`AddressManager::delete_created_link`] may delete).
+    ///
+    /// # Errors
+    ///
+    /// [`NetlinkError::MarkLink`] when the kernel refuses.
+    pub async fn mark_created_link(&self, link: &Link) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).alias(super::PURELB_LINK_ALIAS).build())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::MarkLink { name: link.name.clone(), kernel: e.into() })
+    }
+
+    /// Deletes `link` if PureLB created it ([`Link::is_created_by_purelb`], read from `link`,
+    /// which must be recent). A link that is already gone is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`NetlinkError::LinkNotCreated`] when the link does not carry PureLB's mark (nothing is
+    /// deleted); [`NetlinkError::DeleteLink`] when the kernel refuses.
+    #[instrument(level = "debug", skip(self, link), fields(link = %link.name))]
+    pub async fn delete_created_link(&self, link: &Link) -> Result<DeleteOutcome, NetlinkError> {
+        if !link.is_created_by_purelb() {
+            return Err(NetlinkError::LinkNotCreated { name: link.name.clone() });
+        }
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => {
+                info!(link = %link.name, "deleted the link PureLB created");
+                Ok(DeleteOutcome::Removed)
+            }
+            Err(error) => {
+                let kernel = KernelError::from(error);
+                if kernel.is(libc::ENODEV) {
+                    Ok(DeleteOutcome::Absent)
+                } else {
+                    Err(NetlinkError::DeleteLink { name: link.name.clone(), kernel })
+                }
+            }
+        }
     }
 
     async fn send_address(&self, message: AddressMessage, replace: bool) -> Result<(), KernelError> {
@@ -472,6 +523,7 @@ impl AddressManager {
             lower_up: false,
             loopback: false,
             promote_secondaries: None,
+            alias: None,
         });
         let on_link: Vec<Address> = snapshot.addresses.iter().filter(|a| a.index == address.index).cloned().collect();
         self.delete_targets(&link, &on_link, &[address], address.ip).await

@@ -19,7 +19,7 @@ use rtnetlink::{
     },
 };
 
-use super::{NetlinkError, PURELB_ADDRESS_PROTOCOL};
+use super::{NetlinkError, PURELB_ADDRESS_PROTOCOL, PURELB_LINK_ALIAS};
 use crate::core::ipam::{AddressRange, Family, Subnet};
 
 /// The kernel's "forever" lifetime (`INFINITY_LIFE_TIME`).
@@ -123,6 +123,8 @@ pub struct Link {
     pub loopback: bool,
     /// `net.ipv4.conf.<link>.promote_secondaries`, when the kernel reports it.
     pub promote_secondaries: Option<bool>,
+    /// The interface alias (`IFLA_IFALIAS`, `ip link set <link> alias ...`), when set.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -131,6 +133,14 @@ impl Link {
     pub fn is_usable(&self) -> bool {
         self.admin_up && self.lower_up
     }
+
+    /// Whether PureLB created this link: its alias is [`PURELB_LINK_ALIAS`], which
+    /// [`AddressManager::ensure_link`](super::AddressManager::ensure_link) sets on the links it
+    /// creates. Links that were there before are never marked, so never PureLB's.
+    #[must_use]
+    pub fn is_created_by_purelb(&self) -> bool {
+        self.alias.as_deref() == Some(PURELB_LINK_ALIAS)
+    }
 }
 
 /// Reads a link from an `RTM_NEWLINK` message; `None` when it has no name.
@@ -138,9 +148,11 @@ pub(crate) fn link_from_message(message: &LinkMessage) -> Option<Link> {
     let mut name = None;
     let mut kind = None;
     let mut promote_secondaries = None;
+    let mut alias = None;
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::IfAlias(a) => alias = Some(a.clone()).filter(|a| !a.is_empty()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(k) = info {
@@ -171,6 +183,7 @@ pub(crate) fn link_from_message(message: &LinkMessage) -> Option<Link> {
         lower_up: flags.contains(LinkFlags::LowerUp),
         loopback: flags.contains(LinkFlags::Loopback),
         promote_secondaries,
+        alias,
     })
 }
 

@@ -47,6 +47,7 @@ fn link(index: u32, name: &str, usable: bool) -> Link {
         lower_up: usable,
         loopback: false,
         promote_secondaries: None,
+        alias: None,
     }
 }
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Chaos soaks in the network-namespace lab (issue 9; needs root, ip, and a kernel with network
+# namespaces). See e2e/README.md, "Soak".
+#
+#   scripts/soak.sh                    CI: a 3-minute soak with a fixed seed, then one with a
+#                                      random seed (printed first, so a failure can be rerun)
+#   scripts/soak.sh DURATION [SEED]    one soak (DURATION in seconds or e.g. 30m; SEED random
+#                                      when omitted); `just soak` runs this
+#
+# Environment: SOAK_FIXED_SEED (default 1), SOAK_BUILD=release|debug (default release),
+# SOAK_NODES=3|4 (default 4), SOAK_OUT (JSON reports, default target/soak),
+# SOAK_AVOID_OPEN_BUGS=1|0 (default 1: leave out what triggers the open product bugs listed in
+# e2e/README.md, "Soak", so that the soak guards everything else; 0 exercises them too).
+# Exits non-zero when a soak finds a violation or a failed request outside the allowed windows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build="${SOAK_BUILD:-release}"
+nodes="${SOAK_NODES:-4}"
+out="${SOAK_OUT:-target/soak}"
+avoid=()
+if [ "${SOAK_AVOID_OPEN_BUGS:-1}" = 1 ]; then avoid=(--avoid-open-bugs); fi
+mkdir -p "$out"
+if [ "$build" = release ]; then
+  cargo build --locked --release --bin purelb --bin purelb-lab
+else
+  cargo build --locked --bin purelb --bin purelb-lab
+fi
+lab="./target/$build/purelb-lab"
+
+random_seed() { echo $(( (RANDOM << 15 | RANDOM) % 1000000000 )); }
+
+one() { # duration seed label
+  local duration="$1" seed="$2" label="$3"
+  echo "== soak ($label): ${duration} s, seed ${seed}, ${nodes} nodes, ${build} build"
+  "$lab" soak --duration "$duration" --seed "$seed" --nodes "$nodes" --prefix "plsoak${label:0:1}" \
+    --purelb-bin "./target/$build/purelb" --json-file "$out/soak-$label-$seed.json" "${avoid[@]}"
+}
+
+if [ $# -ge 1 ]; then
+  seed="${2:-$(random_seed)}"
+  echo "soak seed: $seed"
+  one "$1" "$seed" "run"
+  exit
+fi
+
+status=0
+one 180 "${SOAK_FIXED_SEED:-1}" "fixed" || status=1
+seed="$(random_seed)"
+echo "soak random seed: $seed (rerun: SOAK_AVOID_OPEN_BUGS=${SOAK_AVOID_OPEN_BUGS:-1} scripts/soak.sh 180 $seed)"
+one 180 "$seed" "random" || status=1
+exit "$status"
