@@ -1184,7 +1184,7 @@ def render_section(res: Result) -> list[str]:
     md.append("")
     md.append(b.about)
     md.append("")
-    status = {"ok": f"ran in {res.seconds:.0f} s", "failed": f"**FAILED**: {res.error}",
+    status = {"ok": f"ran in {res.seconds:.0f} s (including any build)", "failed": f"**FAILED**: {res.error}",
               "timeout": f"**FAILED**: {res.error}", "skipped": f"**NOT RUN**: {res.error}"}[res.status]
     md.append(f"Status: {status}.")
     md.append("")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets in fuzz/ and runs each for SECONDS (default 30).
-#   bash scripts/fuzz.sh [SECONDS] [TARGET...]
+#   bash scripts/fuzz.sh [SECONDS] [TARGET...]     (SECONDS=0: build only;
+#   FUZZ_NO_BUILD=1: run the targets built before)
 # Installs cargo-fuzz (pinned) when it is missing. Runs on the stable toolchain with
 # `--sanitizer none` (coverage-guided libFuzzer, no ASan: the code under test is safe Rust).
 # A crash leaves its input in fuzz/artifacts/<target>/ and fails the script.
@@ -16,6 +17,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 if [ -z "${FUZZ_NO_BUILD:-}" ]; then cargo fuzz build -O -s none; fi # FUZZ_NO_BUILD=1: run what was built
+if [ "$seconds" = 0 ]; then echo "fuzz: targets built"; exit 0; fi # SECONDS=0: build only
 for target in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$target"
   echo "fuzz: $target for ${seconds}s"

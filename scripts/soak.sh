@@ -23,9 +23,9 @@ avoid=()
 if [ "${SOAK_AVOID_OPEN_BUGS:-1}" = 1 ]; then avoid=(--avoid-open-bugs); fi
 mkdir -p "$out"
 if [ "$build" = release ]; then
-  cargo build --locked --release --bin purelb --bin purelb-lab
+  cargo build --locked --release -p purelb --bin purelb -p purelb-e2e --bin purelb-lab
 else
-  cargo build --locked --bin purelb --bin purelb-lab
+  cargo build --locked -p purelb --bin purelb -p purelb-e2e --bin purelb-lab
 fi
 lab="./target/$build/purelb-lab"
 

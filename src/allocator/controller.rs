@@ -566,9 +566,8 @@ impl Worker {
                 let mut state = self.lock();
                 state.failed.remove(key);
                 let released = state.table.forget(key);
-                if released.is_some() {
-                    retry_failed(&mut state, &self.queue);
-                }
+                // Also when it held nothing any more: what it gave up last may be freed only now.
+                retry_failed(&mut state, &self.queue);
                 released
             };
             if let Some(holding) = released {
@@ -594,6 +593,13 @@ impl Worker {
             (None, true) => self.clear_service(&svc).await,
             (None, false) => Ok(()),
         };
+        if result.is_ok() {
+            // The status no longer shows what the Service gave up: only now may others get it.
+            let mut state = self.lock();
+            if state.table.confirm_released(key) {
+                retry_failed(&mut state, &self.queue);
+            }
+        }
         self.publish_in_background(svc.object_ref(&()), plan.events);
         result
     }

@@ -193,6 +193,11 @@ pub struct Allocator {
     netbox_released: Vec<NetboxRelease>,
     /// `spec.netbox` of every netbox group seen (kept when a group goes away, for releases).
     netbox_specs: HashMap<String, NetboxSpec>,
+    /// Addresses a Service gave up for others ([`Decision::Changed`]) that stay taken until its
+    /// status no longer shows them ([`Self::confirm_released`]): given to another Service
+    /// before that write lands, one address would be in two Services' status at once (found
+    /// by the chaos soak, invariant 5).
+    pending_release: HashMap<ServiceKey, Vec<IpAddr>>,
 }
 
 impl Allocator {
@@ -676,11 +681,31 @@ impl Allocator {
 
     /// Releases everything `key` holds (Service deleted or no longer handled).
     pub fn forget(&mut self, key: &ServiceKey) -> Option<Holding> {
-        let holding = self.holdings.remove(key)?;
-        for ip in &holding.addresses {
+        let holding = self.holdings.remove(key);
+        let held = holding.as_ref().map(|h| h.addresses.clone()).unwrap_or_default();
+        for ip in &held {
             self.release(*ip, key);
         }
-        Some(holding)
+        for ip in self.pending_release.remove(key).unwrap_or_default() {
+            if !held.contains(&ip) {
+                self.release(ip, key);
+            }
+        }
+        holding
+    }
+
+    /// Frees the addresses `key` gave up in its last [`Decision::Changed`], now that its status
+    /// no longer shows them. Returns whether anything was freed (Services waiting for space may
+    /// now fit).
+    pub fn confirm_released(&mut self, key: &ServiceKey) -> bool {
+        let Some(pending) = self.pending_release.remove(key) else { return false };
+        let holds = self.holdings.get(key).map(|h| h.addresses.clone()).unwrap_or_default();
+        for ip in &pending {
+            if !holds.contains(ip) {
+                self.release(*ip, key);
+            }
+        }
+        !pending.is_empty()
     }
 
     /// What `req` needs reserved in NetBox before [`Self::decide`] can serve it: `None` when
@@ -793,8 +818,12 @@ impl Allocator {
         let offers = self.offers.remove(&req.key).unwrap_or_default();
         let held = self.holdings.get(&req.key).cloned();
         if !req.handled {
-            return match self.forget(&req.key) {
-                Some(h) => Decision::Released(h),
+            // Taken until the cleared status is written (`confirm_released`).
+            return match self.holdings.remove(&req.key) {
+                Some(h) => {
+                    self.pending_release.entry(req.key.clone()).or_default().extend(h.addresses.iter().copied());
+                    Decision::Released(h)
+                }
                 None => Decision::NotHandled,
             };
         }
@@ -876,8 +905,8 @@ impl Allocator {
             .as_ref()
             .map(|h| h.addresses.iter().copied().filter(|ip| !addresses.contains(ip)).collect())
             .unwrap_or_default();
-        for ip in &released {
-            self.release(*ip, &req.key);
+        if !released.is_empty() {
+            self.pending_release.entry(req.key.clone()).or_default().extend(released.iter().copied());
         }
         let holding = Holding {
             group: group.name.clone(),
@@ -907,7 +936,13 @@ impl Allocator {
 
     /// Releases what Services that no longer exist held; returns them.
     pub fn forget_missing(&mut self, existing: &HashSet<ServiceKey>) -> Vec<(ServiceKey, Holding)> {
-        let gone: Vec<ServiceKey> = self.holdings.keys().filter(|k| !existing.contains(*k)).cloned().collect();
+        let gone: BTreeSet<ServiceKey> = self
+            .holdings
+            .keys()
+            .chain(self.pending_release.keys())
+            .filter(|k| !existing.contains(*k))
+            .cloned()
+            .collect();
         gone.into_iter().filter_map(|k| self.forget(&k).map(|h| (k, h))).collect()
     }
 }

@@ -209,7 +209,23 @@ fn gaining_and_losing_a_family_keeps_the_other() {
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(a.stats("default").allocated[&Family::V6], 1, "taken until the status no longer shows it");
+    assert!(a.confirm_released(&ServiceKey::new("n", "s")));
     assert_eq!(a.stats("default").allocated[&Family::V6], 0);
+}
+
+#[test]
+fn an_address_given_up_goes_to_no_one_else_until_the_status_is_written() {
+    let mut a = alloc(&[sg("default", local("192.0.2.240/30", Some("2001:db8::f0/128")))]);
+    let dual = |name: &str| svc("n", name).families("PreferDualStack", &["IPv4", "IPv6"]);
+    assert_eq!(addrs(&a.decide(&dual("a").req(), NS)), [ip("192.0.2.240"), ip("2001:db8::f0")]);
+    assert!(matches!(a.decide(&svc("n", "a").req(), NS), Decision::Changed { .. }));
+    // The write of a's status has not landed: b must not get a's IPv6 address yet.
+    let early = a.decide(&dual("b").req(), NS);
+    assert!(matches!(&early, Decision::Failed { .. }), "{early:?}");
+    assert!(a.confirm_released(&ServiceKey::new("n", "a")));
+    assert!(!a.confirm_released(&ServiceKey::new("n", "a")), "once");
+    assert_eq!(addrs(&a.decide(&dual("b").req(), NS)), [ip("192.0.2.241"), ip("2001:db8::f0")]);
 }
 
 #[test]
@@ -303,6 +319,9 @@ fn release_on_type_change_class_change_and_deletion() {
         a.decide(&svc("n", "c").set("loadBalancerClass", json!("other.io/lb")).req(), NS),
         Decision::Released(_)
     ));
+    assert_eq!(a.addresses_in_use(), 3, "given up, but taken until the cleared status is written");
+    assert!(a.confirm_released(&ServiceKey::new("n", "t")));
+    assert!(a.confirm_released(&ServiceKey::new("n", "c")));
     let existing: HashSet<ServiceKey> = [ServiceKey::new("n", "t"), ServiceKey::new("n", "c")].into();
     let gone = a.forget_missing(&existing);
     assert_eq!(gone.len(), 1);

@@ -140,6 +140,8 @@ fn released_addresses_carry_the_group_spec() {
     addrs(&a.decide(&req, NS));
     let d = a.decide(&svc("web", "a").set("type", json!("ClusterIP")).req(), NS);
     assert!(matches!(d, Decision::Released(_)), "{d:?}");
+    assert!(a.take_netbox_releases().is_empty(), "not before the cleared status is written");
+    assert!(a.confirm_released(&req.key));
     let released = a.take_netbox_releases();
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].spec.as_ref().map(|s| s.url.as_str()), Some("https://netbox.example.com"));
