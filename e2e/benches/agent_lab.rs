@@ -19,7 +19,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -73,22 +72,6 @@ struct AddrEvent {
 }
 
 type Events = Arc<Mutex<Vec<AddrEvent>>>;
-
-fn lab_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    ["release", "debug"].iter().map(|p| target.join(p).join("purelb-lab")).find(|p| p.is_file()).unwrap()
-}
-
-fn purelb_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("purelb"))
-        .find(|p| p.is_file())
-        .expect("build the purelb binary first: cargo build --release -p purelb --bin purelb")
-}
 
 /// Parses one `ip -ts monitor address` line: `[2026-11-25T19:28:26.271342] [Deleted ]2: br0 inet 192.0.2.5/24 ...`.
 fn parse_monitor(node: &str, line: &str) -> Option<AddrEvent> {
@@ -233,9 +216,11 @@ async fn main() {
     let n: usize = std::env::var("AGENT_LAB_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(50).min(100);
     let scale: usize = std::env::var("AGENT_LAB_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let prefix = format!("plb{}", std::process::id());
+    let purelb_bin = lab::built_binary("purelb", &["release", "debug"])
+        .expect("build the purelb binary first: cargo build --release -p purelb --bin purelb");
     let mut options = LabOptions::new(&prefix, 3)
-        .lab_bin(lab_bin())
-        .purelb_bin(purelb_bin())
+        .lab_bin(lab::built_binary("purelb-lab", &["release", "debug"]).expect("build purelb-lab first"))
+        .purelb_bin(purelb_bin.clone())
         .purelb(false, true)
         .ready_timeout(Duration::from_secs(30));
     options.agent_args = ["--lease-duration=2s", "--renew-interval=500ms", "--handover-timeout=5s"]
@@ -243,7 +228,7 @@ async fn main() {
         .map(|s| (*s).to_owned())
         .collect();
     let lab = Lab::start(options).await.unwrap();
-    println!("agent-lab: purelb binary {}", purelb_bin().display());
+    println!("agent-lab: purelb binary {}", purelb_bin.display());
     lab.apply_yaml(GROUP).await.unwrap();
     lab.apply_yaml(FAR_GROUP).await.unwrap();
     let client = lab.client();

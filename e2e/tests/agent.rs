@@ -8,7 +8,7 @@
 use purelb_e2e::lab::wait_for;
 use std::{
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -24,29 +24,6 @@ use purelb::{
 use purelb_e2e::lab::{self, Backend, Lab, LabOptions, ServiceBackends};
 
 const LAB_BIN: &str = env!("CARGO_BIN_EXE_purelb-lab");
-
-fn purelb_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join("purelb"))
-        .find(|p| p.is_file())
-        .expect("build the purelb binary first: cargo build -p purelb --bin purelb")
-}
-
-/// Namespace prefix unique to this process and test; also removes labs of dead test runs.
-fn prefix(tag: &str) -> String {
-    for netns in lab::netns::list() {
-        let Some((prefix, _)) = netns.split_once('-') else { continue };
-        let Some(rest) = prefix.strip_prefix("pla") else { continue };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if !digits.is_empty() && !Path::new(&format!("/proc/{digits}")).exists() {
-            let _ = lab::down(prefix, &std::env::temp_dir().join(format!("purelb-lab-{prefix}")), false);
-        }
-    }
-    format!("pla{}{tag}", std::process::id())
-}
 
 async fn start(tag: &str) -> Lab {
     start_with(tag, false).await
@@ -489,4 +466,14 @@ async fn an_api_outage_withdraws_and_moves_nothing() {
         lab.heal(p).await.unwrap();
     }
     check(Duration::from_secs(5)).await;
+}
+
+fn purelb_bin() -> PathBuf {
+    lab::built_binary("purelb", &["debug", "release"])
+        .expect("build the purelb binary first: cargo build -p purelb --bin purelb")
+}
+
+/// Namespace prefix unique to this process and test; also removes labs of dead test runs.
+fn prefix(tag: &str) -> String {
+    lab::test_prefix("pla", tag)
 }

@@ -36,29 +36,6 @@ use serde_json::{Value, json};
 const LAB_BIN: &str = env!("CARGO_BIN_EXE_purelb-lab");
 const NAMESPACE: &str = "purelb-system";
 
-fn purelb_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join("purelb"))
-        .find(|p| p.is_file())
-        .expect("build the purelb binary first: cargo build -p purelb --bin purelb")
-}
-
-/// Namespace prefix unique to this process and test; also removes labs of dead test runs.
-fn prefix(tag: &str) -> String {
-    for netns in lab::netns::list() {
-        let Some((prefix, _)) = netns.split_once('-') else { continue };
-        let Some(rest) = prefix.strip_prefix("pla") else { continue };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if !digits.is_empty() && !Path::new(&format!("/proc/{digits}")).exists() {
-            let _ = lab::down(prefix, &std::env::temp_dir().join(format!("purelb-lab-{prefix}")), false);
-        }
-    }
-    format!("pla{}{tag}", std::process::id())
-}
-
 const GROUPS: &str = "apiVersion: purelb.io/v2
 kind: ServiceGroup
 metadata: {name: local, namespace: purelb-system}
@@ -383,4 +360,14 @@ async fn reconcile_removes_orphans_keeps_held_and_admin_addresses_under_rbac() {
     assert_eq!(orphans(&report), all, "{report:#}");
     assert!(report["links"].as_array().unwrap().is_empty(), "the lab's kube-lb0 bridge is not PureLB's: {report:#}");
     assert!(has(&lab, &x, "eth0", mine) && has(&lab, &x, "kube-lb0", routed));
+}
+
+fn purelb_bin() -> PathBuf {
+    lab::built_binary("purelb", &["debug", "release"])
+        .expect("build the purelb binary first: cargo build -p purelb --bin purelb")
+}
+
+/// Namespace prefix unique to this process and test; also removes labs of dead test runs.
+fn prefix(tag: &str) -> String {
+    lab::test_prefix("pla", tag)
 }

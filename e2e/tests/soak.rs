@@ -4,10 +4,7 @@
 //! failed requests outside the allowed windows. Longer soaks: `just soak`, `scripts/soak.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use purelb_e2e::lab::{
     self,
@@ -18,39 +15,17 @@ use purelb_e2e::lab::{
 /// Fixed seed of this test (the schedules depend only on it).
 const SEED: u64 = 20_261_125;
 
-fn purelb_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join("purelb"))
-        .find(|p| p.is_file())
-        .expect("build the purelb binary first: cargo build -p purelb --bin purelb")
-}
-
-/// Namespace prefix unique to this process; also removes soak labs of dead test runs.
-fn prefix() -> String {
-    for netns in lab::netns::list() {
-        let Some((prefix, _)) = netns.split_once('-') else { continue };
-        let Some(digits) = prefix.strip_prefix("plsk") else { continue };
-        if !digits.is_empty()
-            && digits.chars().all(|c| c.is_ascii_digit())
-            && !Path::new(&format!("/proc/{digits}")).exists()
-        {
-            let _ = lab::down(prefix, &lab::default_dir(prefix), false);
-        }
-    }
-    format!("plsk{}", std::process::id())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_keeps_every_invariant() {
-    let mut options = SoakOptions::new(&prefix(), Duration::from_secs(75), SEED);
+    let mut options = SoakOptions::new(&lab::test_prefix("plsk", ""), Duration::from_secs(75), SEED);
     options.nodes = 3;
     // The open product bugs (e2e/README.md, "Soak") are left out here so that this test guards
     // everything else; `purelb-lab soak` and scripts/soak.sh exercise them.
     options.avoid_open_bugs = true;
-    options.purelb_bin = Some(purelb_bin());
+    options.purelb_bin = Some(
+        lab::built_binary("purelb", &["debug", "release"])
+            .expect("build the purelb binary first: cargo build -p purelb --bin purelb"),
+    );
     options.lab_bin = Some(PathBuf::from(env!("CARGO_BIN_EXE_purelb-lab")));
     let mut progress = std::io::stderr();
     let report = soak::run(options, &mut progress).await.unwrap();

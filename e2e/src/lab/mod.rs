@@ -94,6 +94,31 @@ pub fn default_dir(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("purelb-lab-{prefix}"))
 }
 
+/// A binary of this workspace's build, for tests and benches: `<target>/<profile>/<name>` for
+/// the first of `profiles` where it exists (`<target>` is `$CARGO_TARGET_DIR`, else the
+/// workspace's `target`).
+#[must_use]
+pub fn built_binary(name: &str, profiles: &[&str]) -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    profiles.iter().map(|p| target.join(p).join(name)).find(|p| p.is_file())
+}
+
+/// A lab prefix unique to this process: `<stem><pid><tag>`. Also tears down labs named
+/// `<stem><pid>…` whose process is gone (a test run that crashed).
+#[must_use]
+pub fn test_prefix(stem: &str, tag: &str) -> String {
+    for netns in netns::list() {
+        let Some((prefix, _)) = netns.split_once('-') else { continue };
+        let Some(rest) = prefix.strip_prefix(stem) else { continue };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !digits.is_empty() && !Path::new(&format!("/proc/{digits}")).exists() {
+            let _ = down(prefix, &default_dir(prefix), false);
+        }
+    }
+    format!("{stem}{}{tag}", std::process::id())
+}
+
 /// Errors of the lab, each naming what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
