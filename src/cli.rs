@@ -112,6 +112,10 @@ pub struct AgentArgs {
     /// How often to look for PureLB-owned addresses this node should not hold.
     #[arg(long, env = "PURELB_ORPHAN_SWEEP_INTERVAL", value_parser = duration_arg, default_value = "60s")]
     pub orphan_sweep_interval: Duration,
+    /// How long a remote address stays after its last usable endpoint went away (rollouts
+    /// flap EndpointSlices; announcing never waits).
+    #[arg(long, env = "PURELB_SETTLE_TIME", value_parser = duration_arg, default_value = "1s")]
+    pub settle_time: Duration,
 }
 
 /// Output format of `purelb reconcile`.
@@ -187,6 +191,7 @@ mod tests {
         assert_eq!(a.renew_interval, Duration::from_secs(2));
         assert_eq!(a.handover_timeout, Duration::from_secs(5));
         assert_eq!(a.orphan_sweep_interval, Duration::from_secs(60));
+        assert_eq!(a.settle_time, Duration::from_secs(1));
 
         let cli = Cli::try_parse_from(["purelb", "allocator", "--leader-elect=false", "--default-announcer", "false"])
             .unwrap();

@@ -112,7 +112,7 @@ fn run_agent(args: &purelb::cli::AgentArgs) -> anyhow::Result<ExitCode> {
             api_timeout: std::time::Duration::from_secs(5)
                 .min(args.lease_duration.max(std::time::Duration::from_secs(1))),
             reporter_instance: process::instance_name(),
-            settle_time: std::time::Duration::from_secs(1),
+            settle_time: args.settle_time,
         };
         agent::run(client, settings, readiness, process::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

@@ -411,3 +411,24 @@ fn overrun_triggers_a_full_resync() {
         assert_eq!(on_bridge, 250);
     });
 }
+
+#[test]
+fn blackhole_routes_come_and_go() {
+    in_new_netns(|ns| async move {
+        bridge(&ns, "pl-br0");
+        ip_do(&ns, &["addr", "add", "192.0.2.1/24", "dev", "pl-br0"]);
+        ip_do(&ns, &["addr", "add", "2001:db8::1/64", "dev", "pl-br0", "nodad"]);
+        let manager = AddressManager::new().unwrap();
+        let routes = |family: &str| ns.ip(&[family, "route", "show", "type", "blackhole"]);
+        for (family, address) in [("-4", "192.0.2.240"), ("-6", "2001:db8::f0")] {
+            manager.set_blackhole(ip(address), true).await.unwrap();
+            manager.set_blackhole(ip(address), true).await.unwrap(); // twice is fine
+            let shown = routes(family);
+            assert!(shown.contains(address), "{shown}");
+            manager.set_blackhole(ip(address), false).await.unwrap();
+            let shown = routes(family);
+            assert!(!shown.contains(address), "still there: {shown}");
+            manager.set_blackhole(ip(address), false).await.unwrap(); // absent is fine
+        }
+    });
+}

@@ -3,11 +3,14 @@
 //! to the client host, failover after SIGKILL, graceful handover on SIGTERM, remote addresses on
 //! every node's `kube-lb0` with the aggregation prefix, withdrawal when the Service goes,
 //! orphan removal at restart (an administrator's address in the pool range stays) and drift repair.
+//! What the client sees on the wire is captured (`lab::capture`): the GARP/NA bursts, and that
+//! two MACs never answer for an address for long.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use purelb_e2e::lab::wait_for;
 use std::{
-    net::{IpAddr, SocketAddr},
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -21,7 +24,13 @@ use purelb::{
     },
     kube::{Api, api::DeleteParams},
 };
-use purelb_e2e::lab::{self, Backend, Lab, LabOptions, ServiceBackends};
+use purelb_e2e::{
+    apiserver::FailMode,
+    lab::{
+        self, Backend, Lab, LabOptions, ServiceBackends,
+        capture::{self, Arp, Capture, MacAddr, Probe},
+    },
+};
 
 const LAB_BIN: &str = env!("CARGO_BIN_EXE_purelb-lab");
 
@@ -113,6 +122,85 @@ fn addr_lines(lab: &Lab, node: &str, dev: &str, addr: IpAddr) -> Vec<String> {
     out.lines().filter(|l| l.contains(&format!(" {addr}/"))).map(str::to_owned).collect()
 }
 
+/// Starts capturing on the client's `eth0` (everything a client on the segment sees).
+fn capture_at_client(lab: &Lab) -> Capture {
+    Capture::start(&lab.host("client").unwrap().netns, "eth0").unwrap()
+}
+
+/// The MAC of a host's `eth0`.
+fn mac_of(lab: &Lab, host: &str) -> MacAddr {
+    capture::mac_of(&lab.host(host).unwrap().netns, "eth0").unwrap()
+}
+
+/// The default burst (`LBNodeAgent` `garp`: 3 announcements 500 ms apart; an IPv4 announcement
+/// is a gratuitous ARP request and reply) takes 1 s; this is how long after its first frame a
+/// test waits for the rest.
+const BURST_TIME: Duration = Duration::from_millis(2_500);
+
+/// Waits (up to `timeout`) for gratuitous ARPs for `ip` from `mac` received at or after `since`,
+/// then until the burst has had [`BURST_TIME`] to finish; returns them.
+async fn garp_burst(
+    capture: &Capture,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    since: Instant,
+    timeout: Duration,
+) -> Vec<(Instant, Arp)> {
+    let frames = || -> Vec<(Instant, Arp)> {
+        capture.gratuitous_arps(ip).into_iter().filter(|(at, a)| *at >= since && a.sender_mac == mac).collect()
+    };
+    let first = wait_for(timeout, || async { frames().first().map(|(at, _)| *at) }).await;
+    let Some(first) = first else {
+        panic!(
+            "no gratuitous ARP for {ip} from {mac} reached the client within {timeout:?}; seen: {:?}",
+            capture.gratuitous_arps(ip)
+        )
+    };
+    tokio::time::sleep(BURST_TIME.saturating_sub(first.elapsed())).await;
+    frames()
+}
+
+/// Prints what a burst looked like on the wire.
+fn report_burst(what: &str, burst: &[(Instant, Arp)], since: Instant) {
+    let requests = burst.iter().filter(|(_, a)| a.op == Arp::REQUEST).count();
+    let replies = burst.iter().filter(|(_, a)| a.op == Arp::REPLY).count();
+    let (first, last) = (burst.first().map(|b| b.0), burst.last().map(|b| b.0));
+    if let (Some(first), Some(last)) = (first, last) {
+        eprintln!(
+            "MEASURE {what}: {} gratuitous ARPs at the client ({requests} requests, {replies} replies) over {:?}, the first {:?} after the trigger",
+            burst.len(),
+            last - first,
+            first.saturating_duration_since(since),
+        );
+    }
+}
+
+/// `t` relative to `base`, in signed seconds.
+fn rel(t: Instant, base: Instant) -> String {
+    if t >= base { format!("+{:.3}s", (t - base).as_secs_f64()) } else { format!("-{:.3}s", (base - t).as_secs_f64()) }
+}
+
+/// The agent's `purelb_election_lease_healthy` gauge on `node`.
+async fn lease_healthy(lab: &Lab, node: &str) -> Option<f64> {
+    let target = SocketAddr::from(([127, 0, 0, 1], lab::topology::METRICS_PORT));
+    let reply = lab::http::get(&lab.host(node).ok()?.netns, target, "/metrics", Duration::from_secs(5)).await.ok()?;
+    reply.body.lines().find_map(|l| l.strip_prefix("purelb_election_lease_healthy ")?.trim().parse().ok())
+}
+
+/// Which nodes hold each of `addrs` (one `ip addr` per node for all of them).
+fn holders_of(lab: &Lab, addrs: &[IpAddr]) -> Vec<Vec<String>> {
+    let mut holders = vec![Vec::new(); addrs.len()];
+    for node in &lab.topology().nodes {
+        let held = lab::netns::addresses(&node.netns).unwrap();
+        for (i, addr) in addrs.iter().enumerate() {
+            if held.iter().any(|(_, a)| a == addr) {
+                holders[i].push(node.name.clone());
+            }
+        }
+    }
+    holders
+}
+
 async fn serve_everywhere(lab: &Lab, name: &str) {
     let mut backends = ServiceBackends::new("default", name).port_name("http");
     for node in lab.node_names() {
@@ -127,13 +215,24 @@ async fn local_address_on_the_hash_winner_serves_and_fails_over_after_sigkill() 
     let lab = start("loc").await;
     lab.apply_yaml(LOCAL_GROUP).await.unwrap();
     serve_everywhere(&lab, "web").await;
+    let capture = capture_at_client(&lab);
     let applied = Instant::now();
     lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
     let ip = address_of(&lab, "web").await;
+    let IpAddr::V4(v4) = ip else { panic!("{ip} is not IPv4") };
     let names = lab.node_names();
     let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
     wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
     eprintln!("MEASURE Service applied -> address on the winner {winner}: {:?}", applied.elapsed());
+    // The GARP burst reaches the client, from the winner's MAC and nobody else's.
+    let winner_mac = mac_of(&lab, &winner);
+    let burst = garp_burst(&capture, v4, winner_mac, applied, Duration::from_secs(10)).await;
+    report_burst(&format!("Service applied -> burst from {winner}"), &burst, applied);
+    assert!(burst.len() >= 2, "only {} gratuitous ARPs from {winner} ({winner_mac}): {burst:?}", burst.len());
+    assert!(burst.iter().all(|(_, a)| a.is_gratuitous() && a.source == winner_mac), "{burst:?}");
+    let strangers: Vec<_> =
+        capture.gratuitous_arps(v4).into_iter().filter(|(_, a)| a.sender_mac != winner_mac).collect();
+    assert!(strangers.is_empty(), "another MAC announced {ip}: {strangers:?}");
     // Prefix of the subnet, noprefixroute, the ownership mark, a finite lifetime.
     let lines = addr_lines(&lab, &winner, "eth0", ip);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -172,6 +271,15 @@ async fn local_address_on_the_hash_winner_serves_and_fails_over_after_sigkill() 
     .await;
     assert!(page.is_some(), "the client never reached {successor}");
     eprintln!("MEASURE SIGKILL -> page from {successor}: {:?}", killed.elapsed());
+    // The successor's burst reaches the client; the third node announces nothing.
+    let successor_mac = mac_of(&lab, &successor);
+    let burst = garp_burst(&capture, v4, successor_mac, killed, Duration::from_secs(10)).await;
+    report_burst(&format!("SIGKILL -> burst from {successor}"), &burst, killed);
+    assert!(burst.len() >= 2, "only {} gratuitous ARPs from {successor} ({successor_mac}): {burst:?}", burst.len());
+    let third_mac = mac_of(&lab, third[0]);
+    let wrong: Vec<_> = capture.claims(ip).into_iter().filter(|c| c.mac == third_mac).collect();
+    assert!(wrong.is_empty(), "{} ({third_mac}) claimed {ip}: {wrong:?}", third[0]);
+    assert_eq!(capture.error(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,12 +340,11 @@ async fn orphans_go_administrator_addresses_stay_and_drift_is_repaired() {
     assert_eq!(lab.holders(admin).unwrap(), vec![other]);
 }
 
-/// Known gap (agent issue, `docs/agent.md`): about one run in four, a connection that is in
-/// flight when the client's neighbour entry moves to the successor's MAC is reset by the
-/// successor, so this strict zero-failure check is not part of the default run yet. Run it with
-/// `cargo test -p purelb-e2e --test agent -- --ignored sigterm`.
+/// Make before break (`docs/agent.md`, "Graceful handover without a failed request"): the
+/// successor holds the address silently, the old node lets go at a moment without open
+/// connections, then the successor announces. A client sending a request every 10 ms sees no
+/// failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "one in ~4 runs a connection in flight at the ARP switch is reset; see docs/agent.md"]
 async fn sigterm_hands_the_address_over_without_failed_requests() {
     let lab = start("trm").await;
     lab.apply_yaml(LOCAL_GROUP).await.unwrap();
@@ -361,6 +468,8 @@ spec:
     .await
     .unwrap();
     serve_everywhere(&lab, "web").await;
+    let capture = capture_at_client(&lab);
+    let applied = Instant::now();
     lab.apply_yaml(
         "apiVersion: v1
 kind: Service
@@ -406,6 +515,49 @@ spec:
         })
         .await;
         assert!(reply.is_some(), "no page through {ip}");
+        // The announcement reached the client: gratuitous ARPs, or unsolicited NAs with the
+        // winner's MAC as target link-layer address.
+        let mac = mac_of(&lab, &winner);
+        match ip {
+            IpAddr::V4(v4) => {
+                let burst = garp_burst(&capture, v4, mac, applied, Duration::from_secs(10)).await;
+                report_burst(&format!("dual-stack: Service applied -> IPv4 burst from {winner}"), &burst, applied);
+                assert!(burst.len() >= 2, "only {} gratuitous ARPs from {winner} ({mac}): {burst:?}", burst.len());
+            }
+            IpAddr::V6(v6) => {
+                let from_winner = || -> Vec<_> {
+                    capture
+                        .advertisements(v6)
+                        .into_iter()
+                        .filter(|(_, na)| !na.solicited && na.target_mac == Some(mac))
+                        .collect()
+                };
+                let first = wait_for(Duration::from_secs(10), || async { from_winner().first().map(|(at, _)| *at) })
+                    .await
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "no unsolicited NA for {ip} with {winner}'s MAC {mac} reached the client; seen: {:?}",
+                            capture.advertisements(v6)
+                        )
+                    });
+                tokio::time::sleep(BURST_TIME.saturating_sub(first.elapsed())).await;
+                let burst = from_winner();
+                let last = burst.last().map_or(first, |(at, _)| *at);
+                eprintln!(
+                    "MEASURE dual-stack: Service applied -> IPv6 burst from {winner}: {} unsolicited NAs at the client over {:?}, the first {:?} after the apply",
+                    burst.len(),
+                    last - first,
+                    first.saturating_duration_since(applied),
+                );
+                for (_, na) in &burst {
+                    assert!(na.override_flag && !na.router, "{na:?}");
+                    assert_eq!(na.source, mac, "{na:?}");
+                    assert_eq!(na.destination_ip, "ff02::1".parse::<std::net::Ipv6Addr>().unwrap(), "{na:?}");
+                }
+                let strangers: Vec<_> = capture.claims(ip).into_iter().filter(|c| c.mac != mac).collect();
+                assert!(strangers.is_empty(), "another MAC advertised {ip}: {strangers:?}");
+            }
+        }
     }
 }
 
@@ -415,14 +567,33 @@ async fn a_holder_cut_off_from_the_api_yields_to_its_successor() {
     lab.apply_yaml(LOCAL_GROUP).await.unwrap();
     lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
     let ip = address_of(&lab, "web").await;
+    let IpAddr::V4(v4) = ip else { panic!("{ip} is not IPv4") };
     let names = lab.node_names();
     let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
     wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
     let rest: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != winner).collect();
     let successor = election::elect(rest.iter().copied(), ip).unwrap().to_owned();
+    let (winner_mac, successor_mac) = (mac_of(&lab, &winner), mac_of(&lab, &successor));
+
+    // The client asks "who has the address?" every 50 ms and records every answer and
+    // announcement (acceptance: it never sees two MACs answering for more than 1 s).
+    let client = lab.host("client").unwrap();
+    let client_mac = mac_of(&lab, "client");
+    let probe =
+        Probe { frame: capture::arp_request_frame(client_mac, client.ipv4, v4), every: Duration::from_millis(50) };
+    let capture = Capture::start_probing(&client.netns, "eth0", Some(probe)).unwrap();
+    let answered = wait_for(Duration::from_secs(10), || async {
+        capture.claims(ip).iter().any(|c| c.mac == winner_mac && c.kind == capture::ClaimKind::Reply).then_some(())
+    })
+    .await;
+    assert!(
+        answered.is_some(),
+        "{winner} does not answer the client's ARP requests for {ip}: {:?}",
+        capture.claims(ip)
+    );
 
     let cut = Instant::now();
-    lab.partition_agent(&winner, purelb_e2e::apiserver::FailMode::Refuse).await.unwrap();
+    lab.partition_agent(&winner, FailMode::Refuse).await.unwrap();
     let taken =
         wait_for(Duration::from_secs(20), || async { lab.holders(ip).ok()?.contains(&successor).then(Instant::now) })
             .await
@@ -431,8 +602,38 @@ async fn a_holder_cut_off_from_the_api_yields_to_its_successor() {
     wait_holders(&lab, ip, &[successor.as_str()], Duration::from_secs(10)).await;
     let overlap = taken.elapsed();
     eprintln!("MEASURE both nodes held the address for at most: {overlap:?}");
-    assert!(overlap < Duration::from_secs(3), "the cut-off node kept the address for {overlap:?}");
+    // Keep asking for a while: the old holder must stay silent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (sent, failed) = capture.probes();
+    let claims = capture.claims(ip);
     lab.heal_agent(&winner).await.unwrap();
+
+    let spans = capture::spans(&claims);
+    for (mac, (first, last, count)) in &spans {
+        let who = if *mac == winner_mac {
+            winner.as_str()
+        } else if *mac == successor_mac {
+            successor.as_str()
+        } else {
+            "?"
+        };
+        eprintln!(
+            "MEASURE client saw {count} claims for {ip} from {who} ({mac}), from {} to {} (relative to the cut)",
+            rel(*first, cut),
+            rel(*last, cut)
+        );
+    }
+    let (_, _, interleaved) = capture::interleave(&claims).expect("the client never saw the successor's MAC");
+    eprintln!(
+        "MEASURE client saw two MACs answering for {ip} for {interleaved:?} ({sent} ARP requests sent, {failed} failed)"
+    );
+    assert!(failed == 0 && sent >= 20, "{sent} probes sent, {failed} failed");
+    assert!(spans.keys().all(|m| *m == winner_mac || *m == successor_mac), "a third MAC claimed {ip}: {spans:?}");
+    assert!(spans.contains_key(&successor_mac), "the client never saw {successor} ({successor_mac}) claim {ip}");
+    assert_eq!(claims.last().map(|c| c.mac), Some(successor_mac), "the last claim for {ip} is not the successor's");
+    assert!(interleaved < Duration::from_secs(1), "two MACs answered for {ip} for {interleaved:?}: {spans:?}");
+    assert!(overlap < Duration::from_secs(1), "the cut-off node kept the address for {overlap:?}");
+    assert_eq!(capture.error(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,24 +649,96 @@ async fn an_api_outage_withdraws_and_moves_nothing() {
     let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
     wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
     wait_holders(&lab, rip, &["n1", "n2", "n3"], Duration::from_secs(20)).await;
+    let winner_mac = mac_of(&lab, &winner);
+    let macs: BTreeMap<MacAddr, String> = names.iter().map(|n| (mac_of(&lab, n), n.clone())).collect();
+    // The initial burst is over before the outage starts (frames from before it are ignored
+    // anyway).
+    tokio::time::sleep(BURST_TIME).await;
+    // The client asks for the address every 50 ms, so that whoever answers shows on the wire.
+    let client = lab.host("client").unwrap();
+    let IpAddr::V4(v4) = ip else { panic!("{ip} is not IPv4") };
+    let probe = Probe {
+        frame: capture::arp_request_frame(mac_of(&lab, "client"), client.ipv4, v4),
+        every: Duration::from_millis(50),
+    };
+    let capture = Capture::start_probing(&client.netns, "eth0", Some(probe)).unwrap();
+
+    // Acceptance: an API outage of 30 s (every agent and the allocator get 503 for every
+    // request): no address withdrawn or moved, and no burst of changes on recovery.
+    const OUTAGE: Duration = Duration::from_secs(30);
+    const AFTER: Duration = Duration::from_secs(10);
     let processes: Vec<String> = names.iter().map(|n| lab::agent_name(n)).chain(["allocator".to_owned()]).collect();
+    let cut = Instant::now();
     for p in &processes {
-        lab.partition(p, purelb_e2e::apiserver::FailMode::Refuse).await.unwrap();
+        lab.partition(p, FailMode::Unavailable).await.unwrap();
     }
-    // Four lease durations without the API, then a while after it is back.
     let check = async |span: Duration| {
-        let until = Instant::now() + span;
+        let (until, mut checks, mut longest, mut last) = (Instant::now() + span, 0u32, Duration::ZERO, Instant::now());
         while Instant::now() < until {
-            assert_eq!(lab.holders(ip).unwrap(), vec![winner.clone()], "the local address moved or vanished");
-            assert_eq!(lab.holders(rip).unwrap(), names, "a remote address was withdrawn");
+            let holders = holders_of(&lab, &[ip, rip]);
+            assert_eq!(
+                holders[0],
+                vec![winner.clone()],
+                "the local address moved or vanished after {:?}",
+                cut.elapsed()
+            );
+            assert_eq!(holders[1], names, "a remote address was withdrawn after {:?}", cut.elapsed());
+            checks += 1;
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        (checks, longest)
     };
-    check(Duration::from_secs(8)).await;
+    let (checks, longest) = check(OUTAGE).await;
+    eprintln!(
+        "MEASURE API outage {OUTAGE:?}: {checks} holder checks, longest gap between two {longest:?}; nothing moved"
+    );
+    // The outage was real: every agent saw its Lease go stale.
+    for node in &names {
+        assert_eq!(lease_healthy(&lab, node).await, Some(0.0), "{node}'s Lease still looked healthy in the outage");
+    }
+    let healed = Instant::now();
     for p in &processes {
         lab.heal(p).await.unwrap();
     }
-    check(Duration::from_secs(5)).await;
+    let (checks, longest) = check(AFTER).await;
+    eprintln!(
+        "MEASURE after recovery {AFTER:?}: {checks} holder checks, longest gap between two {longest:?}; nothing moved"
+    );
+    for node in &names {
+        assert_eq!(lease_healthy(&lab, node).await, Some(1.0), "{node}'s Lease is not healthy again after recovery");
+    }
+    for (name, status) in lab.process_status() {
+        assert!(status.is_running(), "{name} stopped: {status:?}\n{}", lab.log_tail(&name, 30).unwrap_or_default());
+    }
+
+    // On the wire: during and after the outage nobody but the holder claimed the local address.
+    let claims: Vec<_> = capture.claims(ip).into_iter().filter(|c| c.at >= cut).collect();
+    let (during, after): (Vec<&capture::Claim>, Vec<&capture::Claim>) = claims.iter().partition(|c| c.at < healed);
+    for (phase, claims) in [("during the outage", &during), ("after recovery", &after)] {
+        let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
+        for c in claims.iter() {
+            *by_node.entry(macs.get(&c.mac).cloned().unwrap_or_else(|| c.mac.to_string())).or_default() += 1;
+        }
+        let gratuitous = claims
+            .iter()
+            .filter(|c| matches!(c.kind, capture::ClaimKind::GratuitousRequest | capture::ClaimKind::GratuitousReply))
+            .count();
+        let mut longest = Duration::ZERO;
+        for pair in claims.windows(2) {
+            longest = longest.max(pair[1].at - pair[0].at);
+        }
+        eprintln!(
+            "MEASURE {phase}: claims for {ip} at the client by node {by_node:?}, {gratuitous} of them gratuitous ARPs; longest silence {longest:?}"
+        );
+        assert!(by_node.contains_key(&winner), "{winner} did not answer the client {phase}: {by_node:?}");
+    }
+    let (sent, failed) = capture.probes();
+    assert!(failed == 0 && sent >= 200, "{sent} probes sent, {failed} failed");
+    let strangers: Vec<_> = claims.iter().filter(|c| c.mac != winner_mac).collect();
+    assert!(strangers.is_empty(), "a node other than the holder {winner} claimed {ip}: {strangers:?}");
+    assert_eq!(capture.error(), None);
 }
 
 fn purelb_bin() -> PathBuf {

@@ -200,6 +200,25 @@ pub fn announce_interfaces(config: &Config, links: &[Link], default_links: &[Lin
     names
 }
 
+/// Why `config` cannot be used on a node with `links`: its `localInterface` pattern matches
+/// none of them (a typo, or a selector that picked the wrong nodes). `default` always applies.
+#[must_use]
+pub fn unmatched_interface(config: &Config, links: &[Link], node: &str) -> Option<String> {
+    if config.local_interface == "default"
+        || links.iter().any(|l| !l.loopback && name_matches(&config.local_interface, &l.name))
+    {
+        return None;
+    }
+    let mut names: Vec<&str> = links.iter().filter(|l| !l.loopback).map(|l| l.name.as_str()).collect();
+    names.sort_unstable();
+    Some(format!(
+        "localInterface {:?} matches no interface on node {node} (it has: {}); write a regular expression that \
+         matches the whole name of the interface to announce on, or \"default\"; keeping the previous configuration",
+        config.local_interface,
+        names.join(", ")
+    ))
+}
+
 /// The subnets of the announce interfaces `names` (what `purelb.io/subnets` advertises): every
 /// subnet an address on them [defines](Address::defines_subnet), once, in address order.
 #[must_use]
@@ -361,5 +380,19 @@ mod tests {
         assert!(!name_matches("eth(", "eth("));
         assert!(pattern_error("eth(").is_some_and(|e| e.contains("localInterface")));
         assert!(pattern_error("eth.*").is_none());
+    }
+
+    #[test]
+    fn a_pattern_that_matches_no_interface_is_reported_with_the_names_there_are() {
+        let links = [link(1, "lo", true), link(2, "eth0", false), link(3, "kube-lb0", false)];
+        let mut c = Config::default();
+        assert_eq!(unmatched_interface(&c, &links, "n1"), None, "default always applies");
+        c.local_interface = "eth.*".into();
+        assert_eq!(unmatched_interface(&c, &links, "n1"), None);
+        c.local_interface = "enp3s0".into();
+        let message = unmatched_interface(&c, &links, "n1").unwrap();
+        assert!(message.contains("\"enp3s0\" matches no interface on node n1 (it has: eth0, kube-lb0)"), "{message}");
+        c.local_interface = "lo".into();
+        assert!(unmatched_interface(&c, &links, "n1").is_some(), "loopback is never an announce interface");
     }
 }

@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 
 use super::{
     config::{self, Config},
+    connections,
     decide::{self, Inputs, Kind},
     lease::{self, LeaseContent, LeaseSettings},
 };
@@ -51,7 +52,7 @@ use crate::{
         endpoints::{EndpointIndex, ServiceKey},
         ipam::Family,
         netlink::{
-            Address, AddressManager, AddressSnapshot, AddressSpec, LinkRef, NetlinkError, interface_for, is_owned,
+            Address, AddressManager, AddressSnapshot, AddressSpec, Link, LinkRef, NetlinkError, interface_for, is_owned,
         },
         queue::WorkQueue,
     },
@@ -114,6 +115,9 @@ struct Held {
     kind: Kind,
     services: Vec<ServiceKey>,
     burst: Option<BurstHandle>,
+    /// Taken over from a draining node that still holds it: held, but no GARP/NA yet (the
+    /// client keeps using the old node until it lets go at a quiet moment), since when.
+    quiet_takeover: Option<Instant>,
 }
 
 /// The last status published per (Service, address), for transition-only Events.
@@ -356,7 +360,9 @@ pub async fn run(
             return Err(AgentError::WatchStopped(name));
         }
     }
-    agent.refresh_config();
+    // The first configuration, for the first Lease's subnets (errors are reported by the pass).
+    let links = agent.mgr.snapshot().await.map(|s| s.links).unwrap_or_default();
+    agent.refresh_config(&links);
     let mut tasks = tokio::task::JoinSet::new();
     // The membership Lease.
     let lease_agent = agent.clone();
@@ -456,7 +462,7 @@ impl Agent {
 
     /// Picks the LBNodeAgent for this node; an invalid one is reported and the last good
     /// configuration stays.
-    fn refresh_config(&self) -> Option<(LBNodeAgent, String)> {
+    fn refresh_config(&self, links: &[Link]) -> Option<(LBNodeAgent, String)> {
         let labels = self
             .nodes
             .state()
@@ -468,7 +474,10 @@ impl Agent {
         let chosen = config::select(&agents, &labels);
         let source = chosen.map(|a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()));
         let spec = chosen.map_or_else(|| crate::api::LBNodeAgentSpec::default().local, |a| a.spec.local.clone());
-        match Config::from_spec(source, &spec) {
+        let checked = Config::from_spec(source, &spec).map_err(|e| e.to_string()).and_then(|config| {
+            config::unmatched_interface(&config, links, &self.settings.node).map_or(Ok(config), Err)
+        });
+        match checked {
             Ok(config) => {
                 let mut shared = self.shared();
                 if shared.config != config {
@@ -477,7 +486,7 @@ impl Agent {
                 }
                 None
             }
-            Err(error) => chosen.map(|a| (a.clone(), error.to_string())),
+            Err(error) => chosen.map(|a| (a.clone(), error)),
         }
     }
 
@@ -576,7 +585,8 @@ impl Agent {
             self.queue.add_after(Work::Pass, Duration::from_millis(200));
             return Ok(false);
         }
-        if let Some((bad, message)) = self.refresh_config() {
+        let snapshot = self.mgr.snapshot().await?;
+        if let Some((bad, message)) = self.refresh_config(&snapshot.links) {
             if state.config_error.as_ref() != Some(&message) {
                 tracing::warn!(%message, "invalid LBNodeAgent; keeping the last good configuration");
                 state.config_error = Some(message.clone());
@@ -601,7 +611,6 @@ impl Agent {
         // This node's own Lease must look live in the cache too: otherwise the cache is behind
         // (e.g. right after an API outage) and so are the peers' Leases in it.
         let lease_ok = self.lease_ok() && members.get(&self.settings.node).is_some();
-        let snapshot = self.mgr.snapshot().await?;
         let ifaces = self.announce_interfaces(&config, &snapshot).await;
         let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
         let services = self.services.state();
@@ -732,14 +741,31 @@ impl Agent {
             if spec.valid_lifetime != 0 {
                 renew_after = Some(renew_after.map_or(spec.valid_lifetime, |r| r.min(spec.valid_lifetime)));
             }
-            let mut burst = before.and_then(|b| b.burst);
+            let (mut burst, mut quiet_takeover) = before.map_or((None, None), |b| (b.burst, b.quiet_takeover));
             if wanted.kind == Kind::Local && (burst.is_none() || present.is_none()) {
-                if let Some(b) = burst.take() {
-                    b.stop();
+                // Graceful handover: while the draining node still lists the address, hold it
+                // without announcing it; the old node lets go when no connection to it is open
+                // and only then does this node move the clients over (docs/agent.md).
+                let from_draining = members.holders_of(ip).iter().any(|h| h.node != self.settings.node && h.draining);
+                let since = *quiet_takeover.get_or_insert_with(Instant::now);
+                let left = self.settings.handover_timeout.saturating_sub(since.elapsed());
+                if from_draining && !left.is_zero() {
+                    self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
+                } else {
+                    if from_draining {
+                        tracing::warn!(%ip, "the draining node still holds the address after the handover timeout; announcing anyway");
+                    }
+                    quiet_takeover = None;
+                    if let Some(b) = burst.take() {
+                        b.stop();
+                    }
+                    burst = self.start_burst(&config, &snapshot, &ifname, ip).await;
                 }
-                burst = self.start_burst(&config, &snapshot, &ifname, ip).await;
             }
-            new_held.insert(ip, Held { spec, ifname, kind: wanted.kind, services: wanted.services.clone(), burst });
+            new_held.insert(
+                ip,
+                Held { spec, ifname, kind: wanted.kind, services: wanted.services.clone(), burst, quiet_takeover },
+            );
         }
         // What was held and is not wanted any more, and every other owned address: withdraw.
         let managed: Vec<String> = ifaces.iter().cloned().chain([config.dummy_interface.clone()]).collect();
@@ -754,6 +780,7 @@ impl Agent {
             }
             let was_held = state.held.remove(&address.ip);
             if let Some(held) = was_held {
+                let mut withdrawn_quietly = false;
                 let still_requested =
                     decision.considered.iter().any(|(_, ip, kind)| *ip == address.ip && *kind == Kind::Remote);
                 let keep = if !lease_ok {
@@ -769,11 +796,24 @@ impl Agent {
                 } else if draining && held.kind == Kind::Local {
                     let handed_over =
                         members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
-                    let timed_out = drain_started.is_some_and(|t| t.elapsed() >= self.settings.handover_timeout);
-                    if handed_over && let Some(t) = drain_started {
+                    let deadline = drain_started.map(|t| t + self.settings.handover_timeout);
+                    let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+                    // The successor holds it: let go at a moment when no connection to it is
+                    // open, so that none is cut when the clients move over.
+                    if handed_over
+                        && !timed_out
+                        && let Some(segments) = self.wait_quiet(address.ip, deadline).await
+                    {
+                        match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
+                            Ok(done) => withdrawn_quietly = done,
+                            Err(error) => tracing::warn!(ip = %address.ip, %error, "cannot hand the address over"),
+                        }
+                    }
+                    let done = withdrawn_quietly || timed_out;
+                    if done && let Some(t) = drain_started {
                         metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
                     }
-                    !(handed_over || timed_out)
+                    !done
                 } else {
                     false
                 };
@@ -783,6 +823,9 @@ impl Agent {
                 }
                 if let Some(b) = &held.burst {
                     b.stop();
+                }
+                if withdrawn_quietly {
+                    continue;
                 }
                 match self.mgr.delete_listed(address, &snapshot).await {
                     Ok(_) => tracing::info!(ip = %address.ip, link = %address.ifname, "withdrew address"),
@@ -1088,6 +1131,78 @@ impl Agent {
         }
         drop(state);
         self.queue.add(Work::Pass);
+    }
+
+    /// Waits (polling every millisecond, at most 250 ms and never past `deadline`) until no
+    /// TCP connection to `ip` is open on this node. `Some` when that happened, with the count
+    /// of TCP segments received before the check that found it quiet (see
+    /// [`connections::segments_received`]).
+    async fn wait_quiet(&self, ip: IpAddr, deadline: Option<Instant>) -> Option<Option<u64>> {
+        let started = Instant::now();
+        let until =
+            deadline.map_or(started + Duration::from_millis(250), |d| d.min(started + Duration::from_millis(250)));
+        loop {
+            let segments = connections::segments_received();
+            let open = connections::open_to(ip);
+            if open == 0 {
+                return Some(segments);
+            }
+            if Instant::now() >= until {
+                tracing::debug!(%ip, open, "connections still open; handover waits");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Withdraws a local address at a quiet moment of a graceful handover. The address goes
+    /// under a blackhole host route, so that a packet of a connection that raced the withdrawal
+    /// is dropped (the client retransmits it) rather than forwarded to the successor (which
+    /// would reset it); then, if a connection did race in, the address is put back until it
+    /// ends (`Ok(false)`). `Ok(true)`: withdrawn. When no TCP segment at all arrived since
+    /// `segments` (read before the check that found the address quiet), nothing can have raced
+    /// and the blackhole goes at once; otherwise the socket tables are asked again.
+    async fn let_go_quietly(
+        &self,
+        address: &Address,
+        snapshot: &AddressSnapshot,
+        spec: &AddressSpec,
+        segments: Option<u64>,
+    ) -> Result<bool, NetlinkError> {
+        let ip = address.ip;
+        let blackhole = match self.mgr.set_blackhole(ip, true).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%ip, %error, "handing over without a blackhole route");
+                false
+            }
+        };
+        let outcome = async {
+            self.mgr.delete_listed(address, snapshot).await?;
+            let raced = if segments.is_some() && connections::segments_received() == segments {
+                0
+            } else {
+                connections::open_to(ip)
+            };
+            if raced > 0 {
+                self.mgr.add_or_replace(spec).await?;
+            }
+            Ok(raced)
+        }
+        .await;
+        if blackhole && let Err(error) = self.mgr.set_blackhole(ip, false).await {
+            tracing::warn!(%ip, %error, "cannot remove the handover's blackhole route");
+        }
+        match outcome? {
+            0 => {
+                tracing::info!(%ip, link = %address.ifname, "withdrew address at a moment without open connections; the successor takes over");
+                Ok(true)
+            }
+            raced => {
+                tracing::info!(%ip, raced, "a connection raced the withdrawal: address put back until it ends");
+                Ok(false)
+            }
+        }
     }
 
     /// Graceful handover: mark the Lease draining and keep passing until no local address is

@@ -194,20 +194,33 @@ pub async fn renew(client: &Client, settings: &LeaseSettings, content: &LeaseCon
 pub async fn delete_own(client: &Client, settings: &LeaseSettings) -> Result<bool, LeaseError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
     let name = contract::node_lease_name(&settings.node);
-    let Some(lease) = bounded(settings, "read", api.get_opt(&name)).await? else { return Ok(false) };
-    let instance = lease.metadata.annotations.as_ref().and_then(|a| a.get(contract::LEASE_ANNOTATION_INSTANCE));
-    if instance != Some(&settings.instance) {
-        return Ok(false);
+    // A renewal that was in flight when the Lease task stopped can land between the read and
+    // the delete (409 Conflict on the resourceVersion precondition): read again and retry.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(lease) = bounded(settings, "read", api.get_opt(&name)).await? else { return Ok(false) };
+        let instance = lease.metadata.annotations.as_ref().and_then(|a| a.get(contract::LEASE_ANNOTATION_INSTANCE));
+        if instance != Some(&settings.instance) {
+            return Ok(false);
+        }
+        let dp = DeleteParams {
+            preconditions: lease.metadata.uid.clone().map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: lease.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match bounded(settings, "delete", api.delete(&name, &dp)).await {
+            Ok(_) => return Ok(true),
+            Err(LeaseError::Api { source, .. }) if attempt < 3 && is_conflict(&source) => {}
+            Err(error) => return Err(error),
+        }
     }
-    let dp = DeleteParams {
-        preconditions: lease.metadata.uid.clone().map(|uid| kube::api::Preconditions {
-            uid: Some(uid),
-            resource_version: lease.metadata.resource_version.clone(),
-        }),
-        ..DeleteParams::default()
-    };
-    bounded(settings, "delete", api.delete(&name, &dp)).await?;
-    Ok(true)
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 //!   endpoints);
 //! - [`config`]: which LBNodeAgent governs this node, checked;
 //! - [`lease`]: this node's Lease body and its renewal;
+//! - [`connections`]: open TCP connections to an address (the quiet moment of a handover);
 //! - [`controller`]: the IO (watch caches, netlink, bursts, Events, metrics); entry point
 //!   [`controller::run`].
 
 pub mod config;
+pub mod connections;
 pub mod controller;
 pub mod decide;
 pub mod lease;

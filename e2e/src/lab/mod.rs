@@ -13,6 +13,7 @@
 //! panic), [`Lab::open`] / [`Lab::detach`] (the lab outlives the process, for `purelb-lab
 //! up`), [`down`] (removes every namespace, link, process and file of a prefix, idempotent).
 
+pub mod capture;
 pub mod cluster;
 pub mod demo;
 pub mod endpoints;

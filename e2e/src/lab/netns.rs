@@ -192,6 +192,14 @@ fn base_sysctls(host: &Host) -> Vec<(&'static str, &'static str)> {
             ("net.ipv4.conf.default.promote_secondaries", "1"),
             ("net.ipv4.conf.all.arp_notify", "1"),
             ("net.ipv4.conf.default.arp_notify", "1"),
+            // Kubernetes nodes forward (kube-proxy and the CNI need it): a node that has just
+            // let a Service address go forwards what clients still send it to the new holder.
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            // The client's view of an address is its neighbour entry alone (what the tests
+            // observe), not a redirect cached from a node that forwarded for a moment.
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
         ]),
         Role::Client => {}
     }

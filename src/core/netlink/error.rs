@@ -215,6 +215,8 @@ pub enum NetlinkError {
         kernel: KernelError,
     },
     /// The notification socket could not be opened or subscribed.
+    #[error("cannot {action} the blackhole route for {ip}: {kernel}")]
+    Route { action: &'static str, ip: IpAddr, kernel: KernelError },
     #[error("cannot subscribe to address and link notifications: {0}")]
     Subscribe(#[source] io::Error),
     /// The notification stream ended (its connection stopped).
@@ -234,6 +236,7 @@ impl NetlinkError {
             | Self::DeleteLink { kernel, .. }
             | Self::AddAddress { kernel, .. }
             | Self::DeleteAddress { kernel, .. }
+            | Self::Route { kernel, .. }
             | Self::PromoteSecondaries { kernel, .. } => kernel.errno(),
             Self::Connect(e) | Self::Subscribe(e) => e.raw_os_error(),
             Self::NoRuntime

@@ -15,6 +15,7 @@ use rtnetlink::{
         RouteNetlinkMessage,
         address::AddressMessage,
         link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute, LinkMessage},
+        route::{RouteProtocol, RouteType},
     },
 };
 use tokio::task::JoinHandle;
@@ -466,6 +467,36 @@ impl AddressManager {
         };
         self.send_address(message, true).await.map_err(|kernel| add_error(link.name.clone(), kernel))?;
         Ok(outcome)
+    }
+
+    /// Adds (`on`) or removes a blackhole host route for `ip` in the main table (protocol
+    /// PureLB's). While it is there and `ip` is not a local address, packets to `ip` are dropped
+    /// rather than forwarded: the instant of a graceful handover in which a connection that
+    /// raced the withdrawal must not be reset elsewhere (`docs/agent.md`). Adding one that is
+    /// there and removing one that is not are not errors.
+    ///
+    /// # Errors
+    ///
+    /// [`NetlinkError::Route`] when the kernel refuses.
+    pub async fn set_blackhole(&self, ip: IpAddr, on: bool) -> Result<(), NetlinkError> {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let message = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, prefix)
+            .map_err(|_| NetlinkError::InvalidAddress { ip, prefix_len: prefix, reason: "not a host address" })?
+            .kind(RouteType::BlackHole)
+            .protocol(RouteProtocol::Other(super::PURELB_ADDRESS_PROTOCOL))
+            .build();
+        let routes = self.handle.route();
+        let (action, result) = if on {
+            ("add", routes.add(message).replace().execute().await)
+        } else {
+            ("remove", routes.del(message).execute().await)
+        };
+        match result.map_err(KernelError::from) {
+            Ok(()) => Ok(()),
+            Err(kernel) if !on && (kernel.is(libc::ESRCH) || kernel.is(libc::ENOENT)) => Ok(()),
+            Err(kernel) => Err(NetlinkError::Route { action, ip, kernel }),
+        }
     }
 
     async fn enable_promote_secondaries(&self, link: &Link) -> Result<(), KernelError> {
