@@ -1258,6 +1258,29 @@ def _capture(cmd: list[str]) -> str:
         return ""
 
 
+def previous_section(path: Any, heading: str) -> list[str]:
+    """The body of the section of the existing report at `path` whose heading starts with
+    `heading` (without its heading and any earlier carry-over note), or [] when there is none or
+    it holds no measurement."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, TypeError):
+        return []
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = lines[start + 1:end]
+    while body and (not body[0].strip() or body[0].startswith("**Carried over from the previous report**")
+                    or body[0].startswith("`--fuzz-log fuzz.log` to measure")):
+        body = body[1:]
+    while body and not body[-1].strip():
+        body = body[:-1]
+    if not body or any("Not included in this run" in line for line in body):
+        return []
+    return body
+
+
 def render(results: list[Result], machine: Machine, args: argparse.Namespace, fuzz: list[tuple[str, str]],
            soaks: list[tuple[str, Any]], took: float) -> str:
     md = [
@@ -1304,9 +1327,17 @@ def render(results: list[Result], machine: Machine, args: argparse.Namespace, fu
             extra += [n + "\n" for n in rep.notes]
             targets += [("Fuzzing", t) for t in rep.targets]
     elif not args.only:
-        extra += ["## Fuzzing (issue #9 soak)", "",
-                  f"Not included in this run: run `bash scripts/fuzz.sh {FUZZ_SECONDS} 2>&1 | tee fuzz.log` "
-                  "and pass `--fuzz-log fuzz.log`.", ""]
+        previous = previous_section(args.output or ROOT / "BENCHMARKS.md", "## Fuzzing")
+        if previous:
+            extra += ["## Fuzzing (issue #9 soak)", "",
+                      "**Carried over from the previous report** (the fuzzers were not run by this run; "
+                      f"run `bash scripts/fuzz.sh {FUZZ_SECONDS} 2>&1 | tee fuzz.log` and pass "
+                      "`--fuzz-log fuzz.log` to measure them again):", ""]
+            extra += previous + [""]
+        else:
+            extra += ["## Fuzzing (issue #9 soak)", "",
+                      f"Not included in this run: run `bash scripts/fuzz.sh {FUZZ_SECONDS} 2>&1 | tee fuzz.log` "
+                      "and pass `--fuzz-log fuzz.log`.", ""]
     if soaks:
         extra += ["## Chaos soak (issue #9 soak)", ""]
         extra += ["Each subsection renders one `purelb-lab soak --json-file` report (`just soak` / "

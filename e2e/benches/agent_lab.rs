@@ -50,7 +50,7 @@ kind: ServiceGroup
 metadata: {name: local, namespace: purelb-system}
 spec:
   local:
-    v4pool: {subnet: 192.0.2.0/24, pool: 192.0.2.100-192.0.2.199}
+    v4pool: {subnet: 192.0.2.0/24, pool: 192.0.2.120-192.0.2.199}
 ";
 
 /// A group whose subnet is on no node: its Services are cached and evaluated, never announced.
@@ -242,7 +242,7 @@ async fn main() {
     let mut wrong_winner = 0;
     for i in 0..n {
         let name = format!("m{i}");
-        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + u8::try_from(i).unwrap()));
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 120 + u8::try_from(i).unwrap()));
         services.create(&PostParams::default(), &service(&name, "local")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent = SystemTime::now();
@@ -261,7 +261,7 @@ async fn main() {
     let mut gone = Vec::new();
     for i in 0..n {
         let name = format!("m{i}");
-        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + u8::try_from(i).unwrap()));
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 120 + u8::try_from(i).unwrap()));
         let sent = SystemTime::now();
         services.delete(&name, &DeleteParams::default()).await.unwrap();
         let event = wait_event(&events, Duration::from_secs(10), |e| !e.added && e.ip == ip)

@@ -750,3 +750,63 @@ fn purelb_bin() -> PathBuf {
 fn prefix(tag: &str) -> String {
     lab::test_prefix("pla", tag)
 }
+
+/// Waits for a `ConfigError` Warning on the LBNodeAgent whose message contains `needle`.
+async fn config_error(lab: &Lab, needle: &str) -> Option<String> {
+    let events: Api<Event> = Api::namespaced(lab.client(), "purelb-system");
+    wait_for(Duration::from_secs(15), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("ConfigError")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.kind.as_deref() == Some("LBNodeAgent")
+                    && e.message.as_deref().is_some_and(|m| m.contains(needle))
+            })
+            .map(|e| e.message.unwrap_or_default())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_lbnodeagent_is_a_config_error_and_held_addresses_stay() {
+    let lab = start("cfg").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    let names = lab.node_names();
+    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
+    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let lbna = |pattern: &str| {
+        format!(
+            "apiVersion: purelb.io/v2
+kind: LBNodeAgent
+metadata: {{name: default, namespace: purelb-system}}
+spec:
+  local: {{localInterface: '{pattern}'}}
+"
+        )
+    };
+    // A pattern that matches no interface of the nodes: a typo that would silence every node.
+    lab.apply_yaml(&lbna("enp9s9")).await.unwrap();
+    let message = config_error(&lab, "matches no interface").await;
+    assert!(message.is_some(), "no ConfigError for a localInterface that matches nothing");
+    let message = message.unwrap();
+    eprintln!("ConfigError: {message}");
+    assert!(message.contains("eth0") && message.contains("enp9s9"), "{message}");
+    // Not a regular expression at all.
+    lab.apply_yaml(&lbna("eth(")).await.unwrap();
+    assert!(config_error(&lab, "eth(").await.is_some(), "no ConfigError for an invalid expression");
+    // The address stays where it was all along, and a valid pattern is taken up again.
+    for _ in 0..20 {
+        assert_eq!(lab.holders(ip).unwrap(), vec![winner.clone()], "a held address moved on a bad config");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.apply_yaml(&lbna("eth0")).await.unwrap();
+    lab.apply_yaml(&service_yaml("second", "local")).await.unwrap();
+    let second = address_of(&lab, "second").await;
+    let elected = election::elect(names.iter().map(String::as_str), second).unwrap().to_owned();
+    wait_holders(&lab, second, &[elected.as_str()], Duration::from_secs(20)).await;
+    assert_eq!(lab.holders(ip).unwrap(), vec![winner]);
+}

@@ -137,6 +137,10 @@ struct State {
     /// Remote addresses no longer eligible (endpoints gone), since when: withdrawn after the
     /// settle time.
     settling: HashMap<IpAddr, Instant>,
+    /// Local addresses held here whose election another live node won (a node rejoined,
+    /// endpoints moved), since when: kept until the winner holds them too, then handed over
+    /// at a quiet moment, as on SIGTERM (make before break).
+    losing: HashMap<IpAddr, Instant>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
     /// Services with an `endpointslice_count` series.
@@ -746,14 +750,16 @@ impl Agent {
                 // Graceful handover: while the draining node still lists the address, hold it
                 // without announcing it; the old node lets go when no connection to it is open
                 // and only then does this node move the clients over (docs/agent.md).
-                let from_draining = members.holders_of(ip).iter().any(|h| h.node != self.settings.node && h.draining);
+                // The same when the previous holder is alive and lost the election to this node.
+                // A holder that is gone (its Lease expired) is not waited for.
+                let handing_over = members.holders_of(ip).iter().any(|h| h.node != self.settings.node);
                 let since = *quiet_takeover.get_or_insert_with(Instant::now);
-                let left = self.settings.handover_timeout.saturating_sub(since.elapsed());
-                if from_draining && !left.is_zero() {
+                let left = self.handover_bound().saturating_sub(since.elapsed());
+                if handing_over && !left.is_zero() {
                     self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
                 } else {
-                    if from_draining {
-                        tracing::warn!(%ip, "the draining node still holds the address after the handover timeout; announcing anyway");
+                    if handing_over {
+                        tracing::warn!(%ip, "the previous holder still lists the address after the handover bound; announcing anyway");
                     }
                     quiet_takeover = None;
                     if let Some(b) = burst.take() {
@@ -814,6 +820,33 @@ impl Agent {
                         metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
                     }
                     !done
+                } else if held.kind == Kind::Local
+                    && decision
+                        .winners
+                        .get(&address.ip)
+                        .is_some_and(|w| w.as_deref().is_some_and(|n| n != self.settings.node))
+                {
+                    // Another live node won it: keep it until the winner holds it too, then let
+                    // go at a quiet moment; the winner announces after that.
+                    let since = *state.losing.entry(address.ip).or_insert_with(Instant::now);
+                    let deadline = since + self.handover_bound();
+                    let winner_holds =
+                        members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
+                    let timed_out = Instant::now() >= deadline;
+                    if winner_holds
+                        && !timed_out
+                        && let Some(segments) = self.wait_quiet(address.ip, Some(deadline)).await
+                    {
+                        match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
+                            Ok(done) => withdrawn_quietly = done,
+                            Err(error) => tracing::warn!(ip = %address.ip, %error, "cannot hand the address over"),
+                        }
+                    }
+                    let done = withdrawn_quietly || timed_out;
+                    if !done {
+                        self.queue.add_after(Work::Pass, deadline.saturating_duration_since(Instant::now()));
+                    }
+                    !done
                 } else {
                     false
                 };
@@ -861,8 +894,9 @@ impl Agent {
         state.held = new_held;
         let held_now: HashSet<IpAddr> =
             state.held.iter().filter(|(ip, _)| decision.wanted.contains_key(*ip)).map(|(ip, _)| *ip).collect();
-        let State { settling, held, .. } = &mut *state;
+        let State { settling, losing, held, .. } = &mut *state;
         settling.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
+        losing.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
         let local_ifaces: HashSet<String> =
             state.held.values().filter(|h| h.kind == Kind::Local).map(|h| h.ifname.clone()).collect();
         *self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -1094,9 +1128,10 @@ impl Agent {
         });
     }
 
-    /// Another MAC claims `ip`, which this node holds. A node that cannot renew its Lease (it
-    /// may be the one cut off) or that is draining gives the address up at once; a node with a
-    /// current Lease keeps it (the other is the stale one) and counts the conflict.
+    /// Another MAC claims `ip`, which this node holds. A node that cannot renew its Lease or
+    /// reach the API right now (it may be the one cut off) or that is draining gives the
+    /// address up at once; a node with a current Lease that reaches the API keeps it (the other
+    /// is the stale one) and counts the conflict.
     async fn on_conflict(
         &self,
         ip: IpAddr,
@@ -1106,7 +1141,9 @@ impl Agent {
     ) {
         metrics::counter!(catalog::ADDRESS_CONFLICTS).increment(1);
         let draining = self.shared().draining;
-        if self.lease_ok() && !draining {
+        // A current Lease may only mean that the cut has not lasted a renewal yet: ask the API
+        // now. A node that cannot reach it is the one cut off and yields.
+        if self.lease_ok() && !draining && self.api_reachable().await {
             let recent = logged.get(&(ip, mac)).is_some_and(|t| t.elapsed() < Duration::from_secs(10));
             if !recent {
                 logged.insert((ip, mac), Instant::now());
@@ -1131,6 +1168,30 @@ impl Agent {
         }
         drop(state);
         self.queue.add(Work::Pass);
+    }
+
+    /// Whether the API answers a read of this node's Lease within 300 ms (on a conflict).
+    async fn api_reachable(&self) -> bool {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let name = contract::node_lease_name(&self.settings.node);
+        match tokio::time::timeout(Duration::from_millis(300), api.get_opt(&name)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(error)) => {
+                tracing::info!(%error, "the API does not answer while another host claims an address");
+                false
+            }
+            Err(_) => {
+                tracing::info!("the API does not answer within 300 ms while another host claims an address");
+                false
+            }
+        }
+    }
+
+    /// How long a planned move waits for the other side (the previous holder to let go, or
+    /// the winner to hold the address): the handover timeout plus one lease duration (a node
+    /// that rejoins waits that long before it claims anything).
+    fn handover_bound(&self) -> Duration {
+        self.settings.handover_timeout + self.settings.lease_duration
     }
 
     /// Waits (polling every millisecond, at most 250 ms and never past `deadline`) until no
