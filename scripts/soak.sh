@@ -10,8 +10,8 @@
 #
 # Environment: SOAK_FIXED_SEED (default 1), SOAK_BUILD=release|debug (default release),
 # SOAK_NODES=3|4 (default 4), SOAK_OUT (JSON reports, default target/soak),
-# SOAK_AVOID_OPEN_BUGS=1|0 (default 1: leave out what triggers the open product bugs listed in
-# e2e/README.md, "Soak", so that the soak guards everything else; 0 exercises them too).
+# SOAK_AVOID_OPEN_BUGS=0|1 (default 0: every fault; 1 passes --avoid-open-bugs, which leaves out
+# agent cut-offs by hanging connections, see e2e/README.md, "Soak").
 # Exits non-zero when a soak finds a violation or a failed request outside the allowed windows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ build="${SOAK_BUILD:-release}"
 nodes="${SOAK_NODES:-4}"
 out="${SOAK_OUT:-target/soak}"
 avoid=()
-if [ "${SOAK_AVOID_OPEN_BUGS:-1}" = 1 ]; then avoid=(--avoid-open-bugs); fi
+if [ "${SOAK_AVOID_OPEN_BUGS:-0}" = 1 ]; then avoid=(--avoid-open-bugs); fi
 mkdir -p "$out"
 if [ "$build" = release ]; then
   cargo build --locked --release -p purelb --bin purelb -p purelb-e2e --bin purelb-lab
@@ -47,7 +47,7 @@ fi
 
 # The two CI soaks run side by side (separate labs), each into its own log, printed after.
 seed="$(random_seed)"
-echo "soak random seed: $seed (rerun: SOAK_AVOID_OPEN_BUGS=${SOAK_AVOID_OPEN_BUGS:-1} scripts/soak.sh 180 $seed)"
+echo "soak random seed: $seed (rerun: SOAK_AVOID_OPEN_BUGS=${SOAK_AVOID_OPEN_BUGS:-0} scripts/soak.sh 180 $seed)"
 one 180 "${SOAK_FIXED_SEED:-1}" "fixed" > "$out/fixed.log" 2>&1 &
 fixed=$!
 one 180 "$seed" "random" > "$out/random.log" 2>&1 &

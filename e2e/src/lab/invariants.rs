@@ -10,7 +10,8 @@
 //!    Service PureLB handles has its addresses, except within [`Bounds::converge`] of a change
 //!    (and while the API is down: no address held when it went down is withdrawn);
 //! 3. no PureLB-owned address stays on a node that should not hold it longer than
-//!    [`Bounds::orphan_sweep`];
+//!    [`Bounds::orphan_sweep`] (the last holder of a local address keeping it until the elected
+//!    node holds it too is a make-before-break move, bounded by (1) and (2), not an orphan);
 //! 4. a Service's address never changes unless the Service asked for another one;
 //! 5. an address is never given to two Services unless they share a key (and no port collides).
 //!
@@ -891,7 +892,16 @@ impl Checker {
                 let wanted = expected
                     .get(&a.ip)
                     .is_some_and(|e| e.nodes.contains(node) && (a.ifname == self.dummy) == (e.kind == Kind::Remote));
-                if wanted {
+                // Make before break: the last holder of a local address keeps it until the
+                // elected node holds it too (then (1) bounds the overlap); until then the elected
+                // node is held to (2).
+                let handing_over = a.ifname != self.dummy
+                    && expected.get(&a.ip).is_some_and(|e| {
+                        e.kind == Kind::Local
+                            && !e.nodes.is_empty()
+                            && !e.nodes.iter().any(|n| self.holds(&kernel, n, a.ip, Kind::Local))
+                    });
+                if wanted || handing_over {
                     continue;
                 }
                 seen.push(Seen {

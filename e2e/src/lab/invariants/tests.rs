@@ -201,6 +201,28 @@ fn an_owned_address_where_it_should_not_be_breaks_invariant_3_after_the_sweep_in
 }
 
 #[test]
+fn the_last_holder_keeping_a_local_address_until_the_winner_holds_it_is_no_orphan() {
+    let mut c = checker();
+    c.observe(ms(0), &expect(&[(A, Kind::Local, &["n1"])]), &kernel(&[("n1", "eth0", A, true)]), &[]);
+    // n2 wins at 1 s (a node rejoined) and takes 3 s to hold it: n1 keeps it meanwhile.
+    let moved = expect(&[(A, Kind::Local, &["n2"])]);
+    for t in (1000..4000).step_by(100) {
+        c.observe(ms(t), &moved, &kernel(&[("n1", "eth0", A, true)]), &[]);
+    }
+    assert!(c.report.violations.is_empty(), "{:?}", c.report.violations);
+    // n2 holds it; n1 lets go 100 ms later (a handover overlap within the bound).
+    c.observe(ms(4000), &moved, &kernel(&[("n1", "eth0", A, true), ("n2", "eth0", A, true)]), &[]);
+    c.observe(ms(4100), &moved, &kernel(&[("n2", "eth0", A, true)]), &[]);
+    assert!(c.report.violations.is_empty(), "{:?}", c.report.violations);
+    // Keeping it after the winner holds it is an orphan (and two holders).
+    c.observe(ms(5000), &moved, &kernel(&[("n1", "eth0", A, true), ("n2", "eth0", A, true)]), &[]);
+    c.observe(ms(7500), &moved, &kernel(&[("n1", "eth0", A, true), ("n2", "eth0", A, true)]), &[]);
+    let report = c.report(ms(8000));
+    assert_eq!(report.count(Invariant::NoOrphans), 1);
+    assert_eq!(report.count(Invariant::SingleHolder), 1);
+}
+
+#[test]
 fn the_sweep_interval_counts_from_the_change_that_made_the_address_an_orphan() {
     let mut c = checker();
     let k = kernel(&[("n1", "eth0", A, true)]);
