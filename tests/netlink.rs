@@ -432,3 +432,75 @@ fn blackhole_routes_come_and_go() {
         }
     });
 }
+
+/// A second network namespace, held by an `unshare -n sleep` child (killed on drop).
+struct PeerNamespace {
+    child: std::process::Child,
+}
+
+impl PeerNamespace {
+    fn start() -> Self {
+        let child = std::process::Command::new("unshare").args(["-n", "sleep", "120"]).spawn().unwrap();
+        // Let unshare switch namespaces before the namespace is used.
+        std::thread::sleep(Duration::from_millis(200));
+        Self { child }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let status = std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.child.id()))
+            .arg("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?} in the peer namespace failed");
+    }
+}
+
+impl Drop for PeerNamespace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the agent relies on when a takeover finds the address still on its previous holder:
+/// IPv6 duplicate address detection fails and the snapshot says so; added again without DAD,
+/// the address is usable at once.
+#[test]
+fn dad_failure_is_visible_and_an_address_added_again_without_dad_is_usable() {
+    in_new_netns(|ns| async move {
+        let peer = PeerNamespace::start();
+        ip_do(&ns, &["link", "add", "pl-d0", "type", "veth", "peer", "name", "pl-d1"]);
+        ip_do(&ns, &["link", "set", "pl-d1", "netns", &peer.pid()]);
+        ns.run("sysctl", &["-qw", "net.ipv6.conf.pl-d0.accept_dad=1"]);
+        peer.ip(&["link", "set", "pl-d1", "up"]);
+        peer.ip(&["addr", "add", "2001:db8::f0/64", "dev", "pl-d1", "nodad"]);
+        ip_do(&ns, &["link", "set", "pl-d0", "up"]);
+        let manager = AddressManager::new().unwrap();
+        manager.add_or_replace(&AddressSpec::new("pl-d0", ip("2001:db8::f0"), 64).noprefixroute()).await.unwrap();
+        let started = Instant::now();
+        let mut failed = None;
+        while started.elapsed() < Duration::from_secs(10) {
+            failed = find(&manager, "pl-d0", "2001:db8::f0").await.filter(|a| a.state.dad_failed);
+            if failed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let failed = failed.expect("DAD never failed although the peer holds the address");
+        let snapshot = manager.snapshot().await.unwrap();
+        manager.delete_listed(&failed, &snapshot).await.unwrap();
+        manager
+            .add_or_replace(&AddressSpec::new("pl-d0", ip("2001:db8::f0"), 64).noprefixroute().nodad())
+            .await
+            .unwrap();
+        let again = find(&manager, "pl-d0", "2001:db8::f0").await.unwrap();
+        assert!(!again.state.dad_failed && !again.state.tentative, "{again:?}");
+        assert!(again.flags.nodad);
+    });
+}

@@ -379,14 +379,14 @@ async fn main() {
                 set_status(&services, &name, IpAddr::V4(ip)).await;
                 let endpoints: Vec<serde_json::Value> = (0..10)
                     .map(|e| {
-                        json!({"addresses": [format!("10.{}.{}.{}", i / 250, i % 250, e + 1)],
+                        json!({"addresses": [format!("2001:db8:{i:x}::{:x}", e + 1)],
                                "conditions": {"ready": true, "serving": true, "terminating": false},
                                "nodeName": format!("node-{}", e % 3)})
                     })
                     .collect();
                 let slice: EndpointSlice = serde_json::from_value(json!({
                     "metadata": {"name": format!("{name}-abcde"), "labels": {"kubernetes.io/service-name": name}},
-                    "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "", "port": 80, "protocol": "TCP"}]
+                    "addressType": "IPv6", "endpoints": endpoints, "ports": [{"name": "", "port": 80, "protocol": "TCP"}]
                 }))
                 .unwrap();
                 slices.create(&PostParams::default(), &slice).await.unwrap();

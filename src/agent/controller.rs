@@ -118,6 +118,8 @@ struct Held {
     /// Taken over from a draining node that still holds it: held, but no GARP/NA yet (the
     /// client keeps using the old node until it lets go at a quiet moment), since when.
     quiet_takeover: Option<Instant>,
+    /// Added again without duplicate address detection after DAD failed (IPv6).
+    force_nodad: bool,
 }
 
 /// The last status published per (Service, address), for transition-only Events.
@@ -653,7 +655,8 @@ impl Agent {
         let mut renew_after: Option<u32> = None;
         for wanted in decision.wanted.values() {
             let ip = wanted.ip;
-            let spec = match wanted.kind {
+            let mut force_nodad = state.held.get(&ip).is_some_and(|h| h.force_nodad);
+            let mut spec = match wanted.kind {
                 Kind::Local => {
                     let Some(m) = interface_for(&local_addresses, ip) else {
                         failures.insert(
@@ -681,7 +684,7 @@ impl Agent {
                     if o.no_prefix_route {
                         spec = spec.noprefixroute();
                     }
-                    if wanted.nodad {
+                    if wanted.nodad || force_nodad {
                         spec = spec.nodad();
                     }
                     spec
@@ -720,10 +723,25 @@ impl Agent {
                 // No new claims without a current Lease, or while handing over.
                 continue;
             }
-            let present = snapshot
+            let mut readded = false;
+            let mut present = snapshot
                 .addresses
                 .iter()
                 .find(|a| a.ip == ip && a.ifname == ifname && a.prefix_len == spec.prefix_len && a.has_purelb_mark());
+            // IPv6 duplicate address detection fails when a takeover finds the address still on
+            // the previous holder (make before break, or a crashed agent's node): the kernel
+            // would never use it. Uniqueness is the election's and the conflict detection's
+            // job, so add it again without DAD.
+            if let Some(failed) = present.filter(|a| a.state.dad_failed && !spec.flags.nodad) {
+                tracing::warn!(%ip, link = %ifname, "duplicate address detection failed (another host answers for the address, e.g. its previous holder); adding it again without DAD");
+                if let Err(error) = self.mgr.delete_listed(failed, &snapshot).await {
+                    tracing::warn!(%ip, %error, "cannot remove the address that failed DAD");
+                }
+                spec = spec.nodad();
+                force_nodad = true;
+                present = None;
+                readded = true;
+            }
             let renew_due = spec.valid_lifetime != 0
                 && present.is_some_and(|a| a.valid_lifetime.is_none_or(|left| left < spec.valid_lifetime / 2));
             let flags_differ = present.is_some_and(|a| a.flags != spec.flags);
@@ -733,7 +751,7 @@ impl Agent {
                     failures.insert(ip, format!("cannot add {ip} to {ifname} on node {}: {error}", self.settings.node));
                     continue;
                 }
-                if present.is_none() {
+                if present.is_none() && !readded {
                     if before.is_some() {
                         metrics::counter!(catalog::ADDRESS_DRIFT_REPAIRS).increment(1);
                         tracing::info!(%ip, link = %ifname, "address was removed by someone else; added it back");
@@ -770,7 +788,15 @@ impl Agent {
             }
             new_held.insert(
                 ip,
-                Held { spec, ifname, kind: wanted.kind, services: wanted.services.clone(), burst, quiet_takeover },
+                Held {
+                    spec,
+                    ifname,
+                    kind: wanted.kind,
+                    services: wanted.services.clone(),
+                    burst,
+                    quiet_takeover,
+                    force_nodad,
+                },
             );
         }
         // What was held and is not wanted any more, and every other owned address: withdraw.
