@@ -116,6 +116,14 @@ async fn wait_holders(lab: &Lab, addr: IpAddr, want: &[&str], timeout: Duration)
     started.elapsed()
 }
 
+/// The hash winner of `ip` among the lab's nodes, once it (and only it) holds the address.
+async fn winner_holds(lab: &Lab, ip: IpAddr) -> String {
+    let names = lab.node_names();
+    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
+    wait_holders(lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    winner
+}
+
 /// The `ip -o addr` lines of `dev` in a node that mention `addr`.
 fn addr_lines(lab: &Lab, node: &str, dev: &str, addr: IpAddr) -> Vec<String> {
     let out = lab.exec_ok(node, "ip", &["-o", "addr", "show", "dev", dev]).unwrap();
@@ -221,8 +229,7 @@ async fn local_address_on_the_hash_winner_serves_and_fails_over_after_sigkill() 
     let ip = address_of(&lab, "web").await;
     let IpAddr::V4(v4) = ip else { panic!("{ip} is not IPv4") };
     let names = lab.node_names();
-    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let winner = winner_holds(&lab, ip).await;
     eprintln!("MEASURE Service applied -> address on the winner {winner}: {:?}", applied.elapsed());
     // The GARP burst reaches the client, from the winner's MAC and nobody else's.
     let winner_mac = mac_of(&lab, &winner);
@@ -309,8 +316,7 @@ async fn orphans_go_administrator_addresses_stay_and_drift_is_repaired() {
     lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
     let ip = address_of(&lab, "web").await;
     let names = lab.node_names();
-    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let winner = winner_holds(&lab, ip).await;
 
     // Drift: someone deletes the held address; it comes back.
     let removed = Instant::now();
@@ -352,8 +358,7 @@ async fn sigterm_hands_the_address_over_without_failed_requests() {
     lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
     let ip = address_of(&lab, "web").await;
     let names = lab.node_names();
-    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let winner = winner_holds(&lab, ip).await;
     let rest: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != winner).collect();
     let successor = election::elect(rest.iter().copied(), ip).unwrap().to_owned();
     // Let the client learn the holder's MAC first.
@@ -497,10 +502,8 @@ spec:
     })
     .await
     .expect("two addresses");
-    let names = lab.node_names();
     for ip in ips {
-        let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-        wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+        let winner = winner_holds(&lab, ip).await;
         let lines = addr_lines(&lab, &winner, "eth0", ip);
         assert_eq!(lines.len(), 1, "{lines:?}");
         if ip.is_ipv6() {
@@ -569,8 +572,7 @@ async fn a_holder_cut_off_from_the_api_yields_to_its_successor() {
     let ip = address_of(&lab, "web").await;
     let IpAddr::V4(v4) = ip else { panic!("{ip} is not IPv4") };
     let names = lab.node_names();
-    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let winner = winner_holds(&lab, ip).await;
     let rest: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != winner).collect();
     let successor = election::elect(rest.iter().copied(), ip).unwrap().to_owned();
     let (winner_mac, successor_mac) = (mac_of(&lab, &winner), mac_of(&lab, &successor));
@@ -646,8 +648,7 @@ async fn an_api_outage_withdraws_and_moves_nothing() {
     let ip = address_of(&lab, "web").await;
     let rip = address_of(&lab, "routed").await;
     let names = lab.node_names();
-    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let winner = winner_holds(&lab, ip).await;
     wait_holders(&lab, rip, &["n1", "n2", "n3"], Duration::from_secs(20)).await;
     let winner_mac = mac_of(&lab, &winner);
     let macs: BTreeMap<MacAddr, String> = names.iter().map(|n| (mac_of(&lab, n), n.clone())).collect();
@@ -776,8 +777,7 @@ async fn an_invalid_lbnodeagent_is_a_config_error_and_held_addresses_stay() {
     lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
     let ip = address_of(&lab, "web").await;
     let names = lab.node_names();
-    let winner = election::elect(names.iter().map(String::as_str), ip).unwrap().to_owned();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(20)).await;
+    let winner = winner_holds(&lab, ip).await;
     let lbna = |pattern: &str| {
         format!(
             "apiVersion: purelb.io/v2

@@ -140,8 +140,7 @@ struct State {
     /// settle time.
     settling: HashMap<IpAddr, Instant>,
     /// Local addresses held here whose election another live node won (a node rejoined,
-    /// endpoints moved), since when: kept until the winner holds them too, then handed over
-    /// at a quiet moment, as on SIGTERM (make before break).
+    /// endpoints moved), since when: kept until the winner holds them (make before break).
     losing: HashMap<IpAddr, Instant>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
@@ -768,16 +767,15 @@ impl Agent {
                 // Graceful handover: while the draining node still lists the address, hold it
                 // without announcing it; the old node lets go when no connection to it is open
                 // and only then does this node move the clients over (docs/agent.md).
-                // The same when the previous holder is alive and lost the election to this node.
                 // A holder that is gone (its Lease expired) is not waited for.
-                let handing_over = members.holders_of(ip).iter().any(|h| h.node != self.settings.node);
+                let handing_over = members.holders_of(ip).iter().any(|h| h.node != self.settings.node && h.draining);
                 let since = *quiet_takeover.get_or_insert_with(Instant::now);
                 let left = self.handover_bound().saturating_sub(since.elapsed());
                 if handing_over && !left.is_zero() {
                     self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
                 } else {
                     if handing_over {
-                        tracing::warn!(%ip, "the previous holder still lists the address after the handover bound; announcing anyway");
+                        tracing::warn!(%ip, "the draining holder still lists the address after the handover bound; announcing anyway");
                     }
                     quiet_takeover = None;
                     if let Some(b) = burst.take() {
@@ -852,23 +850,16 @@ impl Agent {
                         .get(&address.ip)
                         .is_some_and(|w| w.as_deref().is_some_and(|n| n != self.settings.node))
                 {
-                    // Another live node won it: keep it until the winner holds it too, then let
-                    // go at a quiet moment; the winner announces after that.
+                    // Another live node won it (endpoints moved, a node rejoined): keep it until
+                    // the winner holds it, so that the move never leaves the address with nobody
+                    // (a rejoining winner first waits out its hold-off). The winner's GARP/NA on
+                    // the wire ends this at once (`on_conflict`); its Lease listing the address,
+                    // or the bound, otherwise.
                     let since = *state.losing.entry(address.ip).or_insert_with(Instant::now);
                     let deadline = since + self.handover_bound();
                     let winner_holds =
                         members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
-                    let timed_out = Instant::now() >= deadline;
-                    if winner_holds
-                        && !timed_out
-                        && let Some(segments) = self.wait_quiet(address.ip, Some(deadline)).await
-                    {
-                        match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
-                            Ok(done) => withdrawn_quietly = done,
-                            Err(error) => tracing::warn!(ip = %address.ip, %error, "cannot hand the address over"),
-                        }
-                    }
-                    let done = withdrawn_quietly || timed_out;
+                    let done = winner_holds || Instant::now() >= deadline;
                     if !done {
                         self.queue.add_after(Work::Pass, deadline.saturating_duration_since(Instant::now()));
                     }
@@ -1155,9 +1146,10 @@ impl Agent {
     }
 
     /// Another MAC claims `ip`, which this node holds. A node that cannot renew its Lease or
-    /// reach the API right now (it may be the one cut off) or that is draining gives the
-    /// address up at once; a node with a current Lease that reaches the API keeps it (the other
-    /// is the stale one) and counts the conflict.
+    /// reach the API right now (it may be the one cut off), that is draining, that lost `ip` and
+    /// kept it only until the winner holds it, or that no longer wins `ip` on the node Leases
+    /// read now gives the address up at once; otherwise it keeps it (the other is the stale
+    /// one). Every claim counts as a conflict.
     async fn on_conflict(
         &self,
         ip: IpAddr,
@@ -1167,9 +1159,15 @@ impl Agent {
     ) {
         metrics::counter!(catalog::ADDRESS_CONFLICTS).increment(1);
         let draining = self.shared().draining;
-        // A current Lease may only mean that the cut has not lasted a renewal yet: ask the API
-        // now. A node that cannot reach it is the one cut off and yields.
-        if self.lease_ok() && !draining && self.api_reachable().await {
+        // Lost the election and kept only until the winner holds it: this is the winner.
+        let losing = self.state.lock().await.losing.contains_key(&ip);
+        // Neither a current Lease nor the cache settles it: the cut may be younger than one
+        // renewal, or the claimer's Lease (a node that just rejoined) may not have reached the
+        // cache yet. Read the Leases now and elect again: a node that cannot reach the API is
+        // the one cut off, and one that no longer wins yields at once.
+        let still_wins =
+            if !losing && self.lease_ok() && !draining { self.wins_on_fresh_leases(ip).await } else { false };
+        if still_wins {
             let recent = logged.get(&(ip, mac)).is_some_and(|t| t.elapsed() < Duration::from_secs(10));
             if !recent {
                 logged.insert((ip, mac), Instant::now());
@@ -1185,7 +1183,7 @@ impl Agent {
         self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&ip);
         match self.mgr.delete(held.spec.link.clone(), ip).await {
             Ok(_) => {
-                tracing::info!(%ip, %mac, interface = ifname, draining, "another host took over the address; gave it up")
+                tracing::info!(%ip, %mac, interface = ifname, draining, losing, "another host took over the address; gave it up")
             }
             Err(error) => {
                 tracing::warn!(%ip, %error, "cannot give up an address another host claims");
@@ -1196,21 +1194,35 @@ impl Agent {
         self.queue.add(Work::Pass);
     }
 
-    /// Whether the API answers a read of this node's Lease within 300 ms (on a conflict).
-    async fn api_reachable(&self) -> bool {
+    /// On a conflict: whether this node still wins `ip` when the node Leases are read from the
+    /// API now (within 300 ms) instead of the cache. `false` when the API does not answer.
+    async fn wins_on_fresh_leases(&self, ip: IpAddr) -> bool {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let name = contract::node_lease_name(&self.settings.node);
-        match tokio::time::timeout(Duration::from_millis(300), api.get_opt(&name)).await {
-            Ok(Ok(_)) => true,
+        let leases = match tokio::time::timeout(Duration::from_millis(300), api.list(&Default::default())).await {
+            Ok(Ok(list)) => list.items,
             Ok(Err(error)) => {
-                tracing::info!(%error, "the API does not answer while another host claims an address");
-                false
+                tracing::info!(%ip, %error, "the API does not answer while another host claims an address");
+                return false;
             }
             Err(_) => {
-                tracing::info!("the API does not answer within 300 ms while another host claims an address");
-                false
+                tracing::info!(%ip, "the API does not answer within 300 ms while another host claims an address");
+                return false;
             }
+        };
+        let members = Members::from_leases(leases.iter(), Timestamp::now());
+        let (groups, _) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
+        let services = self.services.state();
+        let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let decision = decide::decide(
+            services.iter().map(AsRef::as_ref),
+            &Inputs { node: &self.settings.node, members: &members, endpoints: &index, groups: &groups },
+        );
+        let wins = decision.wanted.contains_key(&ip);
+        if !wins {
+            let winner = decision.winners.get(&ip).cloned().flatten();
+            tracing::info!(%ip, ?winner, "the node Leases read now elect another node");
         }
+        wins
     }
 
     /// How long a planned move waits for the other side (the previous holder to let go, or
