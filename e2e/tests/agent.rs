@@ -124,6 +124,14 @@ async fn winner_holds(lab: &Lab, ip: IpAddr) -> String {
     winner
 }
 
+/// The local group and a Service `web` in it: its address, once its hash winner holds it.
+async fn local_web(lab: &Lab) -> (IpAddr, String) {
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(lab, "web").await;
+    (ip, winner_holds(lab, ip).await)
+}
+
 /// The `ip -o addr` lines of `dev` in a node that mention `addr`.
 fn addr_lines(lab: &Lab, node: &str, dev: &str, addr: IpAddr) -> Vec<String> {
     let out = lab.exec_ok(node, "ip", &["-o", "addr", "show", "dev", dev]).unwrap();
@@ -312,11 +320,8 @@ async fn remote_address_on_every_node_with_the_aggregation_prefix_and_gone_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_go_administrator_addresses_stay_and_drift_is_repaired() {
     let lab = start("orp").await;
-    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
-    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
-    let ip = address_of(&lab, "web").await;
+    let (ip, winner) = local_web(&lab).await;
     let names = lab.node_names();
-    let winner = winner_holds(&lab, ip).await;
 
     // Drift: someone deletes the held address; it comes back.
     let removed = Instant::now();
@@ -773,11 +778,8 @@ async fn config_error(lab: &Lab, needle: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_lbnodeagent_is_a_config_error_and_held_addresses_stay() {
     let lab = start("cfg").await;
-    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
-    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
-    let ip = address_of(&lab, "web").await;
+    let (ip, winner) = local_web(&lab).await;
     let names = lab.node_names();
-    let winner = winner_holds(&lab, ip).await;
     let lbna = |pattern: &str| {
         format!(
             "apiVersion: purelb.io/v2

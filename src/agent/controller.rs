@@ -50,7 +50,7 @@ use crate::{
         },
         election::{self, HeldAddress, Members},
         endpoints::{EndpointIndex, ServiceKey},
-        ipam::Family,
+        ipam::{Family, ParsedPools},
         netlink::{
             Address, AddressManager, AddressSnapshot, AddressSpec, Link, LinkRef, NetlinkError, interface_for, is_owned,
         },
@@ -618,13 +618,9 @@ impl Agent {
         let lease_ok = self.lease_ok() && members.get(&self.settings.node).is_some();
         let ifaces = self.announce_interfaces(&config, &snapshot).await;
         let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
-        let services = self.services.state();
         let (decision, slice_counts) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let decision = decide::decide(
-                services.iter().map(AsRef::as_ref),
-                &Inputs { node: &self.settings.node, members: &members, endpoints: &index, groups: &groups },
-            );
+            let decision = self.decide(&members, &index, &groups);
             if let Some(age) = index.cache_age(Instant::now()) {
                 metrics::gauge!(catalog::ENDPOINTSLICE_CACHE_AGE).set(age.as_secs_f64());
             }
@@ -1194,6 +1190,20 @@ impl Agent {
         self.queue.add(Work::Pass);
     }
 
+    /// The decision over every cached Service for `members`.
+    fn decide(
+        &self,
+        members: &Members,
+        index: &EndpointIndex,
+        groups: &HashMap<String, ParsedPools>,
+    ) -> decide::Decision {
+        let services = self.services.state();
+        decide::decide(
+            services.iter().map(AsRef::as_ref),
+            &Inputs { node: &self.settings.node, members, endpoints: index, groups },
+        )
+    }
+
     /// On a conflict: whether this node still wins `ip` when the node Leases are read from the
     /// API now (within 300 ms) instead of the cache. `false` when the API does not answer.
     async fn wins_on_fresh_leases(&self, ip: IpAddr) -> bool {
@@ -1211,12 +1221,8 @@ impl Agent {
         };
         let members = Members::from_leases(leases.iter(), Timestamp::now());
         let (groups, _) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
-        let services = self.services.state();
         let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let decision = decide::decide(
-            services.iter().map(AsRef::as_ref),
-            &Inputs { node: &self.settings.node, members: &members, endpoints: &index, groups: &groups },
-        );
+        let decision = self.decide(&members, &index, &groups);
         let wins = decision.wanted.contains_key(&ip);
         if !wins {
             let winner = decision.winners.get(&ip).cloned().flatten();
