@@ -103,6 +103,10 @@ pub enum AgentError {
     },
 }
 
+/// How long a draining node waits for a moment without open connections to an address once
+/// its successor holds it (both hold it meanwhile; the invariant allows 200 ms of overlap).
+const QUIET_WAIT: Duration = Duration::from_millis(100);
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Work {
     Pass,
@@ -142,6 +146,13 @@ struct State {
     /// Local addresses held here whose election another live node won (a node rejoined,
     /// endpoints moved), since when: kept until the winner holds them (make before break).
     losing: HashMap<IpAddr, Instant>,
+    /// Local addresses given up because another host claimed them (`on_conflict`), since when:
+    /// not claimed again for one lease duration while this node still elects itself, so that a
+    /// node whose view is stale (cut off from the API) does not take the address back at once.
+    yielded: HashMap<IpAddr, Instant>,
+    /// Draining: local addresses whose successor holds them, since when this node saw that
+    /// (the quiet moment is waited for at most [`QUIET_WAIT`] from then).
+    handing_over: HashMap<IpAddr, Instant>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
     /// Services with an `endpointslice_count` series.
@@ -718,6 +729,17 @@ impl Agent {
                 // No new claims without a current Lease, or while handing over.
                 continue;
             }
+            if wanted.kind == Kind::Local
+                && before.is_none()
+                && let Some(at) = state.yielded.get(&ip)
+            {
+                // Given up to another claimer moments ago: this node's view may be the stale one.
+                let left = self.settings.lease_duration.saturating_sub(at.elapsed());
+                if !left.is_zero() {
+                    self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
+                    continue;
+                }
+            }
             let mut readded = false;
             let mut present = snapshot
                 .addresses
@@ -824,18 +846,32 @@ impl Agent {
                         members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
                     let deadline = drain_started.map(|t| t + self.settings.handover_timeout);
                     let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+                    let mut quiet_wait_over = false;
                     // The successor holds it: let go at a moment when no connection to it is
-                    // open, so that none is cut when the clients move over.
-                    if handed_over
-                        && !timed_out
-                        && let Some(segments) = self.wait_quiet(address.ip, deadline).await
-                    {
-                        match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
-                            Ok(done) => withdrawn_quietly = done,
-                            Err(error) => tracing::warn!(ip = %address.ip, %error, "cannot hand the address over"),
+                    // open, so that none is cut when the clients move over. Two nodes hold the
+                    // address meanwhile, so that moment is waited for at most `QUIET_WAIT`; a
+                    // connection still open then (a long-lived one, or one whose client is
+                    // gone) would not end in any reasonable time anyway.
+                    if handed_over && !timed_out {
+                        let since = *state.handing_over.entry(address.ip).or_insert_with(Instant::now);
+                        let until = deadline.map_or(since + QUIET_WAIT, |d| d.min(since + QUIET_WAIT));
+                        match self.wait_quiet(address.ip, until).await {
+                            Some(segments) => {
+                                match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
+                                    Ok(done) => withdrawn_quietly = done,
+                                    Err(error) => {
+                                        tracing::warn!(ip = %address.ip, %error, "cannot hand the address over");
+                                    }
+                                }
+                            }
+                            None if Instant::now() >= until => {
+                                quiet_wait_over = true;
+                                tracing::info!(ip = %address.ip, open = connections::open_to(address.ip), waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
+                            }
+                            None => {}
                         }
                     }
-                    let done = withdrawn_quietly || timed_out;
+                    let done = withdrawn_quietly || timed_out || quiet_wait_over;
                     if done && let Some(t) = drain_started {
                         metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
                     }
@@ -907,9 +943,12 @@ impl Agent {
         state.held = new_held;
         let held_now: HashSet<IpAddr> =
             state.held.iter().filter(|(ip, _)| decision.wanted.contains_key(*ip)).map(|(ip, _)| *ip).collect();
-        let State { settling, losing, held, .. } = &mut *state;
+        let State { settling, losing, held, yielded, handing_over, .. } = &mut *state;
         settling.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
         losing.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
+        handing_over.retain(|ip, _| held.contains_key(ip));
+        // Forgotten once the hold-off passed or this node no longer elects itself.
+        yielded.retain(|ip, at| at.elapsed() < self.settings.lease_duration && decision.wanted.contains_key(ip));
         let local_ifaces: HashSet<String> =
             state.held.values().filter(|h| h.kind == Kind::Local).map(|h| h.ifname.clone()).collect();
         *self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -1144,8 +1183,9 @@ impl Agent {
     /// Another MAC claims `ip`, which this node holds. A node that cannot renew its Lease or
     /// reach the API right now (it may be the one cut off), that is draining, that lost `ip` and
     /// kept it only until the winner holds it, or that no longer wins `ip` on the node Leases
-    /// read now gives the address up at once; otherwise it keeps it (the other is the stale
-    /// one). Every claim counts as a conflict.
+    /// read now gives the address up at once, and claims it again only after one lease
+    /// duration (when it still elects itself then); otherwise it keeps it (the other is the
+    /// stale one). Every claim counts as a conflict.
     async fn on_conflict(
         &self,
         ip: IpAddr,
@@ -1179,6 +1219,7 @@ impl Agent {
         self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&ip);
         match self.mgr.delete(held.spec.link.clone(), ip).await {
             Ok(_) => {
+                state.yielded.insert(ip, Instant::now());
                 tracing::info!(%ip, %mac, interface = ifname, draining, losing, "another host took over the address; gave it up")
             }
             Err(error) => {
@@ -1238,14 +1279,10 @@ impl Agent {
         self.settings.handover_timeout + self.settings.lease_duration
     }
 
-    /// Waits (polling every millisecond, at most 250 ms and never past `deadline`) until no
-    /// TCP connection to `ip` is open on this node. `Some` when that happened, with the count
-    /// of TCP segments received before the check that found it quiet (see
-    /// [`connections::segments_received`]).
-    async fn wait_quiet(&self, ip: IpAddr, deadline: Option<Instant>) -> Option<Option<u64>> {
-        let started = Instant::now();
-        let until =
-            deadline.map_or(started + Duration::from_millis(250), |d| d.min(started + Duration::from_millis(250)));
+    /// Waits (polling every millisecond, never past `until`) until no TCP connection to `ip`
+    /// is open on this node. `Some` when that happened, with the count of TCP segments received
+    /// before the check that found it quiet (see [`connections::segments_received`]).
+    async fn wait_quiet(&self, ip: IpAddr, until: Instant) -> Option<Option<u64>> {
         loop {
             let segments = connections::segments_received();
             let open = connections::open_to(ip);

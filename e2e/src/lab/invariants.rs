@@ -736,6 +736,9 @@ impl Checker {
         if let Some(last) = self.last_at {
             self.report.gaps.push(at.saturating_sub(last));
         }
+        // A change seen now happened after the previous observation read the API: requests
+        // may fail from then on (a deleted Service's address goes within milliseconds).
+        let changed_after = self.last_at.unwrap_or(at);
         self.last_at = Some(at);
         let mut merged = self.last_kernel.clone();
         for (node, addresses) in kernel {
@@ -765,7 +768,7 @@ impl Checker {
                 self.pending.remove(&ip);
                 continue;
             }
-            self.open_window(ip, at, at + bounds.converge, WindowCause::Change);
+            self.open_window(ip, changed_after, at + bounds.converge, WindowCause::Change);
             if self.pending.insert(ip, Pending { since: at, category: format!("{category} {kind}") }).is_some() {
                 self.report.superseded += 1;
             }

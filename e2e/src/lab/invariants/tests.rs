@@ -382,6 +382,20 @@ fn request_windows_follow_changes_drift_and_unmanaged_holders() {
 }
 
 #[test]
+fn a_change_window_opens_at_the_observation_before_the_one_that_saw_it() {
+    // The Service was deleted between two samples: its address went within milliseconds, so a
+    // request sent before the checker saw the change may fail, and may fail only then.
+    let mut c = checker();
+    let e = expect(&[(A, Kind::Local, &["n1"])]);
+    c.observe(ms(0), &e, &kernel(&[("n1", "eth0", A, true)]), &[]);
+    c.observe(ms(10_000), &e, &kernel(&[("n1", "eth0", A, true)]), &[]);
+    assert_eq!(c.allowed(ip(A), ms(10_010), ms(10_011)), None);
+    c.observe(ms(10_050), &expect(&[]), &kernel(&[]), &[]);
+    assert_eq!(c.allowed(ip(A), ms(10_010), ms(10_011)), Some(WindowCause::Change));
+    assert_eq!(c.allowed(ip(A), ms(9_000), ms(9_001)), None);
+}
+
+#[test]
 fn convergence_is_timed_from_the_change_to_the_kernel_matching() {
     let mut c = checker();
     let e = expect(&[(A, Kind::Local, &["n2"])]);
