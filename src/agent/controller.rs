@@ -855,20 +855,17 @@ impl Agent {
                     if handed_over && !timed_out {
                         let since = *state.handing_over.entry(address.ip).or_insert_with(Instant::now);
                         let until = deadline.map_or(since + QUIET_WAIT, |d| d.min(since + QUIET_WAIT));
-                        match self.wait_quiet(address.ip, until).await {
-                            Some(segments) => {
-                                match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
-                                    Ok(done) => withdrawn_quietly = done,
-                                    Err(error) => {
-                                        tracing::warn!(ip = %address.ip, %error, "cannot hand the address over");
-                                    }
+                        match Self::wait_quiet(address.ip, until).await {
+                            Ok(segments) => match self.let_go_quietly(address, &snapshot, &held.spec, segments).await {
+                                Ok(done) => withdrawn_quietly = done,
+                                Err(error) => {
+                                    tracing::warn!(ip = %address.ip, %error, "cannot hand the address over");
                                 }
-                            }
-                            None if Instant::now() >= until => {
+                            },
+                            Err(open) => {
                                 quiet_wait_over = true;
-                                tracing::info!(ip = %address.ip, open = connections::open_to(address.ip), waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
+                                tracing::info!(ip = %address.ip, open, waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
                             }
-                            None => {}
                         }
                     }
                     let done = withdrawn_quietly || timed_out || quiet_wait_over;
@@ -1280,18 +1277,18 @@ impl Agent {
     }
 
     /// Waits (polling every millisecond, never past `until`) until no TCP connection to `ip`
-    /// is open on this node. `Some` when that happened, with the count of TCP segments received
-    /// before the check that found it quiet (see [`connections::segments_received`]).
-    async fn wait_quiet(&self, ip: IpAddr, until: Instant) -> Option<Option<u64>> {
+    /// is open on this node. `Ok` when that happened, with the count of TCP segments received
+    /// before the check that found it quiet (see [`connections::segments_received`]); at
+    /// `until`, `Err` with the connections still open.
+    async fn wait_quiet(ip: IpAddr, until: Instant) -> Result<Option<u64>, usize> {
         loop {
             let segments = connections::segments_received();
             let open = connections::open_to(ip);
             if open == 0 {
-                return Some(segments);
+                return Ok(segments);
             }
             if Instant::now() >= until {
-                tracing::debug!(%ip, open, "connections still open; handover waits");
-                return None;
+                return Err(open);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
