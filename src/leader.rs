@@ -92,11 +92,7 @@ use std::{
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
-use kube::{
-    Api, Client,
-    api::PostParams,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, Client, api::PostParams, runtime::watcher};
 use record::{Decision, LeaseRecord, Observation, Validity, claim_lease, decide, new_lease, observe, release_lease};
 use tokio::{
     sync::{OwnedRwLockReadGuard, RwLock, watch},
@@ -605,7 +601,7 @@ impl LeaderElector {
 
     fn watch_lease(&self) -> BoxStream<'static, Result<watcher::Event<Lease>, watcher::Error>> {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.lease_name));
-        watcher(self.api.clone(), config).default_backoff().boxed()
+        crate::watch::with_backoff(watcher(self.api.clone(), config).boxed())
     }
 
     /// Bounds `call` by the request timeout and names what failed.
