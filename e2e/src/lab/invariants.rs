@@ -20,7 +20,8 @@
 //! election of `purelb::core::election`), run for every node. A node whose agent is down
 //! (killed, stopped) is not held to (2) and (3), nor is one cut off from the API (its view is
 //! stale by design); both are held to (1), except that a dead agent cannot remove anything, so
-//! a second holder that is a dead agent's node is counted apart ([`CheckerReport::exempt`]).
+//! a second holder that is a dead agent's node is counted apart ([`CheckerReport::exempt`],
+//! which also lists every overlap between running agents, within the bound or not).
 //! When a node comes back, checks on it resume after a hold-off ([`Bounds::restart_hold_off`],
 //! [`Bounds::rejoin_hold_off`]).
 //!
@@ -436,7 +437,8 @@ impl ExemptStat {
 pub struct CheckerReport {
     /// Every violation, in detection order.
     pub violations: Vec<Violation>,
-    /// Exempted episodes, by what they were.
+    /// Episodes counted for the report, by what they were: the exempted ones, and every
+    /// two-holder overlap between running agents (so the report shows the margin to the bound).
     pub exempt: BTreeMap<String, ExemptStat>,
     /// Convergence times by category (`announce local`, `move local`, `withdraw remote`,
     /// `allocate`, `drift repair`, ..).
@@ -561,6 +563,8 @@ fn exempt_label(condition: &Condition) -> Option<(&'static str, IpAddr)> {
     match condition {
         Condition::ExemptOverlap(ip) => Some(("two holders, one of them a node without a running agent", *ip)),
         Condition::Dark(ip) => Some(("local address expected but held by no node", *ip)),
+        // Counted too (whether or not it was over the bound), to show the margin to it.
+        Condition::Overlap(ip) => Some(("two holders, both agents running (a violation only over the bound)", *ip)),
         _ => None,
     }
 }

@@ -522,7 +522,7 @@ impl SoakReport {
             }
         }
         if !self.exempt.is_empty() {
-            writeln!(out, "exempted episodes (not violations):")?;
+            writeln!(out, "episodes counted for the report (violations are listed above):")?;
             for e in &self.exempt {
                 writeln!(
                     out,

@@ -79,6 +79,9 @@ fn two_holders_beyond_the_handover_bound_break_invariant_1() {
     assert_eq!((v.at, v.since, v.lasted), (ms(601), ms(400), Some(ms(400))));
     assert_eq!(v.subject, A);
     assert!(v.detail.contains("n1, n2"), "{}", v.detail);
+    // Both overlaps are counted for the report, the one within the bound too.
+    let overlaps = &report.exempt["two holders, both agents running (a violation only over the bound)"];
+    assert_eq!(overlaps.durations(), [ms(200), ms(400)]);
     // Remote addresses on every node's dummy interface are not overlaps.
     let mut c = checker();
     let e = expect(&[("198.51.100.16", Kind::Remote, &["n1", "n2", "n3"])]);
