@@ -402,7 +402,11 @@ async fn sigterm_hands_the_address_over_without_failed_requests() {
     }
     eprintln!("MEASURE handover: {} requests, {} failed", log.len(), failures.len());
     assert!(first_new.is_some(), "no reply from {successor}");
-    assert!(failures.is_empty(), "failed requests during the handover: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "failed requests during the handover: {failures:?}\n{}",
+        lab.log_tail(&lab::agent_name(&winner), 30).unwrap_or_default()
+    );
     // The old node's Lease is gone.
     let leases: Api<Lease> = Api::namespaced(lab.client(), "purelb-system");
     assert!(leases.get_opt(&contract::node_lease_name(&winner)).await.unwrap().is_none());
@@ -641,6 +645,47 @@ async fn a_holder_cut_off_from_the_api_yields_to_its_successor() {
     assert!(interleaved < Duration::from_secs(1), "two MACs answered for {ip} for {interleaved:?}: {spans:?}");
     assert!(overlap < Duration::from_secs(1), "the cut-off node kept the address for {overlap:?}");
     assert_eq!(capture.error(), None);
+}
+
+/// The holder's EndpointSlice watch ends and cannot start again (the emulator fails its watch
+/// requests, and only its), so its endpoint cache stays behind. Its endpoint goes unready: the
+/// next winner takes the address and announces it, and the old holder, reading the API afresh
+/// when it sees the claim, lets go at once instead of keeping it on its stale cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_endpoint_watch_is_behind_yields_to_the_new_winner() {
+    let lab = start("stale").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    let names = lab.node_names();
+    let all_ready: Vec<Backend> = names.iter().map(|n| Backend::ready(n)).collect();
+    endpoints(&lab, "web", &all_ready).await;
+    lab.apply_yaml(&service_yaml_with("web", "local", "Local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    let winner = winner_holds(&lab, ip).await;
+    let rest: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != winner).collect();
+    let successor = election::elect(rest.iter().copied(), ip).unwrap().to_owned();
+
+    let agent = lab::agent_name(&winner);
+    lab.fail_requests(&agent, "watch", "endpointslices", 500, 10_000).await.unwrap();
+    lab.close_watches_of(&agent).await.unwrap();
+    // Its watch has failed to start again at least once (the first retry comes after 250 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let flipped = Instant::now();
+    let backends: Vec<Backend> =
+        names.iter().map(|n| if *n == winner { Backend::not_ready(n) } else { Backend::ready(n) }).collect();
+    endpoints(&lab, "web", &backends).await;
+    let moved = wait_holders(&lab, ip, &[successor.as_str()], Duration::from_secs(20)).await;
+    eprintln!(
+        "MEASURE endpoint unready on a holder with a stale endpoint cache -> only the successor holds: {moved:?}"
+    );
+    // The stale holder's watch would not recover for many seconds (it keeps failing).
+    assert!(
+        moved < Duration::from_secs(5),
+        "{winner} kept {ip} for {:?} after it lost its endpoint",
+        flipped.elapsed()
+    );
+    let log = lab.log_tail(&agent, 200).unwrap_or_default();
+    assert!(log.contains("what the API says now elects another node"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,7 +261,7 @@ async fn reflector_follows_changes_and_relists_after_410() {
         // missing nothing and keeping no phantom.
         h.emulator.compact();
         h.emulator.faults().apply(FaultRequest::ExpireNextWatch { count: 1 });
-        h.emulator.faults().apply(FaultRequest::CloseWatches);
+        h.emulator.faults().apply(FaultRequest::CloseWatches { token: None });
         admin.delete("s2", &Default::default()).await.unwrap();
         admin.create(&PostParams::default(), &svc("s9")).await.unwrap();
         converges(&store, &admin, Duration::from_secs(20)).await;
@@ -337,10 +337,10 @@ fn fault_clone(f: &FaultRequest) -> FaultRequest {
             json!({"action": "unavailable", "seconds": seconds, "mode": mode_name(*mode)})
         }
         FaultRequest::Latency { millis } => json!({"action": "latency", "millis": millis}),
-        FaultRequest::CloseWatches => json!({"action": "closeWatches"}),
+        FaultRequest::CloseWatches { token } => json!({"action": "closeWatches", "token": token}),
         FaultRequest::ExpireNextWatch { count } => json!({"action": "expireNextWatch", "count": count}),
-        FaultRequest::Fail(FailRule { verb, resource, code, count }) => {
-            json!({"action": "fail", "verb": verb, "resource": resource, "code": code, "count": count})
+        FaultRequest::Fail(FailRule { verb, resource, code, count, token }) => {
+            json!({"action": "fail", "verb": verb, "resource": resource, "code": code, "count": count, "token": token})
         }
         FaultRequest::CutClient { token, mode, seconds } => {
             json!({"action": "cutClient", "token": token, "mode": mode_name(*mode), "seconds": seconds})
@@ -386,7 +386,7 @@ async fn recovers_from_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_closed_watches() {
-    fault_recovery(FaultRequest::CloseWatches, Duration::from_millis(500)).await;
+    fault_recovery(FaultRequest::CloseWatches { token: None }, Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +396,8 @@ async fn recovers_from_forced_410() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_failed_requests() {
-    let rule = FailRule { verb: Some("watch".into()), resource: Some("services".into()), code: 500, count: 3 };
+    let rule =
+        FailRule { verb: Some("watch".into()), resource: Some("services".into()), code: 500, count: 3, token: None };
     fault_recovery(FaultRequest::Fail(rule), Duration::from_millis(500)).await;
 }
 

@@ -107,6 +107,10 @@ pub enum AgentError {
 /// its successor holds it (both hold it meanwhile; the invariant allows 200 ms of overlap).
 const QUIET_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a node that sees another host claim one of its addresses waits for the API's
+/// answer (node Leases, the Services on the address and their EndpointSlices) before it yields.
+const FRESH_READ_TIMEOUT: Duration = Duration::from_millis(300);
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Work {
     Pass,
@@ -1194,12 +1198,13 @@ impl Agent {
         let draining = self.shared().draining;
         // Lost the election and kept only until the winner holds it: this is the winner.
         let losing = self.state.lock().await.losing.contains_key(&ip);
-        // Neither a current Lease nor the cache settles it: the cut may be younger than one
-        // renewal, or the claimer's Lease (a node that just rejoined) may not have reached the
-        // cache yet. Read the Leases now and elect again: a node that cannot reach the API is
-        // the one cut off, and one that no longer wins yields at once.
+        // Neither a current Lease nor the caches settle it: the cut may be younger than one
+        // renewal, the claimer's Lease (a node that just rejoined) may not have reached the
+        // cache yet, or this node's watch of the endpoints may be behind. Read the API now and
+        // elect again: a node that cannot reach the API is the one cut off, and one that no
+        // longer wins yields at once.
         let still_wins =
-            if !losing && self.lease_ok() && !draining { self.wins_on_fresh_leases(ip).await } else { false };
+            if !losing && self.lease_ok() && !draining { self.wins_on_fresh_reads(ip).await } else { false };
         if still_wins {
             let recent = logged.get(&(ip, mac)).is_some_and(|t| t.elapsed() < Duration::from_secs(10));
             if !recent {
@@ -1242,31 +1247,62 @@ impl Agent {
         )
     }
 
-    /// On a conflict: whether this node still wins `ip` when the node Leases are read from the
-    /// API now (within 300 ms) instead of the cache. `false` when the API does not answer.
-    async fn wins_on_fresh_leases(&self, ip: IpAddr) -> bool {
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let leases = match tokio::time::timeout(Duration::from_millis(300), api.list(&Default::default())).await {
-            Ok(Ok(list)) => list.items,
+    /// On a conflict: whether this node still wins `ip` on what the API says now (read within
+    /// [`FRESH_READ_TIMEOUT`]) instead of the caches: the node Leases, and every Service the
+    /// cache has on `ip` with its EndpointSlices. `false` when the API does not answer.
+    ///
+    /// The claimer decided on its own caches, which may be newer than this node's: a watch that
+    /// expired or failed is behind until it has listed again. Keeping the address on a stale
+    /// cache would leave two holders until it catches up.
+    async fn wins_on_fresh_reads(&self, ip: IpAddr) -> bool {
+        let cached: Vec<Arc<Service>> =
+            self.services.state().into_iter().filter(|svc| decide::ingress_addresses(svc).contains(&ip)).collect();
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let read = async {
+            futures::try_join!(
+                async { leases.list(&Default::default()).await.map(|list| list.items) },
+                futures::future::try_join_all(cached.iter().map(|svc| self.read_service(svc))),
+            )
+        };
+        let (leases, services) = match tokio::time::timeout(FRESH_READ_TIMEOUT, read).await {
+            Ok(Ok(read)) => read,
             Ok(Err(error)) => {
                 tracing::info!(%ip, %error, "the API does not answer while another host claims an address");
                 return false;
             }
             Err(_) => {
-                tracing::info!(%ip, "the API does not answer within 300 ms while another host claims an address");
+                tracing::info!(%ip, timeout = ?FRESH_READ_TIMEOUT, "the API does not answer in time while another host claims an address");
                 return false;
             }
         };
         let members = Members::from_leases(leases.iter(), Timestamp::now());
         let (groups, _) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
-        let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let decision = self.decide(&members, &index, &groups);
+        let mut index = EndpointIndex::new();
+        let now = Instant::now();
+        for slice in services.iter().flatten().flat_map(|(_, slices)| slices) {
+            index.apply(slice, now);
+        }
+        let decision = decide::decide(
+            services.iter().flatten().map(|(svc, _)| svc),
+            &Inputs { node: &self.settings.node, members: &members, endpoints: &index, groups: &groups },
+        );
         let wins = decision.wanted.contains_key(&ip);
         if !wins {
             let winner = decision.winners.get(&ip).cloned().flatten();
-            tracing::info!(%ip, ?winner, "the node Leases read now elect another node");
+            tracing::info!(%ip, ?winner, "what the API says now elects another node");
         }
         wins
+    }
+
+    /// `svc` and its EndpointSlices as the API has them now (`None` when it is gone).
+    async fn read_service(&self, svc: &Service) -> Result<Option<(Service, Vec<EndpointSlice>)>, kube::Error> {
+        let namespace = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &namespace);
+        let selector = kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+        let (svc, slices) = futures::try_join!(services.get_opt(&name), slices.list(&selector))?;
+        Ok(svc.map(|svc| (svc, slices.items)))
     }
 
     /// How long a planned move waits for the other side (the previous holder to let go, or

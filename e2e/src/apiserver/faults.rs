@@ -36,6 +36,9 @@ pub struct FailRule {
     pub code: u16,
     /// How many requests to fail.
     pub count: u32,
+    /// Only requests with this bearer token, or absent for any client.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -67,8 +70,11 @@ pub enum FaultRequest {
     },
     /// `{"action":"latency","millis":200}` (0 clears)
     Latency { millis: u64 },
-    /// `{"action":"closeWatches"}`
-    CloseWatches,
+    /// `{"action":"closeWatches"}`, or `{"action":"closeWatches","token":"..."}` for one client's
+    CloseWatches {
+        #[serde(default)]
+        token: Option<String>,
+    },
     /// `{"action":"expireNextWatch","count":1}`
     ExpireNextWatch {
         #[serde(default = "one")]
@@ -127,7 +133,7 @@ impl Faults {
                 self.close_watches(None);
             }
             FaultRequest::Latency { millis } => self.lock().latency = Duration::from_millis(millis),
-            FaultRequest::CloseWatches => self.close_watches(None),
+            FaultRequest::CloseWatches { token } => self.close_watches(token),
             FaultRequest::ExpireNextWatch { count } => self.lock().expire_next_watches += count,
             FaultRequest::Fail(rule) => self.lock().fail_rules.push(rule),
             FaultRequest::CutClient { token, mode, seconds } => {
@@ -207,6 +213,7 @@ impl Faults {
             r.count > 0
                 && r.verb.as_deref().is_none_or(|v| v == verb)
                 && r.resource.as_deref().is_none_or(|res| res == resource)
+                && r.token.as_deref().is_none_or(|t| Some(t) == token)
         }) {
             rule.count -= 1;
             let code = rule.code;
@@ -214,5 +221,37 @@ impl Faults {
             return Verdict::Fail(code);
         }
         Verdict::Serve { latency: state.latency }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fail_rule_with_a_token_fails_only_that_clients_requests() {
+        let faults = Faults::default();
+        let rule: FaultRequest = serde_json::from_value(serde_json::json!({
+            "action": "fail", "verb": "watch", "resource": "endpointslices", "code": 500, "count": 2, "token": "a"
+        }))
+        .unwrap();
+        faults.apply(rule);
+        let serve = Verdict::Serve { latency: Duration::ZERO };
+        assert_eq!(faults.verdict("watch", "endpointslices", Some("b")), serve);
+        assert_eq!(faults.verdict("watch", "endpointslices", None), serve);
+        assert_eq!(faults.verdict("list", "endpointslices", Some("a")), serve);
+        assert_eq!(faults.verdict("watch", "endpointslices", Some("a")), Verdict::Fail(500));
+        assert_eq!(faults.verdict("watch", "endpointslices", Some("a")), Verdict::Fail(500));
+        assert_eq!(faults.verdict("watch", "endpointslices", Some("a")), serve);
+    }
+
+    #[test]
+    fn close_watches_with_a_token_names_that_client() {
+        let faults = Faults::default();
+        let closer = faults.watch_closer();
+        faults.apply(serde_json::from_value(serde_json::json!({"action": "closeWatches", "token": "a"})).unwrap());
+        assert_eq!(*closer.borrow(), (1, Some("a".to_owned())));
+        faults.apply(serde_json::from_value(serde_json::json!({"action": "closeWatches"})).unwrap());
+        assert_eq!(*closer.borrow(), (2, None));
     }
 }

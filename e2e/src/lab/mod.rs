@@ -1081,6 +1081,40 @@ impl Lab {
         self.post_fault(serde_json::json!({"action": "cutClient", "token": token, "mode": mode})).await
     }
 
+    /// Makes the emulator fail the next `count` requests of `verb` (`watch`, `list`, ..) on
+    /// `resource` (`endpointslices`, `services/status`, ..) from `process` with HTTP `code`;
+    /// other clients are served.
+    ///
+    /// # Errors
+    ///
+    /// The process has no token, or the emulator refuses.
+    pub async fn fail_requests(
+        &self,
+        process: &str,
+        verb: &str,
+        resource: &str,
+        code: u16,
+        count: u32,
+    ) -> Result<(), LabError> {
+        let token =
+            self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })?;
+        self.post_fault(serde_json::json!({
+            "action": "fail", "verb": verb, "resource": resource, "code": code, "count": count, "token": token
+        }))
+        .await
+    }
+
+    /// Ends the open watches of `process` (it starts them again, as after a dropped connection).
+    ///
+    /// # Errors
+    ///
+    /// The process has no token, or the emulator refuses.
+    pub async fn close_watches_of(&self, process: &str) -> Result<(), LabError> {
+        let token =
+            self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })?;
+        self.post_fault(serde_json::json!({"action": "closeWatches", "token": token})).await
+    }
+
     /// Ends a [partition](Lab::partition).
     ///
     /// # Errors
