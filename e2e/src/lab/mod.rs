@@ -869,6 +869,10 @@ impl Lab {
         self.tokens.get(process).map(String::as_str)
     }
 
+    fn process_token(&self, process: &str) -> Result<&str, LabError> {
+        self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })
+    }
+
     /// The `purelb-lab` binary the lab runs.
     #[must_use]
     pub fn lab_bin(&self) -> &Path {
@@ -1071,8 +1075,7 @@ impl Lab {
     ///
     /// The process has no token, or the emulator refuses.
     pub async fn partition(&self, process: &str, mode: FailMode) -> Result<(), LabError> {
-        let token =
-            self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })?;
+        let token = self.process_token(process)?;
         let mode = match mode {
             FailMode::Refuse => "refuse",
             FailMode::Unavailable => "unavailable",
@@ -1096,8 +1099,7 @@ impl Lab {
         code: u16,
         count: u32,
     ) -> Result<(), LabError> {
-        let token =
-            self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })?;
+        let token = self.process_token(process)?;
         self.post_fault(serde_json::json!({
             "action": "fail", "verb": verb, "resource": resource, "code": code, "count": count, "token": token
         }))
@@ -1110,8 +1112,7 @@ impl Lab {
     ///
     /// The process has no token, or the emulator refuses.
     pub async fn close_watches_of(&self, process: &str) -> Result<(), LabError> {
-        let token =
-            self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })?;
+        let token = self.process_token(process)?;
         self.post_fault(serde_json::json!({"action": "closeWatches", "token": token})).await
     }
 
@@ -1121,8 +1122,7 @@ impl Lab {
     ///
     /// The process has no token, or the emulator refuses.
     pub async fn heal(&self, process: &str) -> Result<(), LabError> {
-        let token =
-            self.token(process).ok_or_else(|| LabError::NoSuch { kind: "process", name: process.to_owned() })?;
+        let token = self.process_token(process)?;
         self.post_fault(serde_json::json!({"action": "restoreClient", "token": token})).await
     }
 
