@@ -104,8 +104,9 @@ pub enum AgentError {
 }
 
 /// How long a draining node waits for a moment without open connections to an address once
-/// its successor holds it (both hold it meanwhile; the invariant allows 200 ms of overlap).
-const QUIET_WAIT: Duration = Duration::from_millis(100);
+/// its successor holds it (both hold it meanwhile; the invariant allows 200 ms of overlap, and
+/// the successor's Lease takes 40–70 ms to reach this node's pass in a loaded debug lab).
+const QUIET_WAIT: Duration = Duration::from_millis(50);
 
 /// How long a node that sees another host claim one of its addresses waits for the API's
 /// answer (node Leases, the Services on the address and their EndpointSlices) before it yields.
@@ -923,9 +924,9 @@ impl Agent {
         }
         metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
         // Graceful handovers whose successor holds the address, all at once.
-        let outcomes = futures::future::join_all(quiet.iter().map(|(address, held, _, until)| async {
+        let outcomes = futures::future::join_all(quiet.iter().map(|(address, held, since, until)| async {
             match Self::wait_quiet(address.ip, *until).await {
-                Ok(segments) => Ok(self.let_go_quietly(address, &snapshot, &held.spec, segments).await),
+                Ok(segments) => Ok(self.let_go_quietly(address, &snapshot, &held.spec, segments, *since).await),
                 Err(open) => Err(open),
             }
         }))
@@ -1365,13 +1366,15 @@ impl Agent {
     /// would reset it); then, if a connection did race in, the address is put back until it
     /// ends (`Ok(false)`). `Ok(true)`: withdrawn. When no TCP segment at all arrived since
     /// `segments` (read before the check that found the address quiet), nothing can have raced
-    /// and the blackhole goes at once; otherwise the socket tables are asked again.
+    /// and the blackhole goes at once; otherwise the socket tables are asked again. `since`: when
+    /// this node saw the successor hold the address (logged as the wait).
     async fn let_go_quietly(
         &self,
         address: &Address,
         snapshot: &AddressSnapshot,
         spec: &AddressSpec,
         segments: Option<u64>,
+        since: Instant,
     ) -> Result<bool, NetlinkError> {
         let ip = address.ip;
         let blackhole = match self.mgr.set_blackhole(ip, true).await {
@@ -1399,7 +1402,7 @@ impl Agent {
         }
         match outcome? {
             0 => {
-                tracing::info!(%ip, link = %address.ifname, "withdrew address at a moment without open connections; the successor takes over");
+                tracing::info!(%ip, link = %address.ifname, waited = ?since.elapsed(), "withdrew address at a moment without open connections; the successor takes over");
                 Ok(true)
             }
             raced => {
