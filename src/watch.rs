@@ -103,14 +103,12 @@ where
     reader
 }
 
-/// Whether `error` says the watch's resource version is too old (HTTP 410 Gone / `Expired`): the
-/// watcher has already dropped its position and lists afresh on its next poll.
+/// Whether `error` is an expired watch (a 410 Gone / `Expired` event in the watch stream): the
+/// watcher has already dropped its position and lists afresh on its next poll. Not a 410 answer
+/// to the watch request itself: after that kube's watcher retries the same resource version, so
+/// retrying at once would only hammer the API server.
 fn is_expired(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::WatchError(status) => status.code == 410,
-        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
-        _ => false,
-    }
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// `stream` (a kube watcher) with [`WatchBackoff`] between attempts after an error, except after
