@@ -112,6 +112,14 @@ const QUIET_WAIT: Duration = Duration::from_millis(50);
 /// answer (node Leases, the Services on the address and their EndpointSlices) before it yields.
 const FRESH_READ_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// Records a graceful handover of one address as done (`purelb_handover_duration_seconds`,
+/// from the start of the drain).
+fn record_handover(drain_started: Option<Instant>) {
+    if let Some(t) = drain_started {
+        metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Work {
     Pass,
@@ -636,7 +644,8 @@ impl Agent {
         let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
         let (decision, slice_counts) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let decision = self.decide(&members, &index, &groups);
+            let services = self.services.state();
+            let decision = self.decide(services.iter().map(AsRef::as_ref), &members, &index, &groups);
             if let Some(age) = index.cache_age(Instant::now()) {
                 metrics::gauge!(catalog::ENDPOINTSLICE_CACHE_AGE).set(age.as_secs_f64());
             }
@@ -865,8 +874,8 @@ impl Agent {
                         quiet.push((address, held, since, until));
                         continue;
                     }
-                    if timed_out && let Some(t) = drain_started {
-                        metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
+                    if timed_out {
+                        record_handover(drain_started);
                     }
                     !timed_out
                 } else if held.kind == Kind::Local
@@ -894,17 +903,8 @@ impl Agent {
                 };
                 if keep {
                     new_held.insert(address.ip, held);
-                    continue;
-                }
-                if let Some(b) = &held.burst {
-                    b.stop();
-                }
-                match self.mgr.delete_listed(address, &snapshot).await {
-                    Ok(_) => tracing::info!(ip = %address.ip, link = %address.ifname, "withdrew address"),
-                    Err(error) => {
-                        tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot withdraw address");
-                        new_held.insert(address.ip, held);
-                    }
+                } else if let Some(held) = self.withdraw(address, &snapshot, held).await {
+                    new_held.insert(address.ip, held);
                 }
             } else {
                 if !lease_ok {
@@ -924,42 +924,36 @@ impl Agent {
         }
         metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
         // Graceful handovers whose successor holds the address, all at once.
-        let outcomes = futures::future::join_all(quiet.iter().map(|(address, held, since, until)| async {
+        let outcomes = futures::future::join_all(quiet.iter().map(|(address, held, _, until)| async {
             match Self::wait_quiet(address.ip, *until).await {
-                Ok(segments) => Ok(self.let_go_quietly(address, &snapshot, &held.spec, segments, *since).await),
+                Ok(segments) => Ok(self.let_go_quietly(address, &snapshot, &held.spec, segments).await),
                 Err(open) => Err(open),
             }
         }))
         .await;
         for ((address, held, since, _), outcome) in quiet.into_iter().zip(outcomes) {
-            let quiet_wait_over = outcome.is_err();
+            let ip = address.ip;
             match outcome {
-                Ok(Ok(true)) => {}
+                Ok(Ok(true)) => {
+                    tracing::info!(%ip, link = %address.ifname, waited = ?since.elapsed(), "withdrew address at a moment without open connections; the successor takes over");
+                    record_handover(drain_started);
+                    if let Some(b) = &held.burst {
+                        b.stop();
+                    }
+                }
+                // A connection raced the withdrawal: the address is back until it ends.
                 Ok(Ok(false)) => {
-                    new_held.insert(address.ip, held);
-                    continue;
+                    new_held.insert(ip, held);
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(ip = %address.ip, %error, "cannot hand the address over");
-                    new_held.insert(address.ip, held);
-                    continue;
+                    tracing::warn!(%ip, %error, "cannot hand the address over");
+                    new_held.insert(ip, held);
                 }
                 Err(open) => {
-                    tracing::info!(ip = %address.ip, open, waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
-                }
-            }
-            if let Some(t) = drain_started {
-                metrics::histogram!(catalog::HANDOVER_DURATION).record(t.elapsed().as_secs_f64());
-            }
-            if let Some(b) = &held.burst {
-                b.stop();
-            }
-            if quiet_wait_over {
-                match self.mgr.delete_listed(address, &snapshot).await {
-                    Ok(_) => tracing::info!(ip = %address.ip, link = %address.ifname, "withdrew address"),
-                    Err(error) => {
-                        tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot withdraw address");
-                        new_held.insert(address.ip, held);
+                    tracing::info!(%ip, open, waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
+                    record_handover(drain_started);
+                    if let Some(held) = self.withdraw(address, &snapshot, held).await {
+                        new_held.insert(ip, held);
                     }
                 }
             }
@@ -1263,18 +1257,16 @@ impl Agent {
         self.queue.add(Work::Pass);
     }
 
-    /// The decision over every cached Service for `members`.
-    fn decide(
+    /// This node's decision over `services` (the cached ones in a pass, fresh reads on a
+    /// conflict).
+    fn decide<'s>(
         &self,
+        services: impl IntoIterator<Item = &'s Service>,
         members: &Members,
         index: &EndpointIndex,
         groups: &HashMap<String, ParsedPools>,
     ) -> decide::Decision {
-        let services = self.services.state();
-        decide::decide(
-            services.iter().map(AsRef::as_ref),
-            &Inputs { node: &self.settings.node, members, endpoints: index, groups },
-        )
+        decide::decide(services, &Inputs { node: &self.settings.node, members, endpoints: index, groups })
     }
 
     /// On a conflict: whether this node still wins `ip` on what the API says now (read within
@@ -1312,10 +1304,7 @@ impl Agent {
         for slice in services.iter().flatten().flat_map(|(_, slices)| slices) {
             index.apply(slice, now);
         }
-        let decision = decide::decide(
-            services.iter().flatten().map(|(svc, _)| svc),
-            &Inputs { node: &self.settings.node, members: &members, endpoints: &index, groups: &groups },
-        );
+        let decision = self.decide(services.iter().flatten().map(|(svc, _)| svc), &members, &index, &groups);
         let wins = decision.wanted.contains_key(&ip);
         if !wins {
             let winner = decision.winners.get(&ip).cloned().flatten();
@@ -1342,6 +1331,24 @@ impl Agent {
         self.settings.handover_timeout + self.settings.lease_duration
     }
 
+    /// Stops `held`'s announcements and removes `address`; gives `held` back when the kernel
+    /// refuses (it stays held and the next pass tries again).
+    async fn withdraw(&self, address: &Address, snapshot: &AddressSnapshot, held: Held) -> Option<Held> {
+        if let Some(b) = &held.burst {
+            b.stop();
+        }
+        match self.mgr.delete_listed(address, snapshot).await {
+            Ok(_) => {
+                tracing::info!(ip = %address.ip, link = %address.ifname, "withdrew address");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot withdraw address");
+                Some(held)
+            }
+        }
+    }
+
     /// Waits (polling every millisecond, never past `until`) until no TCP connection to `ip`
     /// is open on this node. `Ok` when that happened, with the count of TCP segments received
     /// before the check that found it quiet (see [`connections::segments_received`]); at
@@ -1366,15 +1373,13 @@ impl Agent {
     /// would reset it); then, if a connection did race in, the address is put back until it
     /// ends (`Ok(false)`). `Ok(true)`: withdrawn. When no TCP segment at all arrived since
     /// `segments` (read before the check that found the address quiet), nothing can have raced
-    /// and the blackhole goes at once; otherwise the socket tables are asked again. `since`: when
-    /// this node saw the successor hold the address (logged as the wait).
+    /// and the blackhole goes at once; otherwise the socket tables are asked again.
     async fn let_go_quietly(
         &self,
         address: &Address,
         snapshot: &AddressSnapshot,
         spec: &AddressSpec,
         segments: Option<u64>,
-        since: Instant,
     ) -> Result<bool, NetlinkError> {
         let ip = address.ip;
         let blackhole = match self.mgr.set_blackhole(ip, true).await {
@@ -1401,10 +1406,7 @@ impl Agent {
             tracing::warn!(%ip, %error, "cannot remove the handover's blackhole route");
         }
         match outcome? {
-            0 => {
-                tracing::info!(%ip, link = %address.ifname, waited = ?since.elapsed(), "withdrew address at a moment without open connections; the successor takes over");
-                Ok(true)
-            }
+            0 => Ok(true),
             raced => {
                 tracing::info!(%ip, raced, "a connection raced the withdrawal: address put back until it ends");
                 Ok(false)
