@@ -9,6 +9,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# Lint the project's automation: actionlint (workflows), hadolint (Containerfile), promtool
+# (the chart's PrometheusRule); installs the pinned tools if missing. Also in CI (.ci/run).
+lint-automation:
+    bash scripts/lint-automation.sh
+
 # Run every test (the README's test command).
 test *ARGS:
     bash scripts/test.sh {{ARGS}}
