@@ -25,6 +25,9 @@ for version in 1.25.0 1.33.0; do
   kubernetes-validate --quiet --strict -k "$version" manifests/crds/purelb.yaml
 done
 
+echo "== The emulator's protobuf field table is current (k8s-pb, k8s-openapi)"
+python3 scripts/gen-protobuf-schema.py --check
+
 echo "== Helm chart: lint, render, schemas, Pod Security, RBAC, generated manifests"
 python3 -c 'import sys, helm_python; sys.exit(helm_python.__version__ != "0.2.2")' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check "helm-python-sdk==0.2.2"

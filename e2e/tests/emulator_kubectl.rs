@@ -61,7 +61,7 @@ impl ApiServer {
             .arg(self.kubeconfig())
             .args(args)
             .output()
-            .expect("kubectl is installed");
+            .expect("kubectl runs (install it: apt-get install kubernetes-client, or bash scripts/test.sh)");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     }
@@ -71,6 +71,68 @@ impl ApiServer {
         assert!(ok, "kubectl {args:?} failed:\n{text}");
         text
     }
+}
+
+impl ApiServer {
+    /// `kubectl` with extra environment variables (e.g. `EDITOR`).
+    fn ok_env(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("kubectl runs (install it: apt-get install kubernetes-client, or bash scripts/test.sh)");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{text}");
+        text
+    }
+
+    /// `kubectl` started in the background (stdout captured).
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs (install it: apt-get install kubernetes-client, or bash scripts/test.sh)")
+    }
+
+    /// `GET /_emulator/state`.
+    fn state(&self) -> serde_json::Value {
+        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).unwrap();
+        let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_owned();
+        let out = Command::new("curl")
+            .args(["-sf", &format!("{server}/_emulator/state")])
+            .output()
+            .expect("curl runs (install it: apt-get install curl, or bash scripts/test.sh)");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `scripts/helm-emulator.py ACTION` (Helm's Go SDK) against this server: the release as JSON.
+    fn helm(&self, action: &str, values: &str) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/helm-emulator.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .args([action, "--kubeconfig"])
+            .arg(self.kubeconfig())
+            .args(["--set-json", values])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "helm {action} failed (helm-python-sdk missing? python3 -m pip install helm-python-sdk==0.2.2):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn finish(child: Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 fn path(p: &Path) -> &str {
@@ -228,4 +290,143 @@ fn rendered_install_manifests_apply_and_their_rbac_is_enforced() {
     // The allocator writes Service status but cannot read Secrets.
     assert_eq!(raw_request(&api, "alloc-token", "GET", "/api/v1/namespaces/default/services/web", ""), 200);
     assert_eq!(raw_request(&api, "alloc-token", "GET", "/api/v1/namespaces/purelb-system/secrets", ""), 403);
+}
+
+/// kubectl's generators send built-in kinds as protobuf; `replace`, `edit`, `delete --wait`,
+/// `wait`, `events` and `get -w -o json` work as against a real server (issue 15).
+#[test]
+fn kubectl_generators_edit_wait_events_and_watch_work() {
+    let api = ApiServer::start_with("generators", &[]);
+    let before = api.state()["protobufBodies"].as_u64().unwrap();
+    assert!(api.ok(&["create", "namespace", "x"]).contains("namespace/x created"));
+    api.ok(&["create", "service", "loadbalancer", "web", "--tcp=80:8080", "-n", "x"]);
+    api.ok(&["create", "configmap", "cm", "--from-literal=a=b", "-n", "x"]);
+    api.ok(&["create", "secret", "generic", "s", "--from-literal=p=q", "-n", "x"]);
+    let after = api.state()["protobufBodies"].as_u64().unwrap();
+    assert!(after >= before + 4, "kubectl sent its generators' objects as protobuf ({before} -> {after})");
+
+    let svc: serde_json::Value =
+        serde_json::from_str(&api.ok(&["get", "svc", "web", "-n", "x", "-o", "json"])).unwrap();
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() >= 30000, "a node port is allocated: {svc}");
+    assert_eq!(svc["spec"]["selector"]["app"], "web");
+    assert!(svc["spec"].get("loadBalancerIP").is_none(), "empty strings are left out: {svc}");
+    assert_eq!(api.ok(&["get", "secret", "s", "-n", "x", "-o", "jsonpath={.data.p}"]), "cQ==");
+
+    // replace: the whole object, read back changed.
+    let mut edited = svc.clone();
+    edited["spec"]["selector"]["app"] = "web2".into();
+    let file = api.write("svc.json", &edited.to_string());
+    api.ok(&["replace", "-f", path(&file)]);
+    assert_eq!(api.ok(&["get", "svc", "web", "-n", "x", "-o", "jsonpath={.spec.selector.app}"]), "web2");
+    // edit, with a scripted editor.
+    api.ok_env(&[("EDITOR", "sed -i s/a:\\ b/a:\\ c/")], &["edit", "configmap", "cm", "-n", "x"]);
+    assert_eq!(api.ok(&["get", "cm", "cm", "-n", "x", "-o", "jsonpath={.data.a}"]), "c");
+
+    // wait (jsonpath and condition) and get -w -o json, all started before the change.
+    let wait_ip = api.spawn(&[
+        "wait",
+        "-n",
+        "x",
+        "--for=jsonpath={.status.loadBalancer.ingress[0].ip}=192.0.2.5",
+        "svc/web",
+        "--timeout=30s",
+    ]);
+    let wait_condition =
+        api.spawn(&["wait", "-n", "x", "--for=condition=purelb.io/Allocated", "svc/web", "--timeout=30s"]);
+    let watch = api.spawn(&["get", "svc", "web", "-n", "x", "-w", "-o", "json", "--request-timeout=8s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, _) = api.kubectl(&["wait", "-n", "x", "--for=condition=purelb.io/Allocated", "svc/web", "--timeout=1s"]);
+    assert!(!ok, "the condition is not there yet");
+    api.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-n",
+        "x",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.5","ipMode":"VIP"}]},"conditions":[{"type":"purelb.io/Allocated","status":"True","reason":"Allocated","message":"192.0.2.5 from default","lastTransitionTime":"2026-12-02T00:00:00Z"}]}}"#,
+    ]);
+    let (ok, out) = finish(wait_ip);
+    assert!(ok && out.contains("condition met"), "{out}");
+    let (ok, out) = finish(wait_condition);
+    assert!(ok && out.contains("condition met"), "{out}");
+    let (_, watched) = finish(watch);
+    assert!(watched.matches("\"kind\": \"Service\"").count() >= 2 && watched.contains("192.0.2.5"), "{watched}");
+
+    // events: a core/v1 Event, listed by kubectl events.
+    let event = api.write(
+        "event.yaml",
+        "apiVersion: v1\nkind: Event\nmetadata: {name: web.1, namespace: x}\ninvolvedObject: {kind: Service, name: web, namespace: x, apiVersion: v1}\nreason: AddressAssigned\nmessage: assigned 192.0.2.5\ntype: Normal\nsource: {component: purelb-allocator}\nfirstTimestamp: \"2026-12-02T00:00:00Z\"\nlastTimestamp: \"2026-12-02T00:00:00Z\"\ncount: 1\n",
+    );
+    api.ok(&["create", "-f", path(&event)]);
+    let out = api.ok(&["events", "-n", "x"]);
+    assert!(out.contains("AddressAssigned") && out.contains("Service/web"), "{out}");
+
+    // delete --wait: the namespace and what is in it are gone when kubectl returns.
+    api.ok(&["delete", "namespace", "x", "--wait", "--timeout=30s"]);
+    let (ok, out) = api.kubectl(&["get", "namespace", "x"]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    let (ok, out) = api.kubectl(&["get", "svc", "web", "-n", "x"]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+}
+
+/// Helm's own engine installs, upgrades and uninstalls the chart in the emulator (issue 15).
+#[test]
+fn helm_installs_upgrades_and_uninstalls_the_chart() {
+    let api = ApiServer::start_with("helm", &[]);
+    let release = api.helm("install", "{}");
+    assert_eq!(release["status"], "deployed", "{release}");
+    assert_eq!(release["revision"], 1);
+    assert!(api.state()["protobufBodies"].as_u64().unwrap() > 0, "Helm stores its release as a protobuf Secret");
+    // Every object of the rendered manifest exists.
+    let manifest = release["manifest"].as_str().unwrap();
+    let mut checked = 0;
+    for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
+        let object: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if object.is_null() {
+            continue;
+        }
+        let kind = object["kind"].as_str().unwrap();
+        let group = object["apiVersion"].as_str().unwrap().rsplit_once('/').map_or("", |(g, _)| g);
+        let resource = if group.is_empty() { kind.to_lowercase() } else { format!("{}.{group}", kind.to_lowercase()) };
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let mut args = vec!["get", &resource, name, "-o", "name"];
+        if let Some(ns) = object["metadata"]["namespace"].as_str() {
+            args.extend(["-n", ns]);
+        }
+        api.ok(&args);
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} objects in the manifest");
+    // The post-install hook (the default LBNodeAgent) too, and Helm's release record.
+    api.ok(&["get", "lbnodeagent", "default", "-n", "purelb-system"]);
+    let out = api.ok(&["get", "secrets", "-n", "purelb-system", "-l", "owner=helm", "-o", "name"]);
+    assert!(out.contains("sh.helm.release.v1.purelb.v1"), "{out}");
+
+    let release = api.helm("upgrade", r#"{"agent": {"settleTime": "3s"}}"#);
+    assert_eq!((release["status"].as_str(), release["revision"].as_u64()), (Some("deployed"), Some(2)), "{release}");
+    let env = api.ok(&[
+        "get",
+        "ds",
+        "purelb-agent",
+        "-n",
+        "purelb-system",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ]);
+    assert!(env.contains(r#""name":"PURELB_SETTLE_TIME","value":"3s""#), "{env}");
+    assert_eq!(api.helm("status", "{}")["revision"], 2);
+
+    let release = api.helm("uninstall", "{}");
+    assert_eq!(release["status"], "uninstalled", "{release}");
+    let (ok, out) = api.kubectl(&["get", "deployment", "purelb-allocator", "-n", "purelb-system"]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    // The CRDs stay (helm.sh/resource-policy: keep), as Helm reports.
+    assert!(release["kept"].as_str().unwrap().contains("servicegroups.purelb.io"), "{release}");
+    api.ok(&["get", "crd", "servicegroups.purelb.io"]);
 }

@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::{
     faults::{FaultRequest, Faults, Verdict},
     patch::{self, PatchType},
+    protobuf,
     rbac::{self, Attributes, Identity},
     registry::{Registry, ResKey, ResourceDef, View},
     selectors::{FieldSelector, LabelSelector},
@@ -230,6 +231,8 @@ pub struct Server {
     /// account have tokens of their own), verb and resource (`GET /_emulator/requests`): how
     /// tests measure one client's API load.
     requests: Mutex<BTreeMap<RequestKey, u64>>,
+    /// Request bodies decoded from protobuf (`/_emulator/state`, so tests see the path ran).
+    protobuf_bodies: std::sync::atomic::AtomicU64,
 }
 
 fn now_rfc3339() -> String {
@@ -304,6 +307,7 @@ impl Server {
             service_families,
             next_cluster_ip: Mutex::new(1),
             requests: Mutex::new(BTreeMap::new()),
+            protobuf_bodies: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -361,7 +365,7 @@ impl Server {
     }
 
     /// Answers one request.
-    pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Resp {
+    pub async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> Resp {
         if req.path.starts_with("/_emulator/") {
             return self.control(&req);
         }
@@ -387,13 +391,30 @@ impl Server {
                 target.resource_with_sub(),
             ))
             .or_default() += 1;
-        let content_type = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if !req.body.is_empty() && (content_type.contains("protobuf") || content_type.contains("cbor")) {
+        let content_type =
+            req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        if !req.body.is_empty() && content_type.starts_with(protobuf::MEDIA_TYPE) {
+            // Built-in kinds from kubectl's generators and Helm's storage: stored as the JSON a real
+            // server would have decoded (protobuf.rs).
+            match protobuf::decode(&req.body) {
+                Ok(object) => {
+                    self.protobuf_bodies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    req.body = Bytes::from(object.to_string());
+                    req.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Err(e @ protobuf::DecodeError::Malformed(_)) => {
+                    return status_response(400, "BadRequest", &e.to_string(), None);
+                }
+                Err(e @ protobuf::DecodeError::Unsupported(_)) => {
+                    return status_response(415, "UnsupportedMediaType", &e.to_string(), None);
+                }
+            }
+        } else if !req.body.is_empty() && (content_type.contains("protobuf") || content_type.contains("cbor")) {
             return status_response(
                 415,
                 "UnsupportedMediaType",
                 &format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"
                 ),
                 None,
             );
@@ -503,7 +524,8 @@ impl Server {
             }
             ("GET", "/_emulator/state") => json_response(
                 StatusCode::OK,
-                &json!({"revision": self.store.revision(), "objects": self.store.len(), "authorize": self.authorize}),
+                &json!({"revision": self.store.revision(), "objects": self.store.len(), "authorize": self.authorize,
+                        "protobufBodies": self.protobuf_bodies.load(std::sync::atomic::Ordering::Relaxed)}),
             ),
             _ => status_response(404, "NotFound", "unknown emulator control endpoint", None),
         }
@@ -794,7 +816,8 @@ impl Server {
                 if port["targetPort"].is_null() {
                     port["targetPort"] = port["port"].clone();
                 }
-                if lb && port["nodePort"].is_null() {
+                // 0 means "allocate one" (and is what Go's protobuf encoder writes for an unset port).
+                if lb && (port["nodePort"].is_null() || port["nodePort"] == 0) {
                     port["nodePort"] = json!(30000 + (i as u64) + u64::from(self.next_port()));
                 }
             }
@@ -1264,6 +1287,30 @@ impl Server {
         let since =
             req.query.get("resourceVersion").filter(|v| !v.is_empty() && *v != "0").and_then(|v| v.parse::<u64>().ok());
         let bookmarks = req.query.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+        // A streaming list (client-go's WatchList, e.g. Helm 4's readiness watcher): the current
+        // state as ADDED events, then a BOOKMARK marked `k8s.io/initial-events-end`, then changes.
+        let send_initial = req.query.get("sendInitialEvents").is_some_and(|v| v == "true" || v == "1");
+        if send_initial {
+            if self.registry().minor() < 32 {
+                // The WatchList feature gate is off by default before 1.32: clients fall back to list.
+                return status_response(
+                    422,
+                    "Invalid",
+                    "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                    None,
+                );
+            }
+            if !bookmarks || req.query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+                return status_response(
+                    422,
+                    "Invalid",
+                    "sendInitialEvents: Forbidden: sendInitialEvents requires allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan",
+                    None,
+                );
+            }
+        }
+        // The initial state is sent from the current revision on (NotOlderThan the one given).
+        let since = if send_initial { None } else { since };
         let timeout = req.query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         let mut response = Response::new(ResponseBody::Stream(rx));
@@ -1355,6 +1402,14 @@ impl Server {
                 if let Some((kind, _)) = transition(&change, &matches)
                     && tx.send(encode(kind, &change)).await.is_err()
                 {
+                    return;
+                }
+            }
+            if send_initial {
+                let bookmark = json!({"kind": target.def.kind, "apiVersion": target.def.api_version(&target.version),
+                    "metadata": {"resourceVersion": last_rev.to_string(),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}});
+                if tx.send(line("BOOKMARK", &bookmark)).await.is_err() {
                     return;
                 }
             }

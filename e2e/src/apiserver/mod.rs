@@ -8,6 +8,7 @@
 mod faults;
 mod handler;
 mod patch;
+pub mod protobuf;
 pub mod rbac;
 mod registry;
 mod selectors;

@@ -104,7 +104,12 @@ impl ResourceDef {
             "kind": self.kind,
             "verbs": Self::verbs(),
             "shortNames": self.short_names,
-            "categories": if self.is_custom() { json!([]) } else { json!(["all"]) },
+            // As on a real server: `kubectl get all` means the workloads and Services.
+            "categories": if !self.is_custom() && ["pods", "services", "daemonsets", "deployments"].contains(&self.plural.as_str()) {
+                json!(["all"])
+            } else {
+                json!([])
+            },
         })];
         if self.status {
             out.push(json!({
@@ -248,6 +253,13 @@ impl Registry {
         let group = crd["spec"]["group"].as_str().unwrap_or_default();
         let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or_default();
         self.resources.retain(|r| !(r.is_custom() && r.group == group && r.plural == plural));
+    }
+
+    /// The minor version of the emulated Kubernetes (`33` for `v1.33.0`): behaviour that changed
+    /// between releases follows it.
+    #[must_use]
+    pub fn minor(&self) -> u32 {
+        self.version.trim_start_matches('v').split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(33)
     }
 
     /// `/version`.
