@@ -24,7 +24,13 @@ use serde_json::{Value, json};
 const NS: &str = "purelb-system";
 
 async fn setup() -> (Emulator, Client) {
-    let emulator = Emulator::start(EmulatorOptions::default()).unwrap();
+    setup_version("v1.33.0").await
+}
+
+/// An emulator of Kubernetes `version` (e.g. `v1.28.0`) with the CRDs and namespaces.
+async fn setup_version(version: &str) -> (Emulator, Client) {
+    let emulator =
+        Emulator::start(EmulatorOptions { version: version.to_owned(), ..EmulatorOptions::default() }).unwrap();
     let client = emulator.client(None);
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [ServiceGroup::crd(), purelb::api::LBNodeAgent::crd()] {
@@ -443,4 +449,36 @@ async fn live_behaviour_through_the_controller() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ingress(&shop.get("mover").await.unwrap()), ["192.0.2.10"], "pool edit never moves a held address");
+}
+
+/// `ipMode` exists from 1.30 (alpha and off by default in 1.29, where a server drops it): on
+/// older servers the allocator writes the address without it, and writes the status once, not
+/// again on every later reconcile of the Service (it would if it kept asking for a field the
+/// server drops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_servers_before_1_30_the_status_has_no_ip_mode_and_is_written_once() {
+    for (version, ip_mode) in [("v1.28.0", None), ("v1.29.0", None), ("v1.30.0", Some("VIP"))] {
+        let (emulator, client) = setup_version(version).await;
+        group(&client, "default", local("192.0.2.240/29")).await;
+        let (task, stop) = start_allocator(client.clone());
+        create_svc(&client, "web", "a", json!({}), json!({"ipFamilyPolicy": "SingleStack"})).await;
+        addresses_of(&client, "web", "a", 1).await;
+        let api: Api<Service> = Api::namespaced(client.clone(), "web");
+        let svc = api.get("a").await.unwrap();
+        let entry = &svc.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0];
+        assert_eq!(entry.ip_mode.as_deref(), ip_mode, "{version}");
+        let writes = || emulator.requests("patch", "services/status") + emulator.requests("update", "services/status");
+        let settled = writes();
+        // Three unrelated changes, each a reconcile of the Service.
+        for i in 0..3 {
+            let patch = json!({"metadata": {"labels": {"touch": i.to_string()}}});
+            api.patch("a", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(writes(), settled, "{version}: no status write after the first one");
+        assert_eq!(ingress(&api.get("a").await.unwrap()).len(), 1);
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
 }

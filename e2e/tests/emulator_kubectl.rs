@@ -430,3 +430,68 @@ fn helm_installs_upgrades_and_uninstalls_the_chart() {
     assert!(release["kept"].as_str().unwrap().contains("servicegroups.purelb.io"), "{release}");
     api.ok(&["get", "crd", "servicegroups.purelb.io"]);
 }
+
+/// `--version` changes what the server says and keeps (issue 15): `/version`, unknown fields
+/// of built-in kinds refused under kubectl's Strict validation and dropped otherwise, `ipMode`
+/// dropped before 1.30, Service conditions validated as on a real server.
+#[test]
+fn the_emulated_version_decides_fields_and_validation() {
+    let api = ApiServer::start_with("v128", &["--version", "v1.28.0"]);
+    let version: serde_json::Value = serde_json::from_str(&api.ok(&["version", "-o", "json"])).unwrap();
+    assert_eq!(version["serverVersion"]["minor"], "28", "{version}");
+    assert_eq!(version["serverVersion"]["gitVersion"], "v1.28.0");
+
+    let svc = api.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  type: LoadBalancer\n  bogus: 1\n  ports: [{port: 80, extra: x}]\n",
+    );
+    let (ok, out) = api.kubectl(&["create", "-f", path(&svc)]);
+    assert!(
+        !ok && out.contains(r#"unknown field "spec.bogus""#) && out.contains(r#"unknown field "spec.ports[0].extra""#),
+        "{out}"
+    );
+    api.ok(&["create", "--validate=false", "-f", path(&svc)]);
+    let stored: serde_json::Value = serde_json::from_str(&api.ok(&["get", "svc", "web", "-o", "json"])).unwrap();
+    assert!(stored["spec"].get("bogus").is_none() && stored["spec"]["ports"][0].get("extra").is_none(), "{stored}");
+
+    api.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.5","ipMode":"VIP"}]}}}"#,
+    ]);
+    let ingress = api.ok(&["get", "svc", "web", "-o", "jsonpath={.status.loadBalancer.ingress}"]);
+    assert_eq!(ingress, r#"[{"ip":"192.0.2.5"}]"#, "1.28 has no ipMode");
+
+    let (ok, out) = api.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"purelb.io/Allocated","status":"Yes","reason":"Allocated","message":"","lastTransitionTime":"2026-12-02T00:00:00Z"}]}}"#,
+    ]);
+    assert!(
+        !ok && out.contains("is invalid") && out.contains(r#"status.conditions[0].status: Unsupported value: "Yes""#),
+        "{out}"
+    );
+
+    let api33 = ApiServer::start_with("v133", &[]);
+    let file = api33.write("svc.yaml", &std::fs::read_to_string(&svc).unwrap());
+    api33.ok(&["create", "--validate=false", "-f", path(&file)]);
+    api33.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.5","ipMode":"VIP"}]}}}"#,
+    ]);
+    let ingress = api33.ok(&["get", "svc", "web", "-o", "jsonpath={.status.loadBalancer.ingress}"]);
+    assert_eq!(ingress, r#"[{"ip":"192.0.2.5","ipMode":"VIP"}]"#);
+}

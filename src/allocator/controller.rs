@@ -247,7 +247,10 @@ pub async fn run_with_netbox(
     let ip_mode = match client.apiserver_version().await {
         Ok(info) => {
             info.major.parse::<u32>().is_ok_and(|m| m > 1)
-                || info.minor.trim_end_matches('+').parse::<u32>().is_ok_and(|m| m >= 29)
+                // LoadBalancerIPMode is on by default from 1.30; a 1.29 server (alpha, off by
+                // default) drops the field, and asking for it again would rewrite the status on
+                // every reconcile.
+                || info.minor.trim_end_matches('+').parse::<u32>().is_ok_and(|m| m >= 30)
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the API server version; not setting ipMode");

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
+    builtin,
     faults::{FaultRequest, Faults, Verdict},
     patch::{self, PatchType},
     protobuf,
@@ -315,6 +316,12 @@ impl Server {
         self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Requests served so far of `verb` on `resource` (with subresource), from every client.
+    pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
+        let requests = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        requests.iter().filter(|((_, _, v, r), _)| *v == verb && r == resource).map(|(_, n)| n).sum()
+    }
+
     /// Maps a bearer token to an identity.
     pub fn add_token(&self, token: &str, identity: Identity) {
         self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(token.to_owned(), identity);
@@ -543,6 +550,14 @@ impl Server {
             ["openapi", "v3"] => Some(registry.openapi_root()),
             ["openapi", "v3", "api", v] => registry.openapi_group_version("", v),
             ["openapi", "v3", "apis", g, v] => registry.openapi_group_version(g, v),
+            ["openapi", "v2"] => {
+                let mut r = Response::new(ResponseBody::Full(Some(Bytes::from(registry.openapi_v2()))));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+                );
+                return r;
+            }
             ["healthz" | "livez" | "readyz"] => {
                 let mut r = Response::new(ResponseBody::Full(Some(Bytes::from_static(b"ok"))));
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -698,14 +713,32 @@ impl Server {
         Ok(value)
     }
 
-    /// Checks a custom resource against its schema (defaults, pruning, CEL).
+    /// Checks a custom resource against its schema (defaults, pruning, CEL), or a built-in kind
+    /// against its type (pruning, feature-gated fields, conditions: builtin.rs).
     fn validate(&self, target: &Target, object: &mut Value, old: Option<&Value>, req: &ApiRequest) -> ApiResult<()> {
-        let Some(schema) = target.def.schemas.get(&target.version) else { return Ok(()) };
-        let out = validation::validate_custom_resource(schema, object, old);
         let mode = FieldValidation::parse(req.query.get("fieldValidation").map(String::as_str));
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        if mode == FieldValidation::Strict && !out.pruned.is_empty() {
-            let unknown: Vec<String> = out.pruned.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let (pruned, errors): (Vec<String>, Vec<(String, String, &'static str)>) = if target.def.is_custom() {
+            let Some(schema) = target.def.schemas.get(&target.version) else { return Ok(()) };
+            let out = validation::validate_custom_resource(schema, object, old);
+            (out.pruned, out.errors.into_iter().map(|e| (e.field, e.message, e.reason)).collect())
+        } else {
+            let minor = self.registry().minor();
+            let out = builtin::check(&target.def.group, &target.def.plural, object, minor).map_err(|e| {
+                ApiError::new(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+                        kind = target.def.kind,
+                        version = target.version
+                    ),
+                )
+            })?;
+            (out.unknown, out.errors)
+        };
+        if mode == FieldValidation::Strict && !pruned.is_empty() {
+            let unknown: Vec<String> = pruned.iter().map(|f| format!("unknown field \"{f}\"")).collect();
             return Err(ApiError::new(
                 400,
                 "BadRequest",
@@ -717,14 +750,16 @@ impl Server {
                 ),
             ));
         }
-        let errors: Vec<(String, String, &'static str)> =
-            out.errors.into_iter().map(|e| (e.field, e.message, e.reason)).collect();
         if errors.is_empty() {
             return Ok(());
         }
         let messages: Vec<&str> = errors.iter().map(|(_, m, _)| m.as_str()).collect();
         let joined = if messages.len() == 1 { messages[0].to_owned() } else { format!("[{}]", messages.join(", ")) };
-        let kind_group = format!("{}.{}", target.def.kind, target.def.group);
+        let kind_group = if target.def.group.is_empty() {
+            target.def.kind.clone()
+        } else {
+            format!("{}.{}", target.def.kind, target.def.group)
+        };
         let causes: Vec<Value> = errors
             .iter()
             .map(
@@ -970,7 +1005,8 @@ impl Server {
         }
         next["apiVersion"] = json!(target.def.api_version(&target.version));
         next["kind"] = json!(target.def.kind);
-        if target.subresource.is_empty() {
+        // Built-in kinds are checked on status writes too (Service conditions).
+        if target.subresource.is_empty() || !target.def.is_custom() {
             self.validate(target, &mut next, Some(current), req)?;
         }
         if target.def.group.is_empty() && target.def.plural == "services" && target.subresource.is_empty() {

@@ -5,6 +5,7 @@
 //!
 //! Entry points: [`Emulator::start`], [`Emulator::client`], [`Emulator::serve`].
 
+mod builtin;
 mod faults;
 mod handler;
 mod patch;
@@ -129,6 +130,13 @@ impl Emulator {
     #[must_use]
     pub fn revision(&self) -> u64 {
         self.server.store.revision()
+    }
+
+    /// How many requests of `verb` (`create`, `update`, `patch`, `list` ..) on `resource`
+    /// (`services`, `services/status` ..) the emulator has served, from every client.
+    #[must_use]
+    pub fn requests(&self, verb: &str, resource: &str) -> u64 {
+        self.server.request_count(verb, resource)
     }
 
     /// Drops retained watch history (watches from older revisions get 410 Gone).

@@ -407,4 +407,102 @@ impl Registry {
             json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": self.version}, "paths": paths, "components": {"schemas": schemas}}),
         )
     }
+    /// `/openapi/v2` as kubectl 1.27 and 1.28 read it (protobuf, gnostic's `openapi.v2.Document`):
+    /// every resource's operations with their group-version-kind and the query parameters the
+    /// server takes, so that kubectl asks the server for field validation (`fieldValidation`)
+    /// instead of validating against schemas the emulator does not publish.
+    #[must_use]
+    pub fn openapi_v2(&self) -> Vec<u8> {
+        let mut paths = Vec::new();
+        for r in &self.resources {
+            for version in &r.versions {
+                let prefix =
+                    if r.group.is_empty() { format!("/api/{version}") } else { format!("/apis/{}/{version}", r.group) };
+                let gvk = format!("group: \"{}\"\nkind: {}\nversion: {version}\n", r.group, r.kind);
+                let operation = |action: &str| {
+                    let mut op = Vec::new();
+                    for name in ["fieldValidation", "fieldManager", "dryRun"] {
+                        let mut query = Vec::new();
+                        pb::string(&mut query, 2, "query");
+                        pb::string(&mut query, 4, name);
+                        pb::string(&mut query, 6, "string");
+                        let non_body = pb::message(3, &query);
+                        let parameter = pb::message(2, &non_body);
+                        pb::bytes(&mut op, 8, &pb::message(1, &parameter));
+                    }
+                    for (name, yaml) in [
+                        ("x-kubernetes-action", format!("{action}\n")),
+                        ("x-kubernetes-group-version-kind", gvk.clone()),
+                    ] {
+                        let mut any = Vec::new();
+                        pb::string(&mut any, 2, &yaml);
+                        let mut named = Vec::new();
+                        pb::string(&mut named, 1, name);
+                        pb::bytes(&mut named, 2, &any);
+                        pb::bytes(&mut op, 13, &named);
+                    }
+                    op
+                };
+                let (item, collection) = if r.namespaced {
+                    (
+                        format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+                        format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
+                    )
+                } else {
+                    (format!("{prefix}/{}/{{name}}", r.plural), format!("{prefix}/{}", r.plural))
+                };
+                let mut item_ops = Vec::new();
+                for (field, action) in [(2, "get"), (3, "put"), (5, "delete"), (8, "patch")] {
+                    pb::bytes(&mut item_ops, field, &operation(action));
+                }
+                let mut collection_ops = Vec::new();
+                for (field, action) in [(2, "list"), (4, "post")] {
+                    pb::bytes(&mut collection_ops, field, &operation(action));
+                }
+                for (path, ops) in [(item, item_ops), (collection, collection_ops)] {
+                    let mut named = Vec::new();
+                    pb::string(&mut named, 1, &path);
+                    pb::bytes(&mut named, 2, &ops);
+                    pb::bytes(&mut paths, 2, &named);
+                }
+            }
+        }
+        let mut info = Vec::new();
+        pb::string(&mut info, 1, "Kubernetes");
+        pb::string(&mut info, 2, &self.version);
+        let mut doc = Vec::new();
+        pb::string(&mut doc, 1, "2.0");
+        pb::bytes(&mut doc, 2, &info);
+        pb::bytes(&mut doc, 8, &paths);
+        doc
+    }
+}
+
+/// Just enough protobuf writing for `/openapi/v2`.
+mod pb {
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            #[allow(clippy::cast_possible_truncation)]
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(v as u8);
+    }
+
+    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+        varint(out, u64::from(field) << 3 | 2);
+        varint(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    pub fn string(out: &mut Vec<u8>, field: u32, text: &str) {
+        bytes(out, field, text.as_bytes());
+    }
+
+    pub fn message(field: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes(&mut out, field, data);
+        out
+    }
 }
