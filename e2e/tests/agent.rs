@@ -857,3 +857,39 @@ spec:
     wait_holders(&lab, second, &[elected.as_str()], Duration::from_secs(20)).await;
     assert_eq!(lab.holders(ip).unwrap(), vec![winner]);
 }
+
+/// Helm's own engine installs the chart into the lab's emulator (RBAC enforced), and the real
+/// allocator and agents run with the chart's service accounts, RBAC and default LBNodeAgent:
+/// an address is assigned and held by its hash winner (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_processes_run_from_a_helm_install() {
+    let mut options = LabOptions::new(&prefix("helm"), 2)
+        .lab_bin(LAB_BIN)
+        .purelb_bin(purelb_bin())
+        .ready_timeout(Duration::from_secs(30))
+        .helm(true);
+    options.agent_args = vec!["--lease-duration=2s".to_owned(), "--renew-interval=500ms".to_owned()];
+    let lab = Lab::start(options).await.unwrap();
+    for (name, status) in lab.process_status() {
+        assert!(status.is_running(), "{name}: {status:?}\n{}", lab.log_tail(&name, 30).unwrap_or_default());
+    }
+    let secrets: Api<purelb::k8s_openapi::api::core::v1::Secret> = Api::namespaced(lab.client(), "purelb-system");
+    let release = secrets.get("sh.helm.release.v1.purelb.v1").await.unwrap();
+    assert_eq!(release.metadata.labels.unwrap_or_default().get("status").map(String::as_str), Some("deployed"));
+    // The default LBNodeAgent is the chart's (a post-install hook), not one the lab made.
+    let agents: Api<purelb::api::LBNodeAgent> = Api::namespaced(lab.client(), "purelb-system");
+    let default = agents.get("default").await.unwrap();
+    assert_eq!(
+        default.metadata.annotations.unwrap_or_default().get("helm.sh/hook").map(String::as_str),
+        Some("post-install")
+    );
+    let (ip, winner) = local_web(&lab).await;
+    eprintln!("MEASURE helm install: {ip} held by {winner}");
+    let services: Api<Service> = Api::namespaced(lab.client(), "default");
+    let announcing = wait_for(Duration::from_secs(10), || async {
+        let svc = services.get("web").await.ok()?;
+        svc.metadata.annotations?.get("purelb.io/announcing-IPv4").filter(|v| v.starts_with(&winner)).cloned()
+    })
+    .await;
+    assert!(announcing.is_some(), "the allocator (chart RBAC) reads the agents' Leases");
+}

@@ -89,7 +89,8 @@ enum Command {
         /// Authorization mode.
         #[arg(long, value_enum)]
         authorize: Option<Authorize>,
-        /// Kubernetes version to report.
+        /// Kubernetes version to emulate: what /version says, fields behind feature gates
+        /// (ipMode from 1.30), streaming lists (1.32+).
         #[arg(long, default_value = "v1.33.0")]
         version: String,
         /// Map a bearer token to a user: TOKEN=USER (repeatable), e.g. t1=system:serviceaccount:purelb-system:agent.
@@ -121,6 +122,10 @@ enum Command {
         /// Seconds to wait for the allocator and agents to report ready (or exit).
         #[arg(long, default_value_t = 20)]
         ready_timeout: u64,
+        /// Install PureLB with Helm's own engine (charts/purelb; needs helm-python-sdk) instead of
+        /// applying the CRDs and manifests/rbac.yaml.
+        #[arg(long)]
+        helm: bool,
         #[command(flatten)]
         extra: ExtraArgs,
     },
@@ -269,13 +274,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 EmulatorOptions { data_dir, authorize: authorize.is_some(), version, ..EmulatorOptions::default() };
             apiserver(options, listen, &listen_netns, &tokens, kubeconfig.as_deref()).await
         }
-        Command::Up { nodes, dual_stack, place, purelb_bin, no_allocator, no_agents, ready_timeout, extra } => {
+        Command::Up { nodes, dual_stack, place, purelb_bin, no_allocator, no_agents, ready_timeout, helm, extra } => {
             let (prefix, dir) = place.resolve();
             let mut options = LabOptions::new(&prefix, nodes)
                 .dual_stack(dual_stack)
                 .dir(&dir)
                 .purelb(!no_allocator, !no_agents)
-                .ready_timeout(Duration::from_secs(ready_timeout));
+                .ready_timeout(Duration::from_secs(ready_timeout))
+                .helm(helm);
             options.purelb_bin = purelb_bin;
             up(extra.apply(options)).await
         }

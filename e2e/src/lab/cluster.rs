@@ -147,25 +147,28 @@ fn now() -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Installs what every lab starts with: the install namespace, the CRDs (from the Rust
-/// types), `rbac` (normally [`RBAC_YAML`]) and a Ready Node object per node host.
+/// Installs what every lab starts with: the install namespace, a Ready Node object per node
+/// host and, unless PureLB is installed otherwise ([`helm_install`]), the CRDs (from the Rust
+/// types) and `rbac` (normally [`RBAC_YAML`]).
 ///
 /// # Errors
 ///
 /// The server refuses an object.
-pub async fn install(client: &Client, topology: &Topology, rbac: &str) -> Result<(), LabError> {
+pub async fn install(client: &Client, topology: &Topology, rbac: Option<&str>) -> Result<(), LabError> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": INSTALL_NAMESPACE}});
     namespaces
         .patch(INSTALL_NAMESPACE, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&namespace))
         .await
         .map_err(api_error(format!("create namespace {INSTALL_NAMESPACE}")))?;
-    let crds = purelb::api::crd_yaml().map_err(|e| LabError::Parse {
-        what: "the CRDs generated from the Rust types".to_owned(),
-        detail: e.to_string(),
-    })?;
-    apply_yaml(client, &crds).await?;
-    apply_yaml(client, rbac).await?;
+    if let Some(rbac) = rbac {
+        let crds = purelb::api::crd_yaml().map_err(|e| LabError::Parse {
+            what: "the CRDs generated from the Rust types".to_owned(),
+            detail: e.to_string(),
+        })?;
+        apply_yaml(client, &crds).await?;
+        apply_yaml(client, rbac).await?;
+    }
     let nodes: Api<Node> = Api::all(client.clone());
     for host in &topology.nodes {
         let v6 = host.ipv6.map(|a| a.to_string());
@@ -180,6 +183,39 @@ pub async fn install(client: &Client, topology: &Topology, rbac: &str) -> Result
             .patch_status(&host.name, &params, &Patch::Apply(&object))
             .await
             .map_err(api_error(format!("set the status of node {}", host.name)))?;
+    }
+    Ok(())
+}
+
+/// `scripts/helm-emulator.py` of this workspace (Helm's Go SDK through helm-python-sdk).
+pub const HELM_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/helm-emulator.py");
+
+/// Installs `charts/purelb` with Helm's own engine into the install namespace, as admin
+/// (`kubeconfig`), and checks that the release is `deployed`.
+///
+/// # Errors
+///
+/// Python or helm-python-sdk is missing (the message says how to install it), or Helm fails.
+pub async fn helm_install(kubeconfig: &std::path::Path) -> Result<(), LabError> {
+    let command = format!("python3 {HELM_SCRIPT} install --kubeconfig {}", kubeconfig.display());
+    let output = tokio::process::Command::new("python3")
+        .arg(HELM_SCRIPT)
+        .args(["install", "--namespace", INSTALL_NAMESPACE, "--kubeconfig"])
+        .arg(kubeconfig)
+        .output()
+        .await
+        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let release: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    if !output.status.success() || release["status"] != "deployed" {
+        return Err(LabError::Command {
+            command,
+            detail: format!(
+                "{} {stdout}{} (needs helm-python-sdk: python3 -m pip install helm-python-sdk==0.2.2)",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        });
     }
     Ok(())
 }

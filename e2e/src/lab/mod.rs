@@ -281,6 +281,10 @@ pub struct LabOptions {
     pub ready_timeout: Duration,
     /// Keep the log files when the lab is torn down.
     pub keep_logs: bool,
+    /// Install PureLB with Helm's own engine (`charts/purelb` through `scripts/helm-emulator.py`)
+    /// instead of applying the CRDs and `manifests/rbac.yaml`: the processes then run with the
+    /// chart's CRDs, service accounts, RBAC and default LBNodeAgent.
+    pub helm: bool,
 }
 
 impl LabOptions {
@@ -302,6 +306,7 @@ impl LabOptions {
             agent_args: Vec::new(),
             ready_timeout: Duration::from_secs(20),
             keep_logs: false,
+            helm: false,
         }
     }
 
@@ -366,6 +371,13 @@ impl LabOptions {
     #[must_use]
     pub fn keep_logs(mut self, keep: bool) -> Self {
         self.keep_logs = keep;
+        self
+    }
+
+    /// Install with Helm ([`LabOptions::helm`]).
+    #[must_use]
+    pub fn helm(mut self, on: bool) -> Self {
+        self.helm = on;
         self
     }
 }
@@ -617,7 +629,12 @@ impl Lab {
         let api_url = server_of(&kubeconfig)?;
         pin_listen_port(&resources, &api_url);
         let client = cluster::connect(&kubeconfig).await?;
-        cluster::install(&client, &topology, cluster::RBAC_YAML).await?;
+        if options.helm {
+            cluster::install(&client, &topology, None).await?;
+            cluster::helm_install(&kubeconfig).await?;
+        } else {
+            cluster::install(&client, &topology, Some(cluster::RBAC_YAML)).await?;
+        }
 
         let found_purelb = purelb_bin.as_ref().ok().cloned();
         let mut lab =
