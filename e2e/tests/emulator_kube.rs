@@ -539,3 +539,36 @@ async fn state_survives_a_restart_with_data_dir() {
     assert!(groups.list(&ListParams::default()).await.is_ok(), "CRD served again after restart");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Streaming lists (`sendInitialEvents`, client-go's WatchList, Helm 4's readiness watcher):
+/// the current objects, an `InitDone` once the server's initial-events-end bookmark arrives,
+/// then live changes; refused before 1.32, where the feature gate is off (clients list instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_lists_send_the_state_then_changes_from_1_32() {
+    let emulator = Emulator::start(EmulatorOptions::default()).unwrap();
+    let api: Api<Service> = Api::namespaced(emulator.client(None), "default");
+    api.create(&PostParams::default(), &svc("a")).await.unwrap();
+    api.create(&PostParams::default(), &svc("b")).await.unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = BTreeSet::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(s) => {
+                initial.insert(s.name_any());
+            }
+            watcher::Event::InitDone => break,
+            other => panic!("before InitDone: {other:?}"),
+        }
+    }
+    assert_eq!(initial, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    api.create(&PostParams::default(), &svc("c")).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(&next, watcher::Event::Apply(s) if s.name_any() == "c"), "{next:?}");
+
+    let old = Emulator::start(EmulatorOptions { version: "v1.31.0".to_owned(), ..EmulatorOptions::default() }).unwrap();
+    let api: Api<Service> = Api::namespaced(old.client(None), "default");
+    let mut stream = watcher(api, watcher::Config::default().streaming_lists()).boxed();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap();
+    assert!(format!("{first:?}").contains("sendInitialEvents"), "1.31 refuses streaming lists: {first:?}");
+}
