@@ -137,18 +137,29 @@ fn ms(d: Duration) -> String {
     if d >= Duration::from_secs(10) { format!("{:.1} s", d.as_secs_f64()) } else { format!("{} ms", d.as_millis()) }
 }
 
-fn missing_reason(lab: &Lab, name: &str, status: &ProcessStatus) -> Option<String> {
+/// Why a `purelb` process cannot take part: not built or not found (the demo is incomplete).
+fn missing_reason(name: &str, status: &ProcessStatus) -> Option<String> {
     match status {
-        ProcessStatus::Running { .. } => None,
         s if s.is_not_built() => {
             Some(format!("`purelb {}` is not built yet (it exits 2: not implemented yet)", kind(name)))
         }
         ProcessStatus::NotStarted { reason } => Some(format!("{name} was not started: {reason}")),
-        other => {
-            let last = lab.log_tail(name, 1).unwrap_or_default();
-            Some(format!("{name} is not running ({other}): {}", last.trim()))
-        }
+        _ => None,
     }
+}
+
+/// The `purelb` processes that stopped although nothing stopped them (`expected_down`: the
+/// agent the demo killed), with their last log line: each is a failure of the demo.
+fn crashed(lab: &Lab, expected_down: Option<&str>) -> Vec<String> {
+    lab.process_status()
+        .into_iter()
+        .filter(|(n, _)| n == ALLOCATOR || n.starts_with("agent-"))
+        .filter(|(n, s)| !s.is_running() && missing_reason(n, s).is_none() && Some(n.as_str()) != expected_down)
+        .map(|(name, status)| {
+            let last = lab.log_tail(&name, 3).unwrap_or_default();
+            format!("{name} is not running ({status}): {}", last.trim())
+        })
+        .collect()
 }
 
 fn kind(name: &str) -> &str {
@@ -210,13 +221,21 @@ pub async fn run(options: LabOptions, timeouts: DemoTimeouts, out: &mut dyn Writ
     }
     let purelb: Vec<&(String, ProcessStatus)> =
         statuses.iter().filter(|(n, _)| n == ALLOCATOR || n.starts_with("agent-")).collect();
-    let mut missing: Vec<String> = purelb.iter().filter_map(|(n, s)| missing_reason(&lab, n, s)).collect();
+    let mut missing: Vec<String> = purelb.iter().filter_map(|(n, s)| missing_reason(n, s)).collect();
     missing.dedup();
     p.report.missing = missing;
     let allocator_runs = statuses.iter().any(|(n, s)| n == ALLOCATOR && s.is_running());
     let agents_run = statuses.iter().any(|(n, s)| n.starts_with("agent-") && s.is_running());
 
-    run_steps(&lab, &mut p, timeouts, allocator_runs, agents_run).await;
+    let checked = Instant::now();
+    let killed = run_steps(&lab, &mut p, timeouts, allocator_runs, agents_run).await;
+    // A process that crashed at any point fails the demo, even if every step still worked.
+    let down = crashed(&lab, killed.as_deref());
+    if down.is_empty() {
+        p.step("no purelb process crashed", Outcome::Ok, checked.elapsed());
+    } else {
+        p.step("no purelb process crashed", Outcome::Failed(down.join("; ")), checked.elapsed());
+    }
 
     let failed = p.report.exit_code() != 0;
     if failed {
@@ -272,7 +291,27 @@ fn skip_from(p: &mut Printer<'_>, first: usize, why: &str) {
     }
 }
 
-async fn run_steps(lab: &Lab, p: &mut Printer<'_>, timeouts: DemoTimeouts, allocator_runs: bool, agents_run: bool) {
+/// Runs the steps after "build the lab"; returns the agent it killed on purpose, if any.
+async fn run_steps(
+    lab: &Lab,
+    p: &mut Printer<'_>,
+    timeouts: DemoTimeouts,
+    allocator_runs: bool,
+    agents_run: bool,
+) -> Option<String> {
+    let mut killed = None;
+    steps(lab, p, timeouts, allocator_runs, agents_run, &mut killed).await;
+    killed
+}
+
+async fn steps(
+    lab: &Lab,
+    p: &mut Printer<'_>,
+    timeouts: DemoTimeouts,
+    allocator_runs: bool,
+    agents_run: bool,
+    killed: &mut Option<String>,
+) {
     let started = Instant::now();
     match lab.apply_yaml(SERVICE_GROUP_YAML).await {
         Ok(applied) => p.step(&format!("apply {}", applied.join(", ")), Outcome::Ok, started.elapsed()),
@@ -362,6 +401,7 @@ async fn run_steps(lab: &Lab, p: &mut Printer<'_>, timeouts: DemoTimeouts, alloc
         p.step(LATER_STEPS[2], Outcome::Failed(error.to_string()), killed_at.elapsed());
         return skip_from(p, 3, "the agent could not be killed");
     }
+    *killed = Some(agent_name(&holder));
     p.line(&format!("      killed {} (SIGKILL)", agent_name(&holder)));
     let successor =
         wait_for(timeouts.failover, || async { lab.holders(address).ok()?.into_iter().find(|n| *n != holder) }).await;
