@@ -605,6 +605,9 @@ async fn a_holder_cut_off_from_the_api_yields_to_its_successor() {
 
     let cut = Instant::now();
     lab.partition_agent(&winner, FailMode::Refuse).await.unwrap();
+    let refused =
+        wait_for(Duration::from_secs(10), || async { (lab.injected().await.ok()?.refused > 0).then_some(()) }).await;
+    assert!(refused.is_some(), "the cut-off holder made no request that was refused");
     let taken =
         wait_for(Duration::from_secs(20), || async { lab.holders(ip).ok()?.contains(&successor).then(Instant::now) })
             .await
@@ -669,6 +672,8 @@ async fn a_holder_whose_endpoint_watch_is_behind_yields_to_the_new_winner() {
     lab.close_watches_of(&agent).await.unwrap();
     // Its watch has failed to start again at least once (the first retry comes after 250 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let injected = lab.injected().await.unwrap();
+    assert!(injected.watches_closed > 0 && injected.failed > 0, "the fault did not strike: {injected:?}");
 
     let flipped = Instant::now();
     let backends: Vec<Backend> =
@@ -742,6 +747,8 @@ async fn an_api_outage_withdraws_and_moves_nothing() {
         (checks, longest)
     };
     let (checks, longest) = check(OUTAGE).await;
+    let injected = lab.injected().await.unwrap();
+    assert!(injected.failed > 0 && injected.watches_closed > 0, "the outage did not strike: {injected:?}");
     eprintln!(
         "MEASURE API outage {OUTAGE:?}: {checks} holder checks, longest gap between two {longest:?}; nothing moved"
     );

@@ -14,7 +14,7 @@ use purelb::{
         runtime::{WatchStreamExt, reflector, watcher},
     },
 };
-use purelb_e2e::apiserver::{Emulator, EmulatorOptions, FailMode, FailRule, FaultRequest, HttpServer};
+use purelb_e2e::apiserver::{Emulator, EmulatorOptions, FailMode, FailRule, FaultRequest, HttpServer, Injected};
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug)]
@@ -310,6 +310,10 @@ async fn fault_recovery_with(fault: FaultRequest, settle: Duration, writes_durin
         store.wait_until_ready().await.unwrap();
         converges(&store, &admin, Duration::from_secs(10)).await;
         h.emulator.faults().apply(fault_clone(&fault));
+        if matches!(fault, FaultRequest::ExpireNextWatch { .. } | FaultRequest::Fail(_)) {
+            // These strike the *next* watch: end the open one so that the client meets them.
+            h.emulator.faults().apply(FaultRequest::CloseWatches { token: None });
+        }
         // Changes made by another client while the fault lasts.
         let writer = h.emulator.client(None);
         let during: Api<Service> = Api::namespaced(writer, "default");
@@ -327,7 +331,31 @@ async fn fault_recovery_with(fault: FaultRequest, settle: Duration, writes_durin
         converges(&store, &during, Duration::from_secs(45)).await;
         let names: BTreeSet<String> = store.state().iter().map(|s| s.name_any()).collect();
         assert_eq!(names, ["after", "during"].iter().map(|s| (*s).to_owned()).collect(), "{transport:?}");
+        // The fault struck: recovering from a fault that never happened proves nothing.
+        let injected = h.emulator.faults().injected();
+        assert!(struck(&fault, &injected), "{transport:?}: {fault:?} did not strike: {injected:?}");
         task.abort();
+    }
+}
+
+/// Whether the emulator counted `fault` striking at least once.
+fn struck(fault: &FaultRequest, injected: &Injected) -> bool {
+    match fault {
+        FaultRequest::Unavailable { mode: FailMode::Refuse, .. } => injected.refused > 0,
+        FaultRequest::Unavailable { mode: FailMode::Hang, .. } => injected.hung > 0,
+        FaultRequest::Unavailable { mode: FailMode::Unavailable, .. } | FaultRequest::Fail(_) => injected.failed > 0,
+        FaultRequest::Latency { .. } => injected.delayed > 0,
+        FaultRequest::CloseWatches { .. } => injected.watches_closed > 0,
+        FaultRequest::ExpireNextWatch { .. } => injected.expired > 0,
+        FaultRequest::CutClient { mode, .. } => {
+            injected.watches_closed > 0
+                && match mode {
+                    FailMode::Refuse => injected.refused > 0,
+                    FailMode::Hang => injected.hung > 0,
+                    FailMode::Unavailable => injected.failed > 0,
+                }
+        }
+        FaultRequest::RestoreClient { .. } | FaultRequest::Clear => true,
     }
 }
 

@@ -50,10 +50,31 @@ struct State {
     cut: Vec<(String, FailMode, Option<Instant>)>,
 }
 
+/// How often each fault actually struck a request (not just how often it was switched on), so
+/// that a fault-injection test can assert that its fault happened. `/_emulator/state` shows it
+/// as `injected`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Injected {
+    /// Requests answered with an injected error code (fail rules, 503 unavailability or cut-off).
+    pub failed: u64,
+    /// In-process requests refused, plus times the HTTP listener was closed.
+    pub refused: u64,
+    /// Requests left without an answer.
+    pub hung: u64,
+    /// Requests served after an injected latency.
+    pub delayed: u64,
+    /// Watches answered 410 Gone on purpose.
+    pub expired: u64,
+    /// Open watches ended on purpose.
+    pub watches_closed: u64,
+}
+
 /// The fault switches of one emulator.
 #[derive(Debug)]
 pub struct Faults {
     state: Mutex<State>,
+    injected: Mutex<Injected>,
     /// Bumped to end every open watch (all, or those of one token).
     watch_epoch: watch::Sender<(u64, Option<String>)>,
 }
@@ -115,13 +136,28 @@ pub enum Verdict {
 
 impl Default for Faults {
     fn default() -> Self {
-        Self { state: Mutex::new(State::default()), watch_epoch: watch::channel((0, None)).0 }
+        Self {
+            state: Mutex::new(State::default()),
+            injected: Mutex::new(Injected::default()),
+            watch_epoch: watch::channel((0, None)).0,
+        }
     }
 }
 
 impl Faults {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the faults did so far.
+    #[must_use]
+    pub fn injected(&self) -> Injected {
+        *self.injected.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one fault that struck.
+    pub fn count(&self, what: impl FnOnce(&mut Injected)) {
+        what(&mut self.injected.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     /// Applies a fault request.
@@ -179,14 +215,28 @@ impl Faults {
         let mut state = self.lock();
         if state.expire_next_watches > 0 {
             state.expire_next_watches -= 1;
+            drop(state);
+            self.count(|i| i.expired += 1);
             true
         } else {
             false
         }
     }
 
-    /// What to do with a request of `verb` on `resource` from `token`.
+    /// What to do with a request of `verb` on `resource` from `token` (counted in [`Injected`]).
     pub fn verdict(&self, verb: &str, resource: &str, token: Option<&str>) -> Verdict {
+        let verdict = self.decide(verb, resource, token);
+        match verdict {
+            Verdict::Serve { latency } if latency.is_zero() => {}
+            Verdict::Serve { .. } => self.count(|i| i.delayed += 1),
+            Verdict::Fail(_) => self.count(|i| i.failed += 1),
+            Verdict::Refuse => self.count(|i| i.refused += 1),
+            Verdict::Hang => self.count(|i| i.hung += 1),
+        }
+        verdict
+    }
+
+    fn decide(&self, verb: &str, resource: &str, token: Option<&str>) -> Verdict {
         let now = Instant::now();
         let mut state = self.lock();
         if let Some((until, mode)) = state.unavailable_until {

@@ -532,7 +532,8 @@ impl Server {
             ("GET", "/_emulator/state") => json_response(
                 StatusCode::OK,
                 &json!({"revision": self.store.revision(), "objects": self.store.len(), "authorize": self.authorize,
-                        "protobufBodies": self.protobuf_bodies.load(std::sync::atomic::Ordering::Relaxed)}),
+                        "protobufBodies": self.protobuf_bodies.load(std::sync::atomic::Ordering::Relaxed),
+                        "injected": self.faults.injected()}),
             ),
             _ => status_response(404, "NotFound", "unknown emulator control endpoint", None),
         }
@@ -1367,7 +1368,10 @@ impl Server {
             name: target.name.clone(),
             subresource: String::new(),
         };
+        // The epoch this watch started in: a close requested while it still sends its initial
+        // events or backlog ends it too.
         let mut closer = self.faults.watch_closer();
+        let my_epoch = closer.borrow_and_update().0;
         let as_table = wants_table(&req.headers);
         tokio::spawn(async move {
             let line = |kind: &str, object: &Value| {
@@ -1452,7 +1456,6 @@ impl Server {
             let mut bookmark_tick = tokio::time::interval(server.bookmark_interval);
             bookmark_tick.tick().await;
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            let my_epoch = closer.borrow().0;
             loop {
                 let sleep_until_deadline = async {
                     match deadline {
@@ -1488,6 +1491,7 @@ impl Server {
                         }
                         let (epoch, who) = closer.borrow().clone();
                         if epoch != my_epoch && who.as_ref().is_none_or(|w| Some(w) == token.as_ref()) {
+                            server.faults.count(|i| i.watches_closed += 1);
                             return;
                         }
                     }

@@ -29,7 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
-pub use faults::{FailMode, FailRule, FaultRequest, Faults};
+pub use faults::{FailMode, FailRule, FaultRequest, Faults, Injected};
 pub use handler::ResponseBody;
 use handler::{ApiRequest, Server, parse_query};
 use http_body_util::BodyExt;
@@ -227,6 +227,9 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, rebind: Rebind)
     let mut connections = JoinSet::new();
     loop {
         if let Some(until) = server.faults.refusing_until() {
+            if listener.is_some() {
+                server.faults.count(|i| i.refused += 1);
+            }
             listener = None;
             connections.abort_all();
             tokio::time::sleep_until(until.into()).await;
@@ -296,6 +299,7 @@ impl tower::Service<http::Request<purelb::kube::client::Body>> for InProcess {
         let token = self.token.clone();
         Box::pin(async move {
             if server.faults.refusing_until().is_some() {
+                server.faults.count(|i| i.refused += 1);
                 return Err(Refused);
             }
             let (mut parts, body) = req.into_parts();

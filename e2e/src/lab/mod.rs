@@ -1085,6 +1085,28 @@ impl Lab {
         Ok(())
     }
 
+    /// How often the emulator's faults actually struck so far (`/_emulator/state`): fault
+    /// tests assert that their fault happened.
+    ///
+    /// # Errors
+    ///
+    /// The emulator does not answer.
+    pub async fn injected(&self) -> Result<crate::apiserver::Injected, LabError> {
+        let action = "read /_emulator/state".to_owned();
+        let request = ::http::Request::get("/_emulator/state")
+            .body(Vec::new())
+            .map_err(|e| LabError::Parse { what: action.clone(), detail: e.to_string() })?;
+        let text = self
+            .client
+            .request_text(request)
+            .await
+            .map_err(|source| LabError::Api { action: action.clone(), source: Box::new(source) })?;
+        let state: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LabError::Parse { what: action.clone(), detail: e.to_string() })?;
+        serde_json::from_value(state["injected"].clone())
+            .map_err(|e| LabError::Parse { what: action, detail: e.to_string() })
+    }
+
     /// Cuts a process (`allocator`, `agent-n1`, ..) off the API: its requests are refused,
     /// answered 503 or never answered (`mode`), and its watches end, until [`Lab::heal`].
     ///
