@@ -277,6 +277,8 @@ async fn local_address_on_the_hash_winner_serves_and_fails_over_after_sigkill() 
         wait_for(Duration::from_secs(20), || async { lab.holders(ip).ok()?.contains(&successor).then_some(()) }).await;
     assert!(moved.is_some(), "{successor} did not take {ip}: {:?}", lab.holders(ip).unwrap());
     eprintln!("MEASURE SIGKILL -> {successor} holds the address: {:?}", killed.elapsed());
+    // The promise with 2 s leases: the successor holds the address within 3 s of the kill.
+    assert!(killed.elapsed() <= Duration::from_secs(3), "failover took {:?} (bound 3 s)", killed.elapsed());
     let third: Vec<&str> = rest.iter().copied().filter(|n| *n != successor).collect();
     assert!(!lab.holders(ip).unwrap().iter().any(|h| third.contains(&h.as_str())), "a third node took it too");
     let page = wait_for(Duration::from_secs(10), || async {
@@ -326,9 +328,9 @@ async fn orphans_go_administrator_addresses_stay_and_drift_is_repaired() {
     // Drift: someone deletes the held address; it comes back.
     let removed = Instant::now();
     lab.exec_ok(&winner, "ip", &["addr", "del", &format!("{ip}/24"), "dev", "eth0"]).unwrap();
-    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(5)).await;
+    // The promise (BENCHMARKS.md): back within 1 s.
+    wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(1)).await;
     eprintln!("MEASURE drift: address deleted -> back: {:?}", removed.elapsed());
-    assert!(removed.elapsed() < Duration::from_secs(5));
 
     // An administrator's address inside the pool range, without our mark, on another node.
     let other = names.iter().find(|n| **n != winner).unwrap().clone();
@@ -346,7 +348,8 @@ async fn orphans_go_administrator_addresses_stay_and_drift_is_repaired() {
     assert!(lab.holders(ip).unwrap().contains(&winner), "the killed agent's address stays until it restarts");
     let restarted = Instant::now();
     lab.restart_agent(&winner).unwrap();
-    wait_holders(&lab, ip, &[], Duration::from_secs(20)).await;
+    // The promise: an orphan is gone within 2 s of the agent's start.
+    wait_holders(&lab, ip, &[], Duration::from_secs(2)).await;
     eprintln!("MEASURE restart -> orphan removed: {:?}", restarted.elapsed());
     assert_eq!(lab.holders(admin).unwrap(), vec![other]);
 }
@@ -395,9 +398,15 @@ async fn sigterm_hands_the_address_over_without_failed_requests() {
     let last_old = log.iter().filter(|(_, r)| r.as_deref() == Ok(winner.as_str())).map(|(t, _)| *t).max();
     let first_new = log.iter().filter(|(_, r)| r.as_deref() == Ok(successor.as_str())).map(|(t, _)| *t).min();
     if let (Some(a), Some(b)) = (last_old, first_new) {
-        eprintln!(
-            "MEASURE handover gap (last reply from {winner} -> first from {successor}): {:?}",
-            b.saturating_duration_since(a)
+        let gap = b.saturating_duration_since(a);
+        eprintln!("MEASURE handover gap (last reply from {winner} -> first from {successor}): {gap:?}");
+        // The promise (docs/agent.md): the gap is at most 100 ms; a new connection whose SYN
+        // arrives while the old node lets go waits one SYN retransmission (1 s) instead, and
+        // still succeeds. Nothing else.
+        let syn_retry = Duration::from_secs(1)..=Duration::from_millis(1100);
+        assert!(
+            gap <= Duration::from_millis(100) || syn_retry.contains(&gap),
+            "handover gap {gap:?} (bound 100 ms, or one SYN retransmission)"
         );
     }
     eprintln!("MEASURE handover: {} requests, {} failed", log.len(), failures.len());
@@ -899,4 +908,106 @@ async fn the_real_processes_run_from_a_helm_install() {
     })
     .await;
     assert!(announcing.is_some(), "the allocator (chart RBAC) reads the agents' Leases");
+}
+
+/// A rollout under `externalTrafficPolicy: Local` whose only endpoint is terminating but still
+/// serving: the node keeps the address (as kube-proxy keeps sending it traffic); once the
+/// endpoint stops serving, the address goes after the settle time (issue 15: a path only
+/// unit-tested before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_endpoint_serving_while_terminating_keeps_the_address() {
+    let lab = start("term").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    endpoints(&lab, "web", &[Backend::ready("n2")]).await;
+    lab.apply_yaml(&service_yaml_with("web", "local", "Local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    wait_holders(&lab, ip, &["n2"], Duration::from_secs(20)).await;
+
+    endpoints(&lab, "web", &[Backend::terminating("n2")]).await;
+    // Well past the settle time (1 s): still held, by n2 only.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(lab.holders(ip).unwrap(), vec!["n2".to_owned()], "a serving, terminating endpoint lost its address");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = Instant::now();
+    endpoints(&lab, "web", &[Backend::not_ready("n2")]).await;
+    wait_holders(&lab, ip, &[], Duration::from_secs(10)).await;
+    eprintln!("MEASURE terminating endpoint stops serving -> address withdrawn: {:?}", stopped.elapsed());
+}
+
+/// A Service with 1,200 endpoints (12 slices of 100, as the EndpointSlice controller cuts them)
+/// among 612 slices in all, read by restarted agents through the real paginated list (pages of
+/// 500): the one node with a local endpoint, in the last slice, holds the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_thousand_endpoints_through_the_paginated_list() {
+    use purelb::k8s_openapi::api::discovery::v1::EndpointSlice;
+    let lab = start("page").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), "default");
+    let n2 = lab.host("n2").unwrap().ipv4.to_string();
+    let slice = |name: String, service: &str, endpoints: Vec<serde_json::Value>| -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]
+        }))
+        .unwrap()
+    };
+    // Endpoints of "web" on 1,199 nodes outside the lab, and one on n2 in the last slice.
+    for s in 0..12 {
+        let endpoints: Vec<serde_json::Value> = (0..100)
+            .map(|i| {
+                let n = s * 100 + i;
+                if n == 1199 {
+                    serde_json::json!({"addresses": [n2], "conditions": {"ready": true}, "nodeName": "n2"})
+                } else {
+                    serde_json::json!({"addresses": [format!("198.51.100.{}", n % 250 + 1)],
+                        "conditions": {"ready": true}, "nodeName": format!("far-{n}")})
+                }
+            })
+            .collect();
+        slices.create(&Default::default(), &slice(format!("web-{s:02}"), "web", endpoints)).await.unwrap();
+    }
+    // Other Services' slices, so that the list has more than one page.
+    for s in 0..600 {
+        let endpoint = serde_json::json!({"addresses": ["203.0.113.7"], "nodeName": "n1"});
+        slices
+            .create(&Default::default(), &slice(format!("other-{s:03}"), &format!("other-{s}"), vec![endpoint]))
+            .await
+            .unwrap();
+    }
+    let lists_before = list_requests(&lab, "endpointslices").await;
+    for node in lab.node_names() {
+        lab.restart_agent(&node).unwrap();
+    }
+    for node in lab.node_names() {
+        assert!(lab.wait_ready(&lab::agent_name(&node), Duration::from_secs(30)).await, "agent on {node} not ready");
+    }
+    // Each agent lists the 612 slices in two pages of 500 (continue token).
+    let paged = wait_for(Duration::from_secs(20), || async {
+        (list_requests(&lab, "endpointslices").await - lists_before >= 6).then_some(())
+    })
+    .await;
+    let lists = list_requests(&lab, "endpointslices").await - lists_before;
+    assert!(paged.is_some(), "3 agents x 2 pages of 500 slices, saw {lists} list requests");
+    lab.apply_yaml(&service_yaml_with("web", "local", "Local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    wait_holders(&lab, ip, &["n2"], Duration::from_secs(20)).await;
+}
+
+/// Requests of verb `list` on `resource` the emulator served so far (all clients).
+async fn list_requests(lab: &Lab, resource: &str) -> u64 {
+    let request = ::http::Request::get("/_emulator/requests").body(Vec::new()).unwrap();
+    let text = lab.client().request_text(request).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["verb"] == "list" && r["resource"] == resource)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
 }

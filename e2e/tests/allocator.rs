@@ -482,3 +482,30 @@ async fn on_servers_before_1_30_the_status_has_no_ip_mode_and_is_written_once() 
         task.await.unwrap();
     }
 }
+
+/// `spec.loadBalancerIP` still pins the address (deprecated fallback, `api.md` §2), and the
+/// Service gets one `DeprecationWarning` Event saying what to use instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_load_balancer_ip_pins_the_address_with_a_deprecation_event() {
+    let (_emulator, client) = setup().await;
+    group(&client, "default", local("192.0.2.240/29")).await;
+    let (task, stop) = start_allocator(client.clone());
+    create_svc(
+        &client,
+        "web",
+        "old",
+        json!({}),
+        json!({"ipFamilyPolicy": "SingleStack", "loadBalancerIP": "192.0.2.243"}),
+    )
+    .await;
+    assert_eq!(addresses_of(&client, "web", "old", 1).await, vec!["192.0.2.243".to_owned()]);
+    let events = wait_for("the DeprecationWarning Event", async || {
+        let events = events_for(&client, "web", "old").await;
+        events.iter().any(|(reason, _)| reason == "DeprecationWarning").then_some(events)
+    })
+    .await;
+    let (_, message) = events.iter().find(|(reason, _)| reason == "DeprecationWarning").unwrap();
+    assert!(message.contains("spec.loadBalancerIP") && message.contains("purelb.io/addresses"), "{message}");
+    let _ = stop.send(());
+    task.await.unwrap();
+}
