@@ -54,3 +54,9 @@ soak DURATION="1800" *SEED:
 # Everything CI does.
 ci:
     bash .ci/run
+
+# Mutation testing of the decision modules (cargo-mutants; not in CI: about 700 mutants, hours on
+# 2 cores). `just mutants` every file, `just mutants src/core/election.rs` one file,
+# `just mutants all 2/8` one shard of each. Scores and survivors: TESTING.md.
+mutants FILE="all" SHARD="":
+    bash scripts/mutants.sh {{FILE}} {{SHARD}}

@@ -209,6 +209,76 @@ fn netbox_groups_give_their_aggregation_and_no_ownership_ranges() {
     let d = decide([&svc], &Inputs { node: "n1", members: &members, endpoints: &endpoints, groups: &groups });
     let v4 = d.wanted.values().find(|w| w.ip.is_ipv4()).unwrap();
     assert_eq!(v4.aggregation, 24);
+    // The group's aggregation applies to IPv6 too (not the host-route fallback).
+    let v6 = d.wanted.values().find(|w| w.ip.is_ipv6()).unwrap();
+    assert_eq!(v6.aggregation, 24);
+}
+
+#[test]
+fn kinds_name_themselves_as_the_pool_type_annotation_does() {
+    assert_eq!(Kind::Local.as_str(), "local");
+    assert_eq!(Kind::Remote.as_str(), "remote");
+}
+
+#[test]
+fn local_and_remote_groups_are_parsed_with_their_ranges_and_invalid_ones_left_out() {
+    let group = |name: &str, spec: serde_json::Value| -> ServiceGroup {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "purelb.io/v2", "kind": "ServiceGroup",
+            "metadata": {"name": name, "namespace": "purelb-system"}, "spec": spec
+        }))
+        .unwrap()
+    };
+    let local =
+        group("l", serde_json::json!({"local": {"v4pool": {"pool": "192.0.2.240/29", "subnet": "192.0.2.0/24"}}}));
+    let remote = group(
+        "r",
+        serde_json::json!({"remote": {"v4pool": {"pool": "198.51.100.16/28", "subnet": "198.51.100.0/24"}}}),
+    );
+    let both = group(
+        "both",
+        serde_json::json!({"local": {"v4pool": {"pool": "203.0.113.0/28", "subnet": "203.0.113.0/24"}},
+                           "remote": {"v4pool": {"pool": "203.0.113.16/28", "subnet": "203.0.113.0/24"}}}),
+    );
+    let bad = group(
+        "bad",
+        serde_json::json!({"local": {"v4pool": {"pool": "203.0.113.64/28", "subnet": "198.51.100.0/24"}}}),
+    );
+    let (parsed, ranges) = parse_groups([&local, &remote, &both, &bad]);
+    let mut names: Vec<&String> = parsed.keys().collect();
+    names.sort();
+    assert_eq!(names, vec!["l", "r"]);
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    for inside in ["192.0.2.240", "192.0.2.247", "198.51.100.16", "198.51.100.31"] {
+        assert!(ranges.iter().any(|r| r.contains(ip(inside))), "{inside} in {ranges:?}");
+    }
+    for outside in ["192.0.2.248", "198.51.100.32", "203.0.113.1", "203.0.113.65"] {
+        assert!(!ranges.iter().any(|r| r.contains(ip(outside))), "{outside} in {ranges:?}");
+    }
+}
+
+#[test]
+fn a_cluster_service_sharing_a_local_address_keeps_it_on_the_hash_winner_without_endpoints() {
+    let members = members();
+    let endpoints = EndpointIndex::new();
+    let groups = groups(None);
+    let ip: std::net::IpAddr = "192.0.2.241".parse().unwrap();
+    let a = service("a", "local", &["192.0.2.241"], Some("Local"));
+    let b = service("b", "local", &["192.0.2.241"], None);
+    let holders: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|node| {
+            let inputs = Inputs { node, members: &members, endpoints: &endpoints, groups: &groups };
+            decide([&a, &b], &inputs).wanted.contains_key(&ip)
+        })
+        .collect();
+    assert_eq!(holders, vec![members.winner(ip).unwrap()]);
+    // Without the Cluster Service: nobody.
+    let nobody = ["n1", "n2", "n3"].into_iter().all(|node| {
+        let inputs = Inputs { node, members: &members, endpoints: &endpoints, groups: &groups };
+        !decide([&a], &inputs).wanted.contains_key(&ip)
+    });
+    assert!(nobody);
 }
 
 #[test]
