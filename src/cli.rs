@@ -74,7 +74,7 @@ pub struct AllocatorArgs {
     /// How long the leader Lease stays valid without renewal (standby takeover time after a crash).
     #[arg(long, env = "PURELB_LEASE_DURATION", value_parser = duration_arg, default_value = "15s")]
     pub lease_duration: Duration,
-    /// How often the leader renews its Lease (must be well below --lease-duration).
+    /// How often the leader renews its Lease (at most half of --lease-duration).
     #[arg(long, env = "PURELB_RENEW_INTERVAL", value_parser = duration_arg, default_value = "5s")]
     pub renew_interval: Duration,
     /// Directory where the NetBox token Secret is mounted (one file per key).
@@ -100,10 +100,10 @@ pub struct AgentArgs {
     /// UID of this agent's pod, recorded in its Lease (from the downward API).
     #[arg(long, env = "POD_UID", default_value = "")]
     pub pod_uid: String,
-    /// How long this node's Lease stays valid without renewal (crash failover time).
+    /// How long this node's Lease stays valid without renewal (crash failover time; whole seconds).
     #[arg(long, env = "PURELB_LEASE_DURATION", value_parser = duration_arg, default_value = "6s")]
     pub lease_duration: Duration,
-    /// How often this node renews its Lease.
+    /// How often this node renews its Lease (at most half of --lease-duration).
     #[arg(long, env = "PURELB_RENEW_INTERVAL", value_parser = duration_arg, default_value = "2s")]
     pub renew_interval: Duration,
     /// On shutdown, how long to wait for successors to take over addresses before withdrawing.
@@ -149,6 +149,67 @@ pub struct ReconcileArgs {
     /// Exit with status 3 when orphaned addresses were found (also with --dry-run), else 0.
     #[arg(long, env = "PURELB_EXIT_CODE")]
     pub exit_code: bool,
+}
+
+/// Checks a Lease's timing flags (`who`: `agent` or `allocator`): a whole number of seconds for
+/// the duration (the Lease field `leaseDurationSeconds` is an integer), and renewals at most
+/// half of it apart, so that one failed renewal still leaves time for the next before the
+/// Lease expires. The message names both flags and gives a working example.
+///
+/// # Errors
+///
+/// The combination cannot work.
+pub fn check_lease_flags(who: &str, lease: Duration, renew: Duration) -> Result<(), String> {
+    let example = if who == "agent" {
+        "--lease-duration 6s --renew-interval 2s"
+    } else {
+        "--lease-duration 15s --renew-interval 5s"
+    };
+    let shown = |d: Duration| crate::duration::format_duration(d);
+    if lease.is_zero() || lease.subsec_nanos() != 0 {
+        return Err(format!(
+            "--lease-duration {} must be a whole number of seconds, at least 1s (the Lease's leaseDurationSeconds is an integer); e.g. {example}",
+            shown(lease)
+        ));
+    }
+    if renew.is_zero() || renew > lease / 2 {
+        return Err(format!(
+            "--renew-interval {} must be more than 0 and at most half of --lease-duration {} (one failed renewal must not let the Lease expire); e.g. {example}",
+            shown(renew),
+            shown(lease)
+        ));
+    }
+    Ok(())
+}
+
+impl AgentArgs {
+    /// Flag combinations that cannot work (exit 2 before anything starts).
+    ///
+    /// # Errors
+    ///
+    /// What is wrong and how to fix it.
+    pub fn check(&self) -> Result<(), String> {
+        check_lease_flags("agent", self.lease_duration, self.renew_interval)?;
+        if self.orphan_sweep_interval.is_zero() {
+            return Err("--orphan-sweep-interval must be more than 0, e.g. 60s".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl AllocatorArgs {
+    /// Flag combinations that cannot work (exit 2 before anything starts).
+    ///
+    /// # Errors
+    ///
+    /// What is wrong and how to fix it.
+    pub fn check(&self) -> Result<(), String> {
+        check_lease_flags("allocator", self.lease_duration, self.renew_interval)?;
+        if self.netbox_timeout.is_zero() {
+            return Err("--netbox-timeout must be more than 0, e.g. 10s".to_owned());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +283,19 @@ mod tests {
     fn bad_durations_are_explained() {
         let err = Cli::try_parse_from(["purelb", "allocator", "--lease-duration", "15"]).unwrap_err().to_string();
         assert!(err.contains("\"15\" is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn lease_flags_allow_renewals_up_to_half_a_lease() {
+        let s = Duration::from_secs;
+        assert!(check_lease_flags("agent", s(6), s(2)).is_ok());
+        assert!(check_lease_flags("agent", s(6), s(3)).is_ok(), "exactly half is fine");
+        assert!(check_lease_flags("agent", s(2), Duration::from_millis(500)).is_ok());
+        assert!(check_lease_flags("agent", s(6), Duration::from_millis(3001)).is_err());
+        assert!(check_lease_flags("agent", s(2), s(2)).is_err());
+        assert!(check_lease_flags("agent", Duration::from_millis(1500), Duration::from_millis(500)).is_err());
+        assert!(check_lease_flags("agent", Duration::ZERO, Duration::ZERO).is_err());
+        let message = check_lease_flags("allocator", s(15), s(10)).unwrap_err();
+        assert!(message.contains("--renew-interval 10s") && message.contains("--lease-duration 15s"), "{message}");
     }
 }

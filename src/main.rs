@@ -7,6 +7,19 @@ use purelb::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Combinations clap cannot see: exit 2 with clap's usage, before anything starts.
+    let checked = match &cli.command {
+        Command::Agent(args) => args.check().map_err(|m| ("agent", m)),
+        Command::Allocator(args) => args.check().map_err(|m| ("allocator", m)),
+        _ => Ok(()),
+    };
+    if let Err((sub, message)) = checked {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        command.build();
+        let mut command = command.find_subcommand_mut(sub).cloned().unwrap_or_else(Cli::command);
+        command.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -129,3 +129,40 @@ fn explanation_of(help: &str, flag: &str) -> Option<String> {
         .collect();
     Some(words.join(" "))
 }
+
+/// Lease timings that cannot work are refused at start with exit 2 and a message naming both
+/// flags and a working example (issue 16 §5): a lease duration that is not whole seconds, or
+/// renewals more than half a lease apart (a 2 s lease renewed every 2 s, the agent's default
+/// interval, never failed over in the lab).
+#[test]
+fn lease_timings_that_cannot_work_exit_2_at_start() {
+    for (sub, args, needle) in [
+        ("agent", &["--node-name", "n1", "--lease-duration", "2s"][..], "--renew-interval 2s must be"),
+        ("agent", &["--node-name", "n1", "--renew-interval", "4s"][..], "at most half of --lease-duration 6s"),
+        (
+            "agent",
+            &["--node-name", "n1", "--lease-duration", "2500ms"][..],
+            "--lease-duration 2500ms must be a whole number of seconds",
+        ),
+        (
+            "agent",
+            &["--node-name", "n1", "--orphan-sweep-interval", "0s"][..],
+            "--orphan-sweep-interval must be more than 0",
+        ),
+        ("allocator", &["--lease-duration", "8s"][..], "at most half of --lease-duration 8s"),
+        ("allocator", &["--renew-interval", "0s"][..], "--renew-interval 0s must be more than 0"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_purelb"))
+            .arg(sub)
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub} {args:?}: {text}");
+        assert!(text.contains(needle) && text.contains("e.g. "), "{sub} {args:?}: {text}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once");
+    }
+}
