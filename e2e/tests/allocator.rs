@@ -509,3 +509,85 @@ async fn spec_load_balancer_ip_pins_the_address_with_a_deprecation_event() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// Addresses that must never be handed out (issue 16 §6): a local pool reaching its subnet's
+/// broadcast address skips it with one `AddressesSkipped` Warning on the group; a range made
+/// only of special-purpose addresses makes the group invalid, naming the field; a pin of such
+/// an address is refused with `AllocationFailed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_purpose_and_broadcast_addresses_are_never_handed_out() {
+    let (emulator, client) = setup().await;
+    group(&client, "edge", json!({"local": {"v4pool": {"pool": "192.0.2.248/29", "subnet": "192.0.2.0/24"}}})).await;
+    group(&client, "typo", json!({"local": {"v4pool": {"pool": "224.0.0.0/30", "subnet": "224.0.0.0/24"}}})).await;
+    let (task, stop) = start_allocator(client.clone());
+    let one = json!({"ipFamilyPolicy": "SingleStack"});
+    let edge = json!({"purelb.io/service-group": "edge"});
+    let mut given = Vec::new();
+    for i in 0..8 {
+        create_svc(&client, "web", &format!("s{i}"), edge.clone(), one.clone()).await;
+        if i < 7 {
+            given.extend(addresses_of(&client, "web", &format!("s{i}"), 1).await);
+        }
+    }
+    given.sort();
+    let expected: Vec<String> = (248..=254).map(|n| format!("192.0.2.{n}")).collect();
+    assert_eq!(given, expected, "192.0.2.255 (the broadcast address) is never given");
+    let full = wait_for("the 8th Service to fail", async || {
+        let events = events_for(&client, "web", "s7").await;
+        events.into_iter().find(|(reason, _)| reason == "AllocationFailed")
+    })
+    .await;
+    assert!(full.1.contains("no free IPv4 address"), "{full:?}");
+
+    let sg_events = || {
+        let emulator = emulator.clone();
+        move || -> Vec<(String, String)> {
+            emulator
+                .objects("", "events", Some(NS))
+                .iter()
+                .filter(|e| e["involvedObject"]["kind"] == "ServiceGroup")
+                .map(|e| {
+                    (
+                        e["reason"].as_str().unwrap_or_default().to_owned(),
+                        e["message"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        }
+    };
+    let events = sg_events();
+    let skipped = wait_for("AddressesSkipped on the group", async || {
+        events().into_iter().find(|(reason, message)| reason == "AddressesSkipped" && message.contains("192.0.2.255"))
+    })
+    .await;
+    assert!(skipped.1.contains("broadcast address of 192.0.2.0/24"), "{skipped:?}");
+    let invalid = wait_for("Invalid on the typo group", async || {
+        events().into_iter().find(|(reason, message)| reason == "Invalid" && message.contains("224.0.0.0/30"))
+    })
+    .await;
+    assert!(invalid.1.contains("spec.local.v4pool.pool") && invalid.1.contains("multicast"), "{invalid:?}");
+    let groups: Api<ServiceGroup> = Api::namespaced(client.clone(), NS);
+    let typo = wait_for("the typo group's status", async || {
+        let g = groups.get("typo").await.ok()?;
+        g.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.status == "False")
+    })
+    .await;
+    assert!(typo.message.contains("spec.local.v4pool.pool"), "{typo:?}");
+
+    for (name, pin) in [("pin-bcast", "192.0.2.255"), ("pin-lo", "127.0.0.1"), ("pin-mc", "ff02::1")] {
+        create_svc(&client, "web", name, json!({"purelb.io/addresses": pin}), json!({})).await;
+        let failed = wait_for(&format!("{name} refused"), async || {
+            events_for(&client, "web", name).await.into_iter().find(|(reason, _)| reason == "AllocationFailed")
+        })
+        .await;
+        assert!(failed.1.contains(pin) && failed.1.contains("never handed out"), "{failed:?}");
+        let api: Api<Service> = Api::namespaced(client.clone(), "web");
+        assert!(ingress(&api.get(name).await.unwrap()).is_empty());
+    }
+    // One AddressesSkipped, not one per reconcile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = sg_events()().iter().filter(|(reason, _)| reason == "AddressesSkipped").count();
+    assert_eq!(count, 1);
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -1012,6 +1012,8 @@ impl Agent {
         let node = &self.settings.node;
         let no_endpoint: HashMap<(ServiceKey, IpAddr), Option<String>> =
             decision.no_endpoint.iter().map(|n| ((n.service.clone(), n.ip), n.reporter.clone())).collect();
+        let refused: HashMap<(ServiceKey, IpAddr), &decide::Refused> =
+            decision.refused.iter().map(|r| ((r.service.clone(), r.ip), r)).collect();
         for (key, ip, kind) in &decision.considered {
             let id = (key.clone(), *ip);
             seen.insert(id.clone());
@@ -1019,6 +1021,15 @@ impl Agent {
                 Note::Announcing(h.kind, h.ifname.clone())
             } else if let Some(message) = failures.get(ip) {
                 Note::Failed(message.clone())
+            } else if let Some(r) = refused.get(&id) {
+                if r.reporter.as_deref() == Some(node.as_str()) {
+                    Note::Failed(format!(
+                        "{ip} is {} and is never put on an interface: give the Service another address",
+                        r.why
+                    ))
+                } else {
+                    Note::NotHere
+                }
             } else if let Some(reporter) = no_endpoint.get(&id) {
                 if reporter.as_deref() == Some(node.as_str()) {
                     Note::Failed(format!(

@@ -78,9 +78,26 @@ pub struct NoEndpoint {
     pub reporter: Option<String>,
 }
 
+/// An address in a Service's status that no node may put on an interface: special-purpose, or
+/// the network or broadcast address of its local pool's IPv4 subnet (defence in depth: the
+/// allocator never hands these out, but someone else may write the status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The Service.
+    pub service: ServiceKey,
+    /// The address.
+    pub ip: IpAddr,
+    /// What the address is.
+    pub why: String,
+    /// The node that reports the Warning (the hash winner), so that one node publishes it.
+    pub reporter: Option<String>,
+}
+
 /// What this node must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decision {
+    /// Addresses that must never be announced (for Events).
+    pub refused: Vec<Refused>,
     /// By address.
     pub wanted: BTreeMap<IpAddr, Wanted>,
     /// Local addresses of `externalTrafficPolicy: Local` Services without any usable endpoint.
@@ -250,6 +267,14 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
             .and_then(|name| inputs.groups.get(name));
         for ip in ingress_addresses(svc) {
             decision.considered.push((key.clone(), ip, kind));
+            let refusal = crate::core::ipam::special::special_purpose(ip)
+                .map(str::to_owned)
+                .or_else(|| group.and_then(|g| g.skipped_reason(ip)).map(str::to_owned));
+            if let Some(why) = refusal {
+                let reporter = inputs.members.winner(ip).map(str::to_owned);
+                decision.refused.push(Refused { service: key.clone(), ip, why, reporter });
+                continue;
+            }
             let family = Family::of(ip);
             let usable = |node: &str| inputs.endpoints.has_usable_endpoint(&key, family, node);
             let mine = match kind {

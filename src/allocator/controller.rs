@@ -756,11 +756,17 @@ impl Worker {
     async fn write_group_status(&self, name: &str) -> Result<(), AllocatorError> {
         let ns = self.settings.namespace.clone();
         let Some(group) = self.groups.get(&reflector::ObjectRef::new(name).within(&ns)) else { return Ok(()) };
-        let (status, invalid_note) = {
+        let (status, invalid_note, skipped_note) = {
             let mut state = self.lock();
             let groups = state.table.groups();
+            let skipped_note = groups.valid.get(name).filter(|g| !g.pools.skipped.is_empty()).map(|g| {
+                let list: Vec<String> = g.pools.skipped.iter().map(ToString::to_string).collect();
+                format!("these addresses are never handed out and are skipped: {}", list.join("; "))
+            });
             let (ready, reason, message, pool_type, generation) = if let Some(g) = groups.valid.get(name) {
-                let ranges = g.pools.v4.len() + g.pools.v6.len();
+                // Written ranges (a range with skipped addresses is parsed as its usable parts).
+                let ranges: std::collections::BTreeSet<&str> = g.pools.all().map(|r| r.field.as_str()).collect();
+                let ranges = ranges.len();
                 (
                     "True",
                     "Valid",
@@ -796,6 +802,12 @@ impl Worker {
             if let Some(m) = &invalid_note {
                 state.last_note.insert((format!("sg/{name}"), reasons::INVALID), m.clone());
             }
+            // AddressesSkipped on transitions only (a new or changed list).
+            let skipped_note = skipped_note
+                .filter(|m| state.last_note.get(&(format!("sg/{name}"), reasons::ADDRESSES_SKIPPED)) != Some(m));
+            if let Some(m) = &skipped_note {
+                state.last_note.insert((format!("sg/{name}"), reasons::ADDRESSES_SKIPPED), m.clone());
+            }
             let zero = (pool_type.as_deref() != Some(PoolType::Netbox.as_str())).then(|| "0".to_owned());
             let mut status = crate::api::ServiceGroupStatus {
                 conditions: vec![Condition {
@@ -819,10 +831,16 @@ impl Worker {
                 status.allocated_ipv4 = old.allocated_ipv4.or(Some(0));
                 status.allocated_ipv6 = old.allocated_ipv6.or(Some(0));
             }
-            ((status != old).then_some(status), invalid_note)
+            ((status != old).then_some(status), invalid_note, skipped_note)
         };
         if let Some(message) = invalid_note {
             self.publish_in_background(group.object_ref(&()), vec![(EventType::Warning, reasons::INVALID, message)]);
+        }
+        if let Some(message) = skipped_note {
+            self.publish_in_background(
+                group.object_ref(&()),
+                vec![(EventType::Warning, reasons::ADDRESSES_SKIPPED, message)],
+            );
         }
         let Some(status) = status else { return Ok(()) };
         if !(self.gate.may_write)() {

@@ -60,6 +60,9 @@ pub enum FailReason {
     InvalidGroup,
     /// A pinned address is in no group's ranges.
     OutsidePools,
+    /// A pinned (or NetBox) address is one that is never handed out (special-purpose, or the
+    /// network or broadcast address of a local subnet).
+    Reserved,
     /// An annotation value is malformed.
     Malformed,
     /// The group cannot serve the families the Service requires.
@@ -80,6 +83,7 @@ impl FailReason {
             Self::UnknownGroup => "unknown_group",
             Self::InvalidGroup => "invalid_group",
             Self::OutsidePools => "outside_pools",
+            Self::Reserved => "reserved",
             Self::Malformed => "malformed",
             Self::Family => "family",
             Self::Netbox => "netbox",
@@ -535,6 +539,21 @@ impl Allocator {
             }
             let mut found: Option<&Group> = None;
             for ip in &req.pinned {
+                let skipped = self.groups.valid.values().find_map(|g| g.pools.skipped_reason(*ip).map(|w| (g, w)));
+                if let Some(why) = crate::core::ipam::special::special_purpose(*ip) {
+                    return Err(fail(
+                        FailReason::Reserved,
+                        None,
+                        format!("address {ip} is {why} and is never handed out: pin another address"),
+                    ));
+                }
+                if let Some((g, why)) = skipped {
+                    return Err(fail(
+                        FailReason::Reserved,
+                        Some(&g.name),
+                        format!("address {ip} is {why} and is never handed out: pin another address"),
+                    ));
+                }
                 let Some(g) = self.groups.containing(*ip) else {
                     return Err(fail(
                         FailReason::OutsidePools,
@@ -796,6 +815,15 @@ impl Allocator {
     ) -> Result<IpAddr, Failure> {
         let ip = match (self.shared_address(&group.name, family, sharing_key), offers.get(&family)) {
             (Some(ip), _) => ip,
+            (None, Some(Ok(ip))) if let Some(why) = crate::core::ipam::special::special_purpose(*ip) => {
+                return Err(fail(
+                    FailReason::Reserved,
+                    Some(&group.name),
+                    format!(
+                        "NetBox offered {ip}, which is {why} and is never handed out: mark it as not reserved for the tenant in NetBox"
+                    ),
+                ));
+            }
             (None, Some(Ok(ip))) => *ip,
             (None, Some(Err(failure))) => return Err(failure.clone()),
             // Another family's failure stopped the reservation: that is the reason.

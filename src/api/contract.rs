@@ -70,6 +70,8 @@ pub mod reasons {
     pub const DEPRECATION_WARNING: &str = "DeprecationWarning";
     /// Allocator (Warning) on ServiceGroups: the group is invalid.
     pub const INVALID: &str = "Invalid";
+    /// Warning on a ServiceGroup: some addresses of its ranges are never handed out.
+    pub const ADDRESSES_SKIPPED: &str = "AddressesSkipped";
     /// Agent: this node announces a local address.
     pub const ANNOUNCING_LOCAL: &str = "AnnouncingLocal";
     /// Agent: this node announces a remote address.

@@ -14,6 +14,7 @@ use std::{
 
 use crate::api::{AddressPool, PoolSpec};
 
+pub mod special;
 mod usage;
 pub use usage::{RangeUsage, TakeError, lowest_free_by_scan};
 
@@ -434,6 +435,11 @@ pub enum PoolError {
     /// No range in the whole spec.
     #[error("{field} has no address ranges: add at least one of v4pools, v6pools, v4pool, v6pool")]
     NoRanges { field: String },
+    /// Every address of the range is one that is never handed out.
+    #[error(
+        "{field}: {value:?} holds only addresses that are never handed out ({why}): use addresses of the node's network, e.g. documentation or private ranges"
+    )]
+    OnlyReserved { field: String, value: String, why: String },
     /// Two ranges share addresses.
     #[error("{field}: {value:?} overlaps {other_field} {other_value:?}{other_group}: ranges must not share addresses", other_group = other_group.as_ref().map(|g| format!(" of ServiceGroup {g}")).unwrap_or_default())]
     Overlap {
@@ -461,7 +467,28 @@ pub struct ParsedRange {
     pub aggregation: u8,
 }
 
-/// A validated pool spec: ranges per family in the order they are tried.
+/// Addresses of a written range that are never handed out (special-purpose, or the network
+/// and broadcast address of a `local` pool's IPv4 subnet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Field path of the `pool`, e.g. `spec.local.v4pool.pool`.
+    pub field: String,
+    /// The `pool` text as written.
+    pub text: String,
+    /// The skipped addresses.
+    pub range: AddressRange,
+    /// What they are.
+    pub why: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}: {} ({})", self.field, self.text, self.range, self.why)
+    }
+}
+
+/// A validated pool spec: ranges per family in the order they are tried. A written range
+/// that contains addresses never handed out becomes the usable parts around them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ParsedPools {
     /// IPv4 ranges: `v4pools`, then `v4pool`.
@@ -472,6 +499,8 @@ pub struct ParsedPools {
     pub balance: bool,
     /// `skipIPv6DAD`.
     pub skip_ipv6_dad: bool,
+    /// Addresses of the written ranges that are never handed out.
+    pub skipped: Vec<Skipped>,
 }
 
 impl ParsedPools {
@@ -487,6 +516,12 @@ impl ParsedPools {
     /// All ranges, IPv4 first.
     pub fn all(&self) -> impl Iterator<Item = &ParsedRange> {
         self.v4.iter().chain(&self.v6)
+    }
+
+    /// Why `ip` is skipped by this spec, when it is.
+    #[must_use]
+    pub fn skipped_reason(&self, ip: IpAddr) -> Option<&str> {
+        self.skipped.iter().find(|s| s.range.contains(ip)).map(|s| s.why.as_str())
     }
 
     /// Total addresses of one family.
@@ -593,10 +628,27 @@ pub fn parse_pool_spec(base: &str, spec: &PoolSpec) -> Result<ParsedPools, PoolE
                     right_list,
                 });
             }
-            match family {
-                Family::V4 => parsed.v4.push(range),
-                Family::V6 => parsed.v6.push(range),
+            let local = base.ends_with("local");
+            let (usable, skipped) = special::split(&range.range, &range.subnet, local);
+            if usable.is_empty() {
+                let why: Vec<String> = skipped.iter().map(|(_, why)| why.clone()).collect();
+                return Err(PoolError::OnlyReserved {
+                    field: format!("{field}.pool"),
+                    value: pool.pool.clone(),
+                    why: why.join(", "),
+                });
             }
+            parsed.skipped.extend(skipped.into_iter().map(|(r, why)| Skipped {
+                field: format!("{field}.pool"),
+                text: pool.pool.clone(),
+                range: r,
+                why,
+            }));
+            let list = match family {
+                Family::V4 => &mut parsed.v4,
+                Family::V6 => &mut parsed.v6,
+            };
+            list.extend(usable.into_iter().map(|part| ParsedRange { range: part, ..range.clone() }));
         }
     }
     if parsed.v4.is_empty() && parsed.v6.is_empty() {

@@ -320,3 +320,53 @@ fn a_shared_local_address_is_elected_once_whatever_its_services_say() {
         }
     }
 }
+
+use proptest::prelude::Strategy as _;
+
+proptest::proptest! {
+    /// Whatever a Service's status says, no node takes a special-purpose address, and exactly
+    /// the hash winner reports it (defence in depth, issue 16 §6).
+    #[test]
+    fn special_purpose_addresses_in_a_status_are_never_wanted(
+        raw in proptest::prop_oneof![
+            (0u32..1 << 24).prop_map(|n| std::net::IpAddr::from(n.to_be_bytes())),
+            (0u32..1 << 24).prop_map(|n| std::net::IpAddr::from((0x7f00_0000 | n).to_be_bytes())),
+            (0u32..1 << 28).prop_map(|n| std::net::IpAddr::from((0xe000_0000 | n).to_be_bytes())),
+            (0u32..1 << 28).prop_map(|n| std::net::IpAddr::from((0xf000_0000 | n).to_be_bytes())),
+            proptest::prelude::any::<u128>().prop_map(|n| std::net::IpAddr::from(std::net::Ipv6Addr::from((0xfe80u128 << 112) | (n >> 10)))),
+            proptest::prelude::any::<u128>().prop_map(|n| std::net::IpAddr::from(std::net::Ipv6Addr::from((0xffu128 << 120) | (n >> 8)))),
+        ],
+        local in proptest::prelude::any::<bool>(),
+    ) {
+        let members = members();
+        let endpoints = EndpointIndex::new();
+        let groups = groups(None);
+        let text = raw.to_string();
+        let svc = service("s", if local { "local" } else { "remote" }, &[text.as_str()], None);
+        let mut reporters = 0;
+        for node in ["n1", "n2", "n3"] {
+            let d = decide([&svc], &Inputs { node, members: &members, endpoints: &endpoints, groups: &groups });
+            proptest::prop_assert!(d.wanted.is_empty(), "{raw} wanted on {node}");
+            proptest::prop_assert_eq!(d.refused.len(), 1);
+            if d.refused[0].reporter.as_deref() == Some(node) {
+                reporters += 1;
+            }
+        }
+        proptest::prop_assert!(reporters <= 1);
+    }
+}
+
+#[test]
+fn a_local_pools_broadcast_address_in_a_status_is_refused() {
+    let members = members();
+    let endpoints = EndpointIndex::new();
+    let spec = PoolSpec {
+        v4pool: Some(AddressPool { pool: "192.0.2.240/28".into(), subnet: "192.0.2.0/24".into(), aggregation: None }),
+        ..PoolSpec::default()
+    };
+    let groups = HashMap::from([("g".to_owned(), parse_pool_spec("spec.local", &spec).unwrap())]);
+    let svc = service("s", "local", &["192.0.2.255"], None);
+    let d = decide([&svc], &Inputs { node: "n1", members: &members, endpoints: &endpoints, groups: &groups });
+    assert!(d.wanted.is_empty());
+    assert!(d.refused[0].why.contains("broadcast address of 192.0.2.0/24"), "{:?}", d.refused);
+}
