@@ -32,7 +32,7 @@ for file in "${FILES[@]}"; do
   [ -n "$shard" ] && args+=(--shard "$shard")
   # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: the table says which.
   cargo mutants "${args[@]}" || true
-  count() { [ -f "$out/mutants.out/$1.txt" ] && grep -c . "$out/mutants.out/$1.txt" || echo 0; }
+  count() { if [ -s "$out/mutants.out/$1.txt" ]; then grep -c . "$out/mutants.out/$1.txt"; else echo 0; fi; }
   caught=$(count caught) missed=$(count missed) timeout=$(count timeout) unviable=$(count unviable)
   viable=$((caught + missed + timeout))
   score=$(python3 -c "print(f'{100*($caught+$timeout)/$viable:.1f}' if $viable else '-')")
