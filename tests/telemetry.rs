@@ -41,6 +41,19 @@ async fn metrics_health_and_readiness() {
     assert!(body.contains("# HELP purelb_build_info"), "{body}");
     assert!(body.contains("# HELP purelb_garp_sent_total"), "{body}");
     assert!(body.contains("purelb_garp_sent_total{family=\"IPv4\"} 2"), "{body}");
+    // Counters whose labels are known at start exist at 0 before their first event.
+    for zero in [
+        "purelb_garp_sent_total{family=\"IPv6\"} 0",
+        "purelb_garp_errors_total 0",
+        "purelb_orphaned_ips_removed_total 0",
+        "purelb_address_drift_repairs_total 0",
+        "purelb_address_conflicts_total 0",
+        "purelb_election_winner_changes_total 0",
+        "purelb_endpointslice_sync_total 0",
+        "purelb_endpointslice_sync_errors_total 0",
+    ] {
+        assert!(body.lines().any(|l| l == zero), "{zero} missing:\n{body}");
+    }
     for line in body.lines().filter(|l| l.starts_with("# TYPE")) {
         let name = line.split_whitespace().nth(2).unwrap();
         assert!(body.contains(&format!("# HELP {name} ")), "{name} has no HELP line");

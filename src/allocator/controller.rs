@@ -740,6 +740,11 @@ impl Worker {
     }
 
     fn pool_metrics(&self, group: &str) {
+        // Every rejection reason of a known pool exists at 0 (rate() sees the first one).
+        for reason in super::table::FailReason::ALL {
+            metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => group.to_owned(), "reason" => reason.label())
+                .increment(0);
+        }
         let stats = self.lock().table.stats(group);
         for (family, size) in &stats.size {
             metrics::gauge!(catalog::ADDRESS_POOL_SIZE, "pool" => group.to_owned(), "family" => family.name())

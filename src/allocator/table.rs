@@ -72,6 +72,21 @@ pub enum FailReason {
 }
 
 impl FailReason {
+    /// Every reason (the metric's label values).
+    pub const ALL: [Self; 11] = [
+        Self::PoolFull,
+        Self::PortConflict,
+        Self::SharingConflict,
+        Self::NamespaceDenied,
+        Self::UnknownGroup,
+        Self::InvalidGroup,
+        Self::OutsidePools,
+        Self::Reserved,
+        Self::Malformed,
+        Self::Family,
+        Self::Netbox,
+    ];
+
     /// Metric label.
     #[must_use]
     pub fn label(self) -> &'static str {

@@ -80,9 +80,39 @@ catalog! {
     HANDOVER_DURATION = "purelb_handover_duration_seconds", Histogram, [Agent], "Time from the start of a graceful handover until the successor holds the address.";
 }
 
-/// Gives every metric of `component` (and the common ones) its help text, and sets
-/// `purelb_build_info{version}` to 1.
+/// The counter series of `component` whose label values are all known at start: they are
+/// exported at 0 from the first scrape, so that `rate()` and `increase()` see their first event
+/// (`api.md` §4). Series with labels known later start at 0 when the label becomes known:
+/// `address_pool_allocation_rejected_total` per pool and reason when the pool is read, the
+/// work-queue counters when the queue is made; `netbox_requests_total` (method and HTTP code)
+/// only exists per answer seen.
+#[must_use]
+pub fn zero_series(component: Component) -> Vec<(&'static str, Option<(&'static str, &'static str)>)> {
+    match component {
+        Component::Allocator => vec![(K8S_CLIENT_UPDATES, None), (K8S_CLIENT_UPDATE_ERRORS, None)],
+        Component::Agent => vec![
+            (ORPHANED_IPS_REMOVED, None),
+            (GARP_SENT, Some(("family", "IPv4"))),
+            (GARP_SENT, Some(("family", "IPv6"))),
+            (GARP_ERRORS, None),
+            (ELECTION_WINNER_CHANGES, None),
+            (ENDPOINTSLICE_SYNC, None),
+            (ENDPOINTSLICE_SYNC_ERRORS, None),
+            (ADDRESS_DRIFT_REPAIRS, None),
+            (ADDRESS_CONFLICTS, None),
+        ],
+    }
+}
+
+/// Gives every metric of `component` (and the common ones) its help text, sets
+/// `purelb_build_info{version}` to 1 and exports the [`zero_series`] at 0.
 pub fn describe(component: Component) {
+    for (name, label) in zero_series(component) {
+        match label {
+            Some((key, value)) => metrics::counter!(name, key => value).increment(0),
+            None => metrics::counter!(name).increment(0),
+        }
+    }
     for def in ALL.iter().filter(|d| d.components.is_empty() || d.components.contains(&component)) {
         match def.kind {
             Kind::Counter => metrics::describe_counter!(def.name, def.help),
@@ -96,6 +126,19 @@ pub fn describe(component: Component) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counter_starts_at_zero_or_says_why_not() {
+        let later = [ADDRESS_POOL_REJECTED, NETBOX_REQUESTS, WORKQUEUE_ADDS, WORKQUEUE_RETRIES];
+        for component in [Component::Allocator, Component::Agent] {
+            let zero: Vec<&str> = zero_series(component).into_iter().map(|(n, _)| n).collect();
+            for def in ALL.iter().filter(|d| d.kind == Kind::Counter) {
+                if def.components.is_empty() || def.components.contains(&component) {
+                    assert!(zero.contains(&def.name) || later.contains(&def.name), "{} {component:?}", def.name);
+                }
+            }
+        }
+    }
 
     #[test]
     fn names_follow_the_contract() {
