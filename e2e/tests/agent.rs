@@ -1011,3 +1011,53 @@ async fn list_requests(lab: &Lab, resource: &str) -> u64 {
         .map(|r| r["count"].as_u64().unwrap())
         .sum()
 }
+
+/// Endpoints without `nodeName` make no node usable for `externalTrafficPolicy: Local`: they are
+/// counted (`purelb_endpointslice_endpoints_without_node`) and named in the Warning Event,
+/// instead of being ignored silently (issue 16 §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_without_a_node_name_are_counted_and_named() {
+    use purelb::k8s_openapi::api::discovery::v1::EndpointSlice;
+    let lab = start("nonode").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), "default");
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-nonode", "labels": {"kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "example.com/external"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["198.51.100.7"], "conditions": {"ready": true}},
+                      {"addresses": ["198.51.100.8"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    slices.create(&Default::default(), &slice).await.unwrap();
+    lab.apply_yaml(&service_yaml_with("web", "local", "Local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    let events: Api<Event> = Api::namespaced(lab.client(), "default");
+    let warned = wait_for(Duration::from_secs(10), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            let message = e.message.unwrap_or_default();
+            (e.reason.as_deref() == Some("AnnouncementFailed") && message.contains("no nodeName")).then_some(message)
+        })
+    })
+    .await;
+    let message = warned.expect("no AnnouncementFailed naming the endpoints without nodeName");
+    assert!(message.contains("2 of its endpoints have no nodeName") && message.contains(&ip.to_string()), "{message}");
+    let target = SocketAddr::from(([127, 0, 0, 1], lab::topology::METRICS_PORT));
+    for node in lab.node_names() {
+        let gauge = wait_for(Duration::from_secs(5), || async {
+            let reply =
+                lab::http::get(&lab.host(&node).ok()?.netns, target, "/metrics", Duration::from_secs(5)).await.ok()?;
+            let value: f64 = reply
+                .body
+                .lines()
+                .find_map(|l| l.strip_prefix("purelb_endpointslice_endpoints_without_node ")?.trim().parse().ok())?;
+            (value == 2.0).then_some(value)
+        })
+        .await;
+        assert!(gauge.is_some(), "{node}: purelb_endpointslice_endpoints_without_node is not 2");
+    }
+    assert!(lab.holders(ip).unwrap().is_empty());
+}

@@ -651,6 +651,15 @@ impl Agent {
             }
             let counts: BTreeMap<String, usize> =
                 decision.considered.iter().map(|(key, _, _)| (key.to_string(), index.slice_count(key))).collect();
+            // Endpoints without nodeName of the Services this node evaluates: they make no node
+            // usable (externalTrafficPolicy: Local), so they are counted and named.
+            let keys: BTreeSet<&ServiceKey> = decision.considered.iter().map(|(key, _, _)| key).collect();
+            let without_node: usize = keys
+                .iter()
+                .map(|key| index.external_endpoints(key, Family::V4) + index.external_endpoints(key, Family::V6))
+                .sum();
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(catalog::ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE).set(without_node as f64);
             (decision, counts)
         };
         let changes =
@@ -1032,8 +1041,20 @@ impl Agent {
                 }
             } else if let Some(reporter) = no_endpoint.get(&id) {
                 if reporter.as_deref() == Some(node.as_str()) {
+                    let without_node = self
+                        .endpoints
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .external_endpoints(key, Family::of(*ip));
+                    let why = if without_node > 0 {
+                        format!(
+                            "; {without_node} of its endpoints have no nodeName, so no node can be chosen for them: set nodeName in the EndpointSlices"
+                        )
+                    } else {
+                        String::new()
+                    };
                     Note::Failed(format!(
-                        "no node has a usable endpoint for {ip} (externalTrafficPolicy: Local), so nobody announces it"
+                        "no node has a usable endpoint for {ip} (externalTrafficPolicy: Local), so nobody announces it{why}"
                     ))
                 } else {
                     Note::NotHere

@@ -74,6 +74,7 @@ catalog! {
     ENDPOINTSLICE_SYNC = "purelb_endpointslice_sync_total", Counter, [Agent], "EndpointSlice events applied to the endpoint index.";
     ENDPOINTSLICE_SYNC_ERRORS = "purelb_endpointslice_sync_errors_total", Counter, [Agent], "EndpointSlice watch errors.";
     ENDPOINTSLICE_COUNT = "purelb_endpointslice_count", Gauge, [Agent], "EndpointSlices of a Service this node evaluates.";
+    ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE = "purelb_endpointslice_endpoints_without_node", Gauge, [Agent], "Endpoints without nodeName of the Services this node evaluates (they make no node usable for externalTrafficPolicy: Local).";
     ENDPOINTSLICE_CACHE_AGE = "purelb_endpointslice_cache_age_seconds", Gauge, [Agent], "Seconds since the newest EndpointSlice event was applied.";
     ADDRESS_DRIFT_REPAIRS = "purelb_address_drift_repairs_total", Counter, [Agent], "Held addresses removed by someone else and added back.";
     ADDRESS_CONFLICTS = "purelb_address_conflicts_total", Counter, [Agent], "ARP replies or NAs from another MAC for an address this node holds.";
