@@ -591,3 +591,43 @@ async fn special_purpose_and_broadcast_addresses_are_never_handed_out() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// `purelb.io/announcing-IPv4` names only nodes whose Lease is live: a node that died (its
+/// Lease expires, which makes no watch event) leaves the annotation within its lease duration
+/// and 1 s (issue 16 §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcing_names_only_nodes_with_a_live_lease() {
+    use purelb::{
+        core::election::{HeldAddress, format_announcing},
+        k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp},
+    };
+    let (_emulator, client) = setup().await;
+    group(&client, "default", local("192.0.2.240/29")).await;
+    let (task, stop) = start_allocator(client.clone());
+    create_svc(&client, "web", "a", json!({}), json!({"ipFamilyPolicy": "SingleStack"})).await;
+    let ip: std::net::IpAddr = addresses_of(&client, "web", "a", 1).await[0].parse().unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let announcing = format_announcing(&[HeldAddress { address: ip, interface: Some("eth0".into()) }]);
+    let renew = Timestamp::now().to_string();
+    for (node, seconds) in [("n1", 300), ("n2", 2)] {
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": format!("purelb-node-{node}"),
+                         "labels": {"app.kubernetes.io/name": "purelb", "app.kubernetes.io/component": "agent"},
+                         "annotations": {"purelb.io/announcing": announcing, "purelb.io/subnets": "192.0.2.0/24"}},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": seconds, "renewTime": renew}
+        }))
+        .unwrap();
+        leases.create(&PostParams::default(), &lease).await.unwrap();
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), "web");
+    let value =
+        || async { services.get("a").await.ok()?.metadata.annotations?.get("purelb.io/announcing-IPv4").cloned() };
+    wait_for("both nodes named", async || value().await.filter(|v| v.contains("n1") && v.contains("n2"))).await;
+    // n2's Lease expires 2 s after its renewal; nothing else happens.
+    let started = std::time::Instant::now();
+    wait_for("n2 gone from the annotation", async || value().await.filter(|v| !v.contains("n2"))).await;
+    assert!(started.elapsed() <= Duration::from_secs(3), "took {:?} (bound: lease 2 s + 1 s)", started.elapsed());
+    assert!(value().await.unwrap().contains("n1"));
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -437,13 +437,26 @@ impl Worker {
         }
     }
 
-    /// Re-reads `purelb.io/announcing` from the node Leases; returns the Services whose
-    /// announcers changed.
+    /// Re-reads `purelb.io/announcing` from the node Leases that are live; returns the Services
+    /// whose announcers changed. A Lease that expires produces no event, so this runs again
+    /// when the next live Lease would expire: a dead node leaves the annotations within its
+    /// lease duration (and the queue's delay).
     fn refresh_holders(&self) -> Vec<ServiceKey> {
         let mut holders: HashMap<IpAddr, Vec<(String, String)>> = HashMap::new();
-        for lease in self.leases.state() {
+        let leases = self.leases.state();
+        let now = jiff::Timestamp::now();
+        let live = election::Members::from_leases(leases.iter().map(AsRef::as_ref), now);
+        if let Some(expiry) = live.next_expiry()
+            && let Ok(wait) = std::time::Duration::try_from(expiry.duration_since(now))
+        {
+            self.queue.add_after(Work::Announcers, wait + std::time::Duration::from_millis(100));
+        }
+        for lease in leases {
             let name = lease.name_any();
             let Some(node) = name.strip_prefix(contract::NODE_LEASE_PREFIX) else { continue };
+            if live.get(node).is_none() {
+                continue;
+            }
             let value = lease.annotations().get(contract::LEASE_ANNOTATION_ANNOUNCING).cloned().unwrap_or_default();
             for held in election::parse_announcing(&value) {
                 holders
