@@ -210,3 +210,89 @@ fn regex_lite_match(pattern: &str, value: &str) -> bool {
         "x-kubernetes-validations": [{"rule": format!("self.v.matches({})", serde_json::to_string(pattern).unwrap())}]});
     kube_cel::validate(&schema, &json!({"v": value}), None).is_ok()
 }
+
+/// A placeholder value of a schema's type (required fields of the objects the default walk
+/// builds).
+fn placeholder(schema: &Value) -> Value {
+    if let Some(d) = schema.get("default") {
+        return d.clone();
+    }
+    match schema["type"].as_str() {
+        Some("string") => json!("x"),
+        Some("integer" | "number") => json!(1),
+        Some("boolean") => json!(false),
+        Some("array") => json!([]),
+        _ => json!({}),
+    }
+}
+
+/// Every object schema below `schema` with defaulted properties: (path of the object, the
+/// object's schema).
+fn defaulted_objects<'a>(schema: &'a Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, &'a Value)>) {
+    let Some(props) = schema["properties"].as_object() else { return };
+    if props.values().any(|p| p.get("default").is_some()) {
+        out.push((path.clone(), schema));
+    }
+    for (name, prop) in props {
+        path.push(name.clone());
+        defaulted_objects(prop, path, out);
+        path.pop();
+    }
+}
+
+/// Defaults apply per field, not per object (issue 16 §4): for every object of the CRDs that
+/// has defaulted fields, an object that is present but sets none of them (only its required
+/// fields) gets every default, through the Rust types as the agent and allocator read them.
+/// (Before, a `localInterface` that set only its lifetimes got `noPrefixRoute: false`.)
+#[test]
+fn every_defaulted_field_gets_its_default_when_its_object_sets_other_fields() {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(crd: &Value, kind: &str) -> usize {
+        let schema = schema_of(crd);
+        let mut objects = Vec::new();
+        defaulted_objects(&schema["properties"]["spec"], &mut vec!["spec".to_owned()], &mut objects);
+        for (path, object) in &objects {
+            // The document: every object on the path present with its required fields only.
+            let mut doc =
+                json!({"apiVersion": "purelb.io/v2", "kind": kind, "metadata": {"name": "d", "namespace": "n"}});
+            let mut at = &mut doc;
+            let mut node_schema = schema;
+            for key in path {
+                node_schema = &node_schema["properties"][key];
+                let mut value = json!({});
+                for required in node_schema["required"].as_array().into_iter().flatten() {
+                    let name = required.as_str().unwrap();
+                    value[name] = placeholder(&node_schema["properties"][name]);
+                }
+                at[key] = value;
+                at = &mut at[key];
+            }
+            // Exactly one of local/remote/netbox for a ServiceGroup spec.
+            if kind == "ServiceGroup" && path.len() == 1 {
+                doc["spec"]["remote"] = json!({"v4pool": {"pool": "198.51.100.0/28", "subnet": "198.51.100.0/24"}});
+            }
+            let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{path:?}: {e}\n{doc}"));
+            let back = serde_json::to_value(&typed).unwrap();
+            let mut got = &back;
+            for key in path {
+                got = &got[key];
+            }
+            for (name, prop) in object["properties"].as_object().unwrap() {
+                if let Some(default) = prop.get("default") {
+                    assert_eq!(&got[name], default, "{kind} {}.{name}: {doc}", path.join("."));
+                }
+            }
+        }
+        objects.len()
+    }
+    let n = check::<LBNodeAgent>(&serde_json::to_value(LBNodeAgent::crd()).unwrap(), "LBNodeAgent")
+        + check::<ServiceGroup>(&serde_json::to_value(ServiceGroup::crd()).unwrap(), "ServiceGroup");
+    assert!(n >= 5, "only {n} objects with defaults walked");
+    // The case that was wrong: only the lifetimes of localInterface.
+    let agent: LBNodeAgent = serde_json::from_value(json!({
+        "apiVersion": "purelb.io/v2", "kind": "LBNodeAgent", "metadata": {"name": "d"},
+        "spec": {"local": {"addressConfig": {"localInterface": {"validLifetime": 60, "preferredLifetime": 60}}}}
+    }))
+    .unwrap();
+    let local = agent.spec.local.address_config.local_interface;
+    assert!(local.no_prefix_route && local.valid_lifetime == 60);
+}

@@ -107,8 +107,8 @@ impl Config {
             return Err(ConfigError::InterfacePattern { source_name: name, message });
         }
         for (field, o) in [
-            ("localInterface", spec.address_config.local_interface),
-            ("dummyInterface", spec.address_config.dummy_interface),
+            ("localInterface", AddressOptions::from(spec.address_config.local_interface)),
+            ("dummyInterface", AddressOptions::from(spec.address_config.dummy_interface)),
         ] {
             if o.valid_lifetime != 0 && o.preferred_lifetime > o.valid_lifetime {
                 return Err(ConfigError::Lifetimes {
@@ -125,8 +125,8 @@ impl Config {
             extra_interfaces: spec.interfaces.clone(),
             dummy_interface: spec.dummy_interface.clone(),
             burst,
-            local_options: spec.address_config.local_interface,
-            dummy_options: spec.address_config.dummy_interface,
+            local_options: spec.address_config.local_interface.into(),
+            dummy_options: spec.address_config.dummy_interface.into(),
         })
     }
 }

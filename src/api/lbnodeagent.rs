@@ -91,22 +91,52 @@ pub struct GarpSpec {
     pub refresh_interval: String,
 }
 
-/// Address options per interface kind.
+/// Address options per interface kind. Each kind has its own type, so that every field keeps
+/// its own default when an object sets only some of them (a `localInterface` that sets only
+/// the lifetimes still gets `noPrefixRoute: true`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressConfig {
     /// Options for `local` addresses on a LAN interface.
-    #[serde(default = "AddressOptions::local_default")]
-    pub local_interface: AddressOptions,
+    #[serde(default)]
+    pub local_interface: LocalAddressOptions,
     /// Options for `remote` addresses on the dummy interface.
-    #[serde(default = "AddressOptions::dummy_default")]
-    pub dummy_interface: AddressOptions,
+    #[serde(default)]
+    pub dummy_interface: DummyAddressOptions,
 }
 
-/// Lifetimes (seconds, 0 = permanent) and flags of an added address.
+/// Lifetimes (seconds, 0 = permanent) and flags of an added address, as the agent uses them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressOptions {
+    /// Valid lifetime in seconds; 0 = permanent.
+    pub valid_lifetime: u32,
+    /// Preferred lifetime in seconds.
+    pub preferred_lifetime: u32,
+    /// Add the address without a prefix route (IFA_F_NOPREFIXROUTE).
+    pub no_prefix_route: bool,
+}
+
+/// Options of `local` addresses on a LAN interface: 300 s lifetimes, no prefix route.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct AddressOptions {
+pub struct LocalAddressOptions {
+    /// Valid lifetime in seconds; 0 = permanent. A finite lifetime is renewed before expiry.
+    #[serde(default = "default_lifetime")]
+    #[schemars(range(max = 4_294_967_294_u32))]
+    pub valid_lifetime: u32,
+    /// Preferred lifetime in seconds; 0 = deprecated at once for IPv6 (never used as a source).
+    #[serde(default = "default_lifetime")]
+    #[schemars(range(max = 4_294_967_294_u32))]
+    pub preferred_lifetime: u32,
+    /// Add the address without a prefix route (IFA_F_NOPREFIXROUTE).
+    #[serde(default = "default_true")]
+    pub no_prefix_route: bool,
+}
+
+/// Options of `remote` addresses on the dummy interface: permanent, with a prefix route.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DummyAddressOptions {
     /// Valid lifetime in seconds; 0 = permanent. A finite lifetime is renewed before expiry.
     #[serde(default)]
     #[schemars(range(max = 4_294_967_294_u32))]
@@ -120,23 +150,53 @@ pub struct AddressOptions {
     pub no_prefix_route: bool,
 }
 
+impl Default for LocalAddressOptions {
+    fn default() -> Self {
+        Self { valid_lifetime: default_lifetime(), preferred_lifetime: default_lifetime(), no_prefix_route: true }
+    }
+}
+
+impl From<LocalAddressOptions> for AddressOptions {
+    fn from(o: LocalAddressOptions) -> Self {
+        Self {
+            valid_lifetime: o.valid_lifetime,
+            preferred_lifetime: o.preferred_lifetime,
+            no_prefix_route: o.no_prefix_route,
+        }
+    }
+}
+
+impl From<DummyAddressOptions> for AddressOptions {
+    fn from(o: DummyAddressOptions) -> Self {
+        Self {
+            valid_lifetime: o.valid_lifetime,
+            preferred_lifetime: o.preferred_lifetime,
+            no_prefix_route: o.no_prefix_route,
+        }
+    }
+}
+
 impl AddressOptions {
     /// Defaults for LAN interfaces: 300 s lifetimes, no prefix route.
     #[must_use]
     pub fn local_default() -> Self {
-        Self { valid_lifetime: 300, preferred_lifetime: 300, no_prefix_route: true }
+        LocalAddressOptions::default().into()
     }
 
     /// Defaults for the dummy interface: permanent, with a prefix route.
     #[must_use]
     pub fn dummy_default() -> Self {
-        Self { valid_lifetime: 0, preferred_lifetime: 0, no_prefix_route: false }
+        DummyAddressOptions::default().into()
     }
+}
+
+fn default_lifetime() -> u32 {
+    300
 }
 
 impl Default for AddressConfig {
     fn default() -> Self {
-        Self { local_interface: AddressOptions::local_default(), dummy_interface: AddressOptions::dummy_default() }
+        Self { local_interface: LocalAddressOptions::default(), dummy_interface: DummyAddressOptions::default() }
     }
 }
 

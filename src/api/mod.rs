@@ -8,7 +8,10 @@ pub mod servicegroup;
 
 use kube::CustomResourceExt;
 
-pub use lbnodeagent::{AddressConfig, AddressOptions, GarpSpec, LBNodeAgent, LBNodeAgentSpec, LocalAgentSpec};
+pub use lbnodeagent::{
+    AddressConfig, AddressOptions, DummyAddressOptions, GarpSpec, LBNodeAgent, LBNodeAgentSpec, LocalAddressOptions,
+    LocalAgentSpec,
+};
 pub use servicegroup::{
     AddressPool, NetboxSpec, PoolSpec, PoolType, SecretKeyRef, ServiceGroup, ServiceGroupSpec, ServiceGroupStatus,
 };
