@@ -94,7 +94,7 @@ pub struct GarpSpec {
 /// Address options per interface kind. Each kind has its own type, so that every field keeps
 /// its own default when an object sets only some of them (a `localInterface` that sets only
 /// the lifetimes still gets `noPrefixRoute: true`).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressConfig {
     /// Options for `local` addresses on a LAN interface.
@@ -194,11 +194,6 @@ fn default_lifetime() -> u32 {
     300
 }
 
-impl Default for AddressConfig {
-    fn default() -> Self {
-        Self { local_interface: LocalAddressOptions::default(), dummy_interface: DummyAddressOptions::default() }
-    }
-}
 
 impl Default for GarpSpec {
     fn default() -> Self {
