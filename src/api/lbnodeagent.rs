@@ -194,7 +194,6 @@ fn default_lifetime() -> u32 {
     300
 }
 
-
 impl Default for GarpSpec {
     fn default() -> Self {
         Self {
