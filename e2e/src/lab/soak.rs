@@ -36,7 +36,6 @@ use std::{
 };
 
 use purelb::{
-    agent::decide::Kind,
     api::contract,
     k8s_openapi::api::{coordination::v1::Lease, core::v1::Service},
     kube::{
@@ -49,7 +48,7 @@ use serde_json::json;
 
 use super::{
     API_CHANGE_LOG, API_DATA_DIR, Backend, Lab, LabError, LabOptions, ProcessStatus, ServiceBackends, agent_name,
-    invariants::{Bounds, Checker, Invariant, Note, Violation, WindowCause},
+    invariants::{Bounds, Checker, Invariant, Kind, Note, Violation, WindowCause},
     netns,
     observer::{ChangeLog, KernelSampler, Observation, Sampler},
     topology::{DUMMY_LINK, INSTALL_NAMESPACE},
