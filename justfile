@@ -51,6 +51,12 @@ demo:
 soak DURATION="1800" *SEED:
     bash scripts/soak.sh {{DURATION}} {{SEED}}
 
+# Does the soak catch a wrong product? Builds the agent with each deliberately wrong rule
+# (`--cfg purelb_bug=...`) and expects the soak to fail on each, and to pass on the real build
+# (root; `just injected-bugs [RULE...]`; weekly workflow, not CI). See TESTING.md.
+injected-bugs *RULES:
+    bash scripts/injected-bugs.sh {{RULES}}
+
 # Everything CI does.
 ci:
     bash .ci/run

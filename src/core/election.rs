@@ -63,7 +63,19 @@ pub fn election_key(node: &str, address: IpAddr) -> [u8; 32] {
 /// repeated name can cause, go to the lower name). `None` when there are no candidates.
 #[must_use]
 pub fn elect<'a>(candidates: impl IntoIterator<Item = &'a str>, address: IpAddr) -> Option<&'a str> {
-    candidates.into_iter().map(|node| (election_key(node, address), node)).min().map(|(_, node)| node)
+    lowest(candidates.into_iter().map(|node| (election_key(node, address), node))).map(|(_, node)| node)
+}
+
+#[cfg(not(purelb_bug = "highest_hash"))]
+fn lowest<T: Ord>(keys: impl Iterator<Item = T>) -> Option<T> {
+    keys.min()
+}
+
+/// A deliberately wrong election for `scripts/injected-bugs.sh` (issue 15): the highest key wins.
+/// Only built with `--cfg purelb_bug="highest_hash"`; the soak's oracle must catch it.
+#[cfg(purelb_bug = "highest_hash")]
+fn lowest<T: Ord>(keys: impl Iterator<Item = T>) -> Option<T> {
+    keys.max()
 }
 
 /// Parses a `purelb.io/subnets` value: comma-separated CIDRs, whitespace tolerated, host bits

@@ -431,6 +431,11 @@ struct Listing {
     readiness: Readiness,
 }
 
+/// A deliberately wrong rule for `scripts/injected-bugs.sh` (issue 15): endpoints that serve
+/// while terminating do not keep a node usable. Only with `--cfg purelb_bug="ignore_terminating"`;
+/// the soak's oracle must catch it.
+const IGNORE_TERMINATING: bool = cfg!(purelb_bug = "ignore_terminating");
+
 /// How far a listing says an endpoint can take traffic, worst first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Readiness {
@@ -447,7 +452,7 @@ impl Readiness {
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
         if ready {
             Self::Ready
-        } else if serving && terminating {
+        } else if serving && terminating && !IGNORE_TERMINATING {
             Self::ServingTerminating
         } else {
             Self::NotServing

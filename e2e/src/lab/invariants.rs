@@ -15,9 +15,10 @@
 //! 4. a Service's address never changes unless the Service asked for another one;
 //! 5. an address is never given to two Services unless they share a key (and no port collides).
 //!
-//! Who should hold what ([`expectation`]) is computed with the agent's own decision code
-//! ([`purelb::agent::decide::decide`] over [`Members`] built from the node Leases, i.e. the
-//! election of `purelb::core::election`), run for every node. A node whose agent is down
+//! Who should hold what ([`expectation`]) is computed by the oracle ([`super::oracle`]), an
+//! independent implementation of the documented rules (`api.md` §3, Kubernetes' endpoint
+//! conditions), not by the agent's own decision code, so that a wrong rule in the product is a
+//! violation here rather than agreed with. A node whose agent is down
 //! (killed, stopped) is not held to (2) and (3), nor is one cut off from the API (its view is
 //! stale by design); both are held to (1), except that a dead agent cannot remove anything, so
 //! a second holder that is a dead agent's node is counted apart ([`CheckerReport::exempt`],
@@ -29,26 +30,16 @@
 //! (the windows in which a failed client request is expected) and [`Checker::report`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use purelb::{
-    agent::decide::{self, Inputs, Kind},
-    api::{ServiceGroup, contract},
-    core::{
-        election::Members,
-        endpoints::EndpointIndex,
-        ipam::{Family, ParsedPools, parse_pool_spec},
-    },
-    k8s_openapi::{
-        api::{coordination::v1::Lease, core::v1::Service, discovery::v1::EndpointSlice},
-        jiff::Timestamp,
-    },
-    kube::ResourceExt,
-};
+use purelb::{api::contract, core::ipam::Family, k8s_openapi::api::core::v1::Service, kube::ResourceExt};
 use serde::Serialize;
+
+pub use super::oracle::{Expectation, Expected, Kind, World, expectation};
+use super::oracle::{ingress_addresses, pool_kind};
 
 /// One of the five invariants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -99,18 +90,6 @@ impl Invariant {
         }
     }
 }
-
-/// Who should hold one address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Expected {
-    /// Local (one elected node, LAN interface) or remote (every eligible node, dummy interface).
-    pub kind: Kind,
-    /// The nodes that should hold it (empty: nobody, e.g. no usable endpoint or no live member).
-    pub nodes: BTreeSet<String>,
-}
-
-/// Who should hold every address PureLB handles, by address.
-pub type Expectation = BTreeMap<IpAddr, Expected>;
 
 /// An address on a node, as the kernel lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,72 +167,12 @@ pub fn service_view(svc: &Service) -> ServiceView {
         key: format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()),
         uid: svc.uid().unwrap_or_default(),
         handled,
-        addresses: decide::ingress_addresses(svc),
-        kind: decide::pool_kind(svc),
+        addresses: ingress_addresses(svc),
+        kind: pool_kind(svc),
         request,
         sharing_key: annotation(contract::ANNOTATION_ALLOW_SHARED_IP),
         ports,
     }
-}
-
-/// The cluster objects the expectation is computed from.
-#[derive(Clone, Copy, Debug)]
-pub struct World<'a> {
-    /// Every Service.
-    pub services: &'a [Service],
-    /// Every Lease of the install namespace.
-    pub leases: &'a [Lease],
-    /// Every EndpointSlice.
-    pub slices: &'a [EndpointSlice],
-    /// Every ServiceGroup of the install namespace.
-    pub groups: &'a [ServiceGroup],
-    /// The lab's nodes.
-    pub nodes: &'a [String],
-    /// Wall-clock time (for Lease expiry).
-    pub now: Timestamp,
-}
-
-/// The valid `local` and `remote` groups by name, as the agent reads them.
-fn parsed_groups(groups: &[ServiceGroup]) -> HashMap<String, ParsedPools> {
-    let mut parsed = HashMap::new();
-    for g in groups {
-        let pools = match (&g.spec.local, &g.spec.remote) {
-            (Some(spec), None) => parse_pool_spec("spec.local", spec),
-            (None, Some(spec)) => parse_pool_spec("spec.remote", spec),
-            _ => continue,
-        };
-        if let Ok(pools) = pools {
-            parsed.insert(g.name_any(), pools);
-        }
-    }
-    parsed
-}
-
-/// Who should hold what, by running the agent's decision for every node over `world`.
-#[must_use]
-pub fn expectation(world: &World<'_>) -> Expectation {
-    let members = Members::from_leases(world.leases, world.now);
-    let mut endpoints = EndpointIndex::new();
-    endpoints.replace_all(world.slices, Instant::now());
-    let groups = parsed_groups(world.groups);
-    let mut expected = Expectation::new();
-    for node in world.nodes {
-        let inputs = Inputs { node, members: &members, endpoints: &endpoints, groups: &groups };
-        let decision = decide::decide(world.services, &inputs);
-        for (_, ip, kind) in &decision.considered {
-            let entry = expected.entry(*ip).or_insert_with(|| Expected { kind: *kind, nodes: BTreeSet::new() });
-            // An address a local and a remote Service share is announced as local.
-            if *kind == Kind::Local {
-                entry.kind = Kind::Local;
-            }
-        }
-        for wanted in decision.wanted.values() {
-            let entry =
-                expected.entry(wanted.ip).or_insert_with(|| Expected { kind: wanted.kind, nodes: BTreeSet::new() });
-            entry.nodes.insert(node.clone());
-        }
-    }
-    expected
 }
 
 /// The time bounds the checker enforces.

@@ -21,6 +21,7 @@ pub mod http;
 pub mod invariants;
 pub mod netns;
 pub mod observer;
+pub mod oracle;
 pub mod processes;
 pub mod soak;
 pub mod topology;

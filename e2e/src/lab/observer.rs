@@ -332,12 +332,11 @@ impl Sampler {
                     }
                 }
                 let services = log.services();
-                let (leases, slices, groups) = (log.leases(), log.slices(), log.groups());
+                let (leases, slices) = (log.leases(), log.slices());
                 let world = World {
                     services: &services,
                     leases: &leases,
                     slices: &slices,
-                    groups: &groups,
                     nodes: &nodes,
                     now: Timestamp::now(),
                 };

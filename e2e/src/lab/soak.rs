@@ -36,7 +36,6 @@ use std::{
 };
 
 use purelb::{
-    agent::decide::Kind,
     api::contract,
     k8s_openapi::api::{coordination::v1::Lease, core::v1::Service},
     kube::{
@@ -49,7 +48,7 @@ use serde_json::json;
 
 use super::{
     API_CHANGE_LOG, API_DATA_DIR, Backend, Lab, LabError, LabOptions, ProcessStatus, ServiceBackends, agent_name,
-    invariants::{Bounds, Checker, Invariant, Note, Violation, WindowCause},
+    invariants::{Bounds, Checker, Invariant, Kind, Note, Violation, WindowCause},
     netns,
     observer::{ChangeLog, KernelSampler, Observation, Sampler},
     topology::{DUMMY_LINK, INSTALL_NAMESPACE},
@@ -593,8 +592,58 @@ struct Plan {
     dual: bool,
     sharing: Option<String>,
     port: u16,
-    ready: BTreeMap<String, bool>,
+    endpoints: BTreeMap<String, EndpointState>,
     tagged: bool,
+}
+
+/// The endpoint a churned Service has on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndpointState {
+    /// Ready (and serving).
+    Ready,
+    /// Shutting down but still serving (`ready: false, serving: true, terminating: true`): a
+    /// rollout's old pod. It keeps the node usable for `externalTrafficPolicy: Local` while
+    /// no endpoint on the node is ready (kube-proxy's rule, `docs/agent.md`).
+    Terminating,
+    /// Neither ready nor serving (a failing readiness probe, or the pod gone).
+    NotReady,
+}
+
+impl EndpointState {
+    /// A new Service's endpoint: ready 75 %, terminating 15 %, not ready 10 % (one draw).
+    fn draw(rng: &mut Rng) -> Self {
+        match rng.unit() {
+            u if u < 0.75 => Self::Ready,
+            u if u < 0.9 => Self::Terminating,
+            _ => Self::NotReady,
+        }
+    }
+
+    /// The next state of a flip: a ready endpoint fails (not ready) or starts terminating, half
+    /// the time each; a terminating one goes away; a missing one comes back ready.
+    fn flipped(self, rng: &mut Rng) -> Self {
+        match self {
+            Self::Ready if rng.chance(0.5) => Self::Terminating,
+            Self::Ready | Self::Terminating => Self::NotReady,
+            Self::NotReady => Self::Ready,
+        }
+    }
+
+    fn backend(self, node: &str) -> Backend {
+        match self {
+            Self::Ready => Backend::ready(node),
+            Self::Terminating => Backend::terminating(node),
+            Self::NotReady => Backend::not_ready(node),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Terminating => "terminating",
+            Self::NotReady => "not ready",
+        }
+    }
 }
 
 impl Plan {
@@ -627,23 +676,32 @@ impl Plan {
 
     fn backends(&self) -> ServiceBackends {
         let mut b = ServiceBackends::new(NAMESPACE, &self.name).port(PROBE_PORT).port_name("http");
-        for (node, ready) in &self.ready {
-            b = b.backend(if *ready { Backend::ready(node) } else { Backend::not_ready(node) });
+        for (node, state) in &self.endpoints {
+            b = b.backend(state.backend(node));
         }
         b
     }
 
     fn describe(&self) -> String {
         format!(
-            "{} {}{}{}{} port {} ready on [{}]",
+            "{} {}{}{}{} port {} ready on [{}]{}",
             self.name,
             if self.remote { "remote" } else { "local" },
             if self.dual { " dual-stack" } else { " IPv4" },
             if self.etp_local { " eTP=Local" } else { " eTP=Cluster" },
             self.sharing.as_ref().map(|k| format!(" key {k}")).unwrap_or_default(),
             self.port,
-            self.ready.iter().filter(|(_, r)| **r).map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
+            self.on(EndpointState::Ready),
+            match self.on(EndpointState::Terminating) {
+                t if t.is_empty() => String::new(),
+                t => format!(" terminating on [{t}]"),
+            }
         )
+    }
+
+    /// The nodes whose endpoint is in `state`, comma-separated.
+    fn on(&self, state: EndpointState) -> String {
+        self.endpoints.iter().filter(|(_, s)| **s == state).map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// The plan of a Service the churn does not know (its create answer was lost).
@@ -659,7 +717,7 @@ impl Plan {
             dual: spec.ip_family_policy.as_deref() == Some("RequireDualStack"),
             sharing: annotations.get(contract::ANNOTATION_ALLOW_SHARED_IP).cloned(),
             port: u16::try_from(port).ok()?,
-            ready: nodes.iter().map(|n| (n.clone(), true)).collect(),
+            endpoints: nodes.iter().map(|n| (n.clone(), EndpointState::Ready)).collect(),
             tagged: svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(TAG_LABEL)),
         })
     }
@@ -850,7 +908,7 @@ impl Soak {
                     dual,
                     sharing,
                     port: self.port(),
-                    ready: self.nodes.iter().map(|n| (n.clone(), rng.chance(0.75))).collect(),
+                    endpoints: self.nodes.iter().map(|n| (n.clone(), EndpointState::draw(rng))).collect(),
                     tagged: false,
                 };
                 self.lab.set_endpoints(&plan.backends()).await.map_err(|e| e.to_string())?;
@@ -890,11 +948,11 @@ impl Soak {
                 let Some(plan) = rng.pick(&names).and_then(|n| plans.get_mut(n)) else { return Ok(()) };
                 let Some(node) = rng.pick(&self.nodes).cloned() else { return Ok(()) };
                 let mut next = plan.clone();
-                let ready = next.ready.entry(node.clone()).or_insert(true);
-                *ready = !*ready;
-                let now = *ready;
+                let state = next.endpoints.entry(node.clone()).or_insert(EndpointState::Ready);
+                *state = state.flipped(rng);
+                let now = *state;
                 self.lab.set_endpoints(&next.backends()).await.map_err(|e| e.to_string())?;
-                self.record(action.name(), format!("{} {node} {}", next.name, if now { "ready" } else { "not ready" }));
+                self.record(action.name(), format!("{} {node} {}", next.name, now.as_str()));
                 *plan = next;
             }
         }
@@ -1600,7 +1658,11 @@ mod tests {
             dual: true,
             sharing: Some("k1".to_owned()),
             port: 8001,
-            ready: BTreeMap::from([("n1".to_owned(), true), ("n2".to_owned(), false)]),
+            endpoints: BTreeMap::from([
+                ("n1".to_owned(), EndpointState::Ready),
+                ("n2".to_owned(), EndpointState::NotReady),
+                ("n3".to_owned(), EndpointState::Terminating),
+            ]),
             tagged: false,
         };
         let object = plan.object();
@@ -1610,8 +1672,11 @@ mod tests {
         assert_eq!(object["spec"]["ipFamilyPolicy"], "RequireDualStack");
         assert_eq!(object["spec"]["ports"][0]["port"], 8001);
         let backends = plan.backends();
-        assert_eq!(backends.backends.len(), 2);
-        assert!(backends.backends[0].ready && !backends.backends[1].ready);
+        assert_eq!(backends.backends.len(), 3);
+        assert!(backends.backends[0].ready && !backends.backends[1].ready && !backends.backends[1].serving);
+        let terminating = &backends.backends[2];
+        assert!(!terminating.ready && terminating.serving && terminating.terminating);
+        assert!(plan.describe().ends_with("ready on [n1] terminating on [n3]"), "{}", plan.describe());
         let svc: Service = serde_json::from_value(object).unwrap();
         let back = Plan::from_service(&svc, &["n1".to_owned()]).unwrap();
         assert_eq!((back.remote, back.etp_local, back.dual, back.port), (false, true, true, 8001));

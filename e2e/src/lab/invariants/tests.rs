@@ -416,17 +416,6 @@ fn convergence_is_timed_from_the_change_to_the_kernel_matching() {
     assert!(report.violations.is_empty());
 }
 
-fn lease(node: &str, renew: &str) -> Lease {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": format!("purelb-node-{node}"), "namespace": "purelb-system",
-            "annotations": {"purelb.io/subnets": "192.0.2.0/24,2001:db8::/64"}},
-        "spec": {"holderIdentity": node, "leaseDurationSeconds": 2, "renewTime": renew},
-    }))
-    .unwrap()
-}
-
 fn service(name: &str, ip: &str, pool: &str, policy: &str) -> Service {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -437,37 +426,6 @@ fn service(name: &str, ip: &str, pool: &str, policy: &str) -> Service {
         "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
     }))
     .unwrap()
-}
-
-#[test]
-fn the_expectation_is_the_agents_own_decision_for_every_node() {
-    let renew = "2030-01-01T00:00:00.000000Z";
-    let now: Timestamp = "2030-01-01T00:00:01Z".parse().unwrap();
-    let leases = [lease("n1", renew), lease("n2", renew), lease("n3", renew)];
-    let services = [
-        service("web", A, "local", "Cluster"),
-        service("routed", "198.51.100.16", "remote", "Cluster"),
-        service("only", "192.0.2.241", "local", "Local"),
-    ];
-    let slices: [EndpointSlice; 1] = [serde_json::from_value(serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "only-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "only"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["192.0.2.13"], "nodeName": "n3", "conditions": {"ready": true, "serving": true}}],
-    }))
-    .unwrap()];
-    let names = nodes();
-    let world = World { services: &services, leases: &leases, slices: &slices, groups: &[], nodes: &names, now };
-    let e = expectation(&world);
-    let winner = purelb::core::election::elect(names.iter().map(String::as_str), ip(A)).unwrap();
-    assert_eq!(e[&ip(A)], Expected { kind: Kind::Local, nodes: BTreeSet::from([winner.to_owned()]) });
-    assert_eq!(e[&ip("198.51.100.16")].nodes.len(), 3);
-    assert_eq!(e[&ip("198.51.100.16")].kind, Kind::Remote);
-    assert_eq!(e[&ip("192.0.2.241")].nodes, BTreeSet::from(["n3".to_owned()]));
-    // Expired Leases: nobody is elected, the address is still expected to exist.
-    let late: Timestamp = "2030-01-01T00:00:05Z".parse().unwrap();
-    let e = expectation(&World { now: late, ..world });
-    assert!(e[&ip(A)].nodes.is_empty());
 }
 
 #[test]
