@@ -14,7 +14,7 @@
 //! - an address several Services use is held while any of them needs it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -245,6 +245,13 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
     // Every Service of a local address, so that the address is elected once, whatever the
     // Services sharing it say (one holder, never one per Service).
     let mut sharers: HashMap<IpAddr, Vec<(ServiceKey, bool)>> = HashMap::new();
+    let local_ips: HashSet<IpAddr> = services
+        .iter()
+        .filter(|svc| pool_kind(svc) == Some(Kind::Local))
+        .flat_map(|svc| ingress_addresses(svc))
+        .collect();
+    // The local Services of an address elect its one holder; a remote Service sharing it
+    // changes nothing (local wins, docs/agent.md).
     for svc in &services {
         if pool_kind(svc) == Some(Kind::Local) {
             let key = ServiceKey::of_service(svc);
@@ -277,6 +284,8 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
             }
             let family = Family::of(ip);
             let usable = |node: &str| inputs.endpoints.has_usable_endpoint(&key, family, node);
+            // An address a local Service uses is local for every Service on it (one holder).
+            let kind = if local_ips.contains(&ip) { Kind::Local } else { kind };
             let mine = match kind {
                 Kind::Local => {
                     let choice = choices

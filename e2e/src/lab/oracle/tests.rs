@@ -570,19 +570,6 @@ proptest! {
         let product = product_expectation(&w);
         prop_assert_eq!(oracle.keys().collect::<Vec<_>>(), product.keys().collect::<Vec<_>>());
         for (ip, expected) in &oracle {
-            // A local and a remote Service on one address: the product puts it on the winner's
-            // LAN interface and on every other node's dummy interface, against docs/agent.md
-            // ("local wins", one holder); the allocator never shares across groups, so only
-            // hand-made Services get there. Left out until the product follows its documents.
-            let kinds: BTreeSet<Kind> = world
-                .services
-                .iter()
-                .filter(|s| ingress_addresses(s).contains(ip))
-                .filter_map(pool_kind)
-                .collect();
-            if kinds.len() > 1 {
-                continue;
-            }
             prop_assert_eq!(Some(expected), product.get(ip), "address {}", ip);
         }
     }
