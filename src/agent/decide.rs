@@ -324,11 +324,6 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
                 nodad,
                 aggregation,
             });
-            // Shared address used by a local and a remote Service: local wins (one holder).
-            if kind == Kind::Local && entry.kind == Kind::Remote {
-                entry.kind = Kind::Local;
-                entry.nodad = nodad;
-            }
             entry.services.push(key.clone());
             entry.services.sort();
             entry.services.dedup();

@@ -370,3 +370,23 @@ fn a_local_pools_broadcast_address_in_a_status_is_refused() {
     assert!(d.wanted.is_empty());
     assert!(d.refused[0].why.contains("broadcast address of 192.0.2.0/24"), "{:?}", d.refused);
 }
+
+#[test]
+fn a_local_and_a_remote_service_on_one_address_have_one_local_holder() {
+    let members = members();
+    let endpoints = EndpointIndex::new();
+    let groups = groups(None);
+    let ip: std::net::IpAddr = "192.0.2.241".parse().unwrap();
+    let local = service("l", "local", &["192.0.2.241"], None);
+    let remote = service("r", "remote", &["192.0.2.241"], None);
+    for order in [[&local, &remote], [&remote, &local]] {
+        let holders: Vec<(&str, Kind)> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter_map(|node| {
+                let inputs = Inputs { node, members: &members, endpoints: &endpoints, groups: &groups };
+                decide(order, &inputs).wanted.get(&ip).map(|w| (node, w.kind))
+            })
+            .collect();
+        assert_eq!(holders, vec![(members.winner(ip).unwrap(), Kind::Local)]);
+    }
+}
