@@ -80,8 +80,79 @@ impl Backoff for WatchBackoff {
     }
 }
 
+/// One line that says what is wrong with a watch of `resource` (`plural.group`, e.g.
+/// `servicegroups.purelb.io`) and how to fix it, for the failures an operator can fix: the
+/// PureLB CRDs not installed (404), credentials refused (401), RBAC missing (403), the API
+/// server unreachable. Anything else is the error itself.
+#[must_use]
+pub fn explain(resource: &str, error: &watcher::Error) -> String {
+    let api_error = match error {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            match e {
+                kube::Error::Api(status) => Some((status.code, status.message.clone())),
+                other => return format!("cannot reach the API server ({other}); retrying with backoff"),
+            }
+        }
+        watcher::Error::WatchError(status) => Some((status.code, status.message.clone())),
+        _ => None,
+    };
+    match api_error {
+        Some((404, _)) if resource.ends_with(".purelb.io") => format!(
+            "the CustomResourceDefinition {resource} is not installed: kubectl apply --server-side -f manifests/crds.yaml (or install the chart); retrying with backoff"
+        ),
+        Some((401, _)) => format!(
+            "the API server refused the credentials (401 Unauthorized) while watching {resource}: check the service account token or the kubeconfig; retrying with backoff"
+        ),
+        Some((403, message)) => format!(
+            "forbidden to watch {resource} ({message}): apply PureLB's RBAC (manifests/rbac.yaml or the chart); retrying with backoff"
+        ),
+        _ => format!("watch of {resource} failed: {error}; retrying with backoff"),
+    }
+}
+
+/// Logs a watch's errors once per distinct explanation (not on every retry), and its recovery.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    last: Option<String>,
+}
+
+impl ErrorLog {
+    /// A watch error of `resource`: logged when its explanation differs from the last one.
+    pub fn error(&mut self, name: &str, resource: &str, error: &watcher::Error) {
+        let line = explain(resource, error);
+        if self.last.as_deref() == Some(line.as_str()) {
+            tracing::debug!(watch = name, %error, "watch error; retrying");
+        } else {
+            tracing::warn!(watch = name, "{line}");
+            self.last = Some(line);
+        }
+    }
+
+    /// A successful event: logs the recovery after errors. `Init` (the start of a relist,
+    /// which may still fail) is not a recovery.
+    pub fn ok<K>(&mut self, name: &str, event: &watcher::Event<K>) {
+        if matches!(event, watcher::Event::Init) {
+            return;
+        }
+        if self.last.take().is_some() {
+            tracing::info!(watch = name, "watch works again");
+        }
+    }
+}
+
+/// `plural.group` of `K` (`services` for the core group).
+fn resource_name<K: kube::Resource>() -> String
+where
+    K::DynamicType: Default,
+{
+    let dt = K::DynamicType::default();
+    let (plural, group) = (K::plural(&dt), K::group(&dt));
+    if group.is_empty() { plural.into_owned() } else { format!("{plural}.{group}") }
+}
+
 /// Starts a reflector on `api` in the background and returns its cache; every watch event is
-/// passed to `on_event` after the cache has applied it. Errors are logged and retried.
+/// passed to `on_event` after the cache has applied it. Errors are logged (once per distinct
+/// explanation, [`explain`]) and retried.
 pub fn spawn_reflector<K, F>(api: Api<K>, config: watcher::Config, name: &'static str, mut on_event: F) -> Store<K>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -90,12 +161,17 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watch_restartable(api, config));
+    let resource = resource_name::<K>();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut log = ErrorLog::default();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(event) => on_event(&event),
-                Err(error) => tracing::warn!(watch = name, %error, "watch error; retrying"),
+                Ok(event) => {
+                    log.ok(name, &event);
+                    on_event(&event);
+                }
+                Err(error) => log.error(name, &resource, &error),
             }
         }
         tracing::error!(watch = name, "watch stream ended");
@@ -128,6 +204,9 @@ pub fn with_backoff<K: Send + 'static>(
         }
         let item = stream.next().await?;
         let delay = match &item {
+            // The start of a relist is no success yet: a list that keeps failing (a missing
+            // CRD, RBAC) must back off, not retry every 250 ms.
+            Ok(watcher::Event::Init) => None,
             Ok(_) => {
                 backoff.reset();
                 None
@@ -212,6 +291,23 @@ mod tests {
         watcher::Error::WatchError(Box::new(status))
     }
 
+    #[test]
+    fn watch_errors_say_what_to_fix() {
+        let api = |code: u16| {
+            let mut status =
+                kube::core::Status::failure("the server could not find the requested resource", "NotFound");
+            status.code = code;
+            watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+        };
+        let missing = explain("servicegroups.purelb.io", &api(404));
+        assert!(missing.contains("CustomResourceDefinition servicegroups.purelb.io is not installed"), "{missing}");
+        assert!(missing.contains("kubectl apply --server-side -f manifests/crds.yaml"), "{missing}");
+        assert!(explain("services", &api(401)).contains("refused the credentials"));
+        assert!(explain("services", &api(403)).contains("apply PureLB's RBAC"));
+        assert!(!explain("services", &api(404)).contains("CustomResourceDefinition"));
+        assert!(explain("services", &watch_error(500)).contains("watch of services failed"));
+    }
+
     /// The time each item of `items` (through [`with_backoff`]) arrived after the one before.
     async fn gaps(items: Vec<watcher::Result<watcher::Event<()>>>) -> Vec<Duration> {
         let mut stream = with_backoff(futures::stream::iter(items).boxed());
@@ -230,7 +326,7 @@ mod tests {
             Err(watch_error(410)),
             Ok(watcher::Event::Init),
             Err(watch_error(500)),
-            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitDone),
             Err(watch_error(410)),
             Err(watch_error(500)),
             Err(watch_error(500)),
@@ -246,5 +342,25 @@ mod tests {
         assert!((250..=313).contains(&ms(&gaps[3])), "{gaps:?}");
         assert!((250..=313).contains(&ms(&gaps[6])), "{gaps:?}");
         assert!((500..=625).contains(&ms(&gaps[7])), "{gaps:?}");
+    }
+
+    /// The start of a relist that then fails (a missing CRD) is no success: the backoff keeps
+    /// growing instead of retrying every 250 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_that_keeps_failing_backs_off() {
+        let gaps = gaps(vec![
+            Err(watch_error(404)),
+            Ok(watcher::Event::Init),
+            Err(watch_error(404)),
+            Ok(watcher::Event::Init),
+            Err(watch_error(404)),
+            Ok(watcher::Event::Init),
+        ])
+        .await;
+        let ms: Vec<u128> = gaps.iter().map(Duration::as_millis).collect();
+        assert!(
+            (250..=313).contains(&ms[1]) && (500..=625).contains(&ms[3]) && (1000..=1250).contains(&ms[5]),
+            "{ms:?}"
+        );
     }
 }

@@ -495,3 +495,43 @@ fn the_emulated_version_decides_fields_and_validation() {
     let ingress = api33.ok(&["get", "svc", "web", "-o", "jsonpath={.status.loadBalancer.ingress}"]);
     assert_eq!(ingress, r#"[{"ip":"192.0.2.5","ipMode":"VIP"}]"#);
 }
+
+/// `purelb allocator` against a cluster without the PureLB CRDs: one clear line that says what
+/// to install (not a raw 404 dump on every retry), `/readyz` false (issue 16 §5).
+#[test]
+fn without_the_crds_the_allocator_says_what_to_install_and_is_not_ready() {
+    let api = ApiServer::start_with("nocrds", &[]);
+    api.ok(&["create", "namespace", "purelb-system"]);
+    let purelb = std::env::var_os("PURELB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/purelb"));
+    assert!(purelb.exists(), "{} is missing: cargo build -p purelb --bin purelb", purelb.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(&purelb)
+        .args(["allocator", "--leader-elect=false", "--kubeconfig"])
+        .arg(api.kubeconfig())
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let ready = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/readyz")])
+        .output()
+        .expect("curl runs (apt-get install curl)");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "503", "not ready without the CRDs:\n{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("is not installed")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("servicegroups.purelb.io")
+            && l.contains("kubectl apply --server-side -f manifests/crds.yaml")),
+        "{log}"
+    );
+    // Once per watch, not once per retry (several retries happen in 4 s).
+    assert!(lines.len() <= 2, "{} lines:\n{log}", lines.len());
+    assert!(!log.contains("ApiError"), "{log}");
+}

@@ -269,9 +269,11 @@ fn watch_endpoints(agent: &Arc<Agent>) {
     let agent = agent.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut log = crate::watch::ErrorLog::default();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    log.ok("endpointslices", &event);
                     metrics::counter!(catalog::ENDPOINTSLICE_SYNC).increment(1);
                     let (changed, done) = {
                         let mut index = agent.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -284,7 +286,7 @@ fn watch_endpoints(agent: &Arc<Agent>) {
                 }
                 Err(error) => {
                     metrics::counter!(catalog::ENDPOINTSLICE_SYNC_ERRORS).increment(1);
-                    tracing::warn!(watch = "endpointslices", %error, "watch error; retrying");
+                    log.error("endpointslices", "endpointslices.discovery.k8s.io", &error);
                 }
             }
         }
