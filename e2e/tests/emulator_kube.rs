@@ -347,14 +347,13 @@ fn struck(fault: &FaultRequest, injected: &Injected) -> bool {
         FaultRequest::Latency { .. } => injected.delayed > 0,
         FaultRequest::CloseWatches { .. } => injected.watches_closed > 0,
         FaultRequest::ExpireNextWatch { .. } => injected.expired > 0,
-        FaultRequest::CutClient { mode, .. } => {
-            injected.watches_closed > 0
-                && match mode {
-                    FailMode::Refuse => injected.refused > 0,
-                    FailMode::Hang => injected.hung > 0,
-                    FailMode::Unavailable => injected.failed > 0,
-                }
-        }
+        // The cut ends the client's open watch, if one was open yet; its requests then meet the
+        // fault either way.
+        FaultRequest::CutClient { mode, .. } => match mode {
+            FailMode::Refuse => injected.refused > 0,
+            FailMode::Hang => injected.hung > 0,
+            FailMode::Unavailable => injected.failed > 0,
+        },
         FaultRequest::RestoreClient { .. } | FaultRequest::Clear => true,
     }
 }

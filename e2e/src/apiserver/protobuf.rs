@@ -166,18 +166,7 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
 /// `raw`, the encoded message of `kind` (used by the tests and the lab's checks).
 #[must_use]
 pub fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
-        out.push(tag << 3 | 2);
-        let mut len = bytes.len() as u64;
-        while len >= 0x80 {
-            #[allow(clippy::cast_possible_truncation)]
-            out.push((len as u8) | 0x80);
-            len >>= 7;
-        }
-        #[allow(clippy::cast_possible_truncation)]
-        out.push(len as u8);
-        out.extend_from_slice(bytes);
-    }
+    let field = write::bytes;
     let mut type_meta = Vec::new();
     field(&mut type_meta, 1, api_version.as_bytes());
     field(&mut type_meta, 2, kind.as_bytes());
@@ -187,6 +176,39 @@ pub fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
     field(&mut out, 3, b"");
     field(&mut out, 4, b"");
     out
+}
+
+/// Just enough protobuf writing for the envelope and `/openapi/v2` (registry.rs).
+pub(crate) mod write {
+    /// A varint.
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            #[allow(clippy::cast_possible_truncation)]
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(v as u8);
+    }
+
+    /// A length-delimited field.
+    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+        varint(out, u64::from(field) << 3 | 2);
+        varint(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    /// A string field.
+    pub fn string(out: &mut Vec<u8>, field: u32, text: &str) {
+        bytes(out, field, text.as_bytes());
+    }
+
+    /// A message holding one length-delimited field.
+    pub fn message(field: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes(&mut out, field, data);
+        out
+    }
 }
 
 /// Why a body could not be decoded.

@@ -413,6 +413,7 @@ impl Registry {
     /// instead of validating against schemas the emulator does not publish.
     #[must_use]
     pub fn openapi_v2(&self) -> Vec<u8> {
+        use super::protobuf::write as pb;
         let mut paths = Vec::new();
         for r in &self.resources {
             for version in &r.versions {
@@ -475,34 +476,5 @@ impl Registry {
         pb::bytes(&mut doc, 2, &info);
         pb::bytes(&mut doc, 8, &paths);
         doc
-    }
-}
-
-/// Just enough protobuf writing for `/openapi/v2`.
-mod pb {
-    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            #[allow(clippy::cast_possible_truncation)]
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        #[allow(clippy::cast_possible_truncation)]
-        out.push(v as u8);
-    }
-
-    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
-        varint(out, u64::from(field) << 3 | 2);
-        varint(out, data.len() as u64);
-        out.extend_from_slice(data);
-    }
-
-    pub fn string(out: &mut Vec<u8>, field: u32, text: &str) {
-        bytes(out, field, text.as_bytes());
-    }
-
-    pub fn message(field: u32, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        bytes(&mut out, field, data);
-        out
     }
 }
