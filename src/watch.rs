@@ -90,7 +90,7 @@ pub fn explain(resource: &str, error: &watcher::Error) -> String {
         watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
             match e {
                 kube::Error::Api(status) => Some((status.code, status.message.clone())),
-                other => return format!("cannot reach the API server ({other}); retrying with backoff"),
+                other => return format!("cannot reach the API server ({other}); retrying"),
             }
         }
         watcher::Error::WatchError(status) => Some((status.code, status.message.clone())),
@@ -98,15 +98,15 @@ pub fn explain(resource: &str, error: &watcher::Error) -> String {
     };
     match api_error {
         Some((404, _)) if resource.ends_with(".purelb.io") => format!(
-            "the CustomResourceDefinition {resource} is not installed: kubectl apply --server-side -f manifests/crds.yaml (or install the chart); retrying with backoff"
+            "the CustomResourceDefinition {resource} is not installed: kubectl apply --server-side -f manifests/crds.yaml (or install the chart); retrying"
         ),
         Some((401, _)) => format!(
-            "the API server refused the credentials (401 Unauthorized) while watching {resource}: check the service account token or the kubeconfig; retrying with backoff"
+            "the API server refused the credentials (401 Unauthorized) while watching {resource}: check the service account token or the kubeconfig; retrying"
         ),
         Some((403, message)) => format!(
-            "forbidden to watch {resource} ({message}): apply PureLB's RBAC (manifests/rbac.yaml or the chart); retrying with backoff"
+            "forbidden to watch {resource} ({message}): apply PureLB's RBAC (manifests/rbac.yaml or the chart); retrying"
         ),
-        _ => format!("watch of {resource} failed: {error}; retrying with backoff"),
+        _ => format!("watch of {resource} failed: {error}; retrying"),
     }
 }
 
@@ -204,9 +204,10 @@ pub fn with_backoff<K: Send + 'static>(
         }
         let item = stream.next().await?;
         let delay = match &item {
-            // The start of a relist is no success yet: a list that keeps failing (a missing
-            // CRD, RBAC) must back off, not retry every 250 ms.
-            Ok(watcher::Event::Init) => None,
+            // Any event resets the backoff, also the `Init` of a relist that then fails: backing
+            // off across such relists kept a cache seconds behind a recovered API server (the
+            // chaos soak saw a node cut off for 7.6 s keep an address 226 ms too long). A list
+            // that keeps failing (a missing CRD) is logged once instead ([`ErrorLog`]).
             Ok(_) => {
                 backoff.reset();
                 None
@@ -342,25 +343,5 @@ mod tests {
         assert!((250..=313).contains(&ms(&gaps[3])), "{gaps:?}");
         assert!((250..=313).contains(&ms(&gaps[6])), "{gaps:?}");
         assert!((500..=625).contains(&ms(&gaps[7])), "{gaps:?}");
-    }
-
-    /// The start of a relist that then fails (a missing CRD) is no success: the backoff keeps
-    /// growing instead of retrying every 250 ms.
-    #[tokio::test(start_paused = true)]
-    async fn a_relist_that_keeps_failing_backs_off() {
-        let gaps = gaps(vec![
-            Err(watch_error(404)),
-            Ok(watcher::Event::Init),
-            Err(watch_error(404)),
-            Ok(watcher::Event::Init),
-            Err(watch_error(404)),
-            Ok(watcher::Event::Init),
-        ])
-        .await;
-        let ms: Vec<u128> = gaps.iter().map(Duration::as_millis).collect();
-        assert!(
-            (250..=313).contains(&ms[1]) && (500..=625).contains(&ms[3]) && (1000..=1250).contains(&ms[5]),
-            "{ms:?}"
-        );
     }
 }
