@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, builder::NonEmptyStringValueParser};
 
-use crate::{api::contract, duration::parse_duration, telemetry::LogFormat};
+use crate::{agent::shutdown::ShutdownMode, api::contract, duration::parse_duration, telemetry::LogFormat};
 
 /// PureLB: addresses for LoadBalancer Services on clusters without a cloud load balancer.
 #[derive(Debug, Parser)]
@@ -100,6 +100,17 @@ pub struct AgentArgs {
     /// UID of this agent's pod, recorded in its Lease (from the downward API).
     #[arg(long, env = "POD_UID", default_value = "")]
     pub pod_uid: String,
+    /// Name of this agent's pod (from the downward API), read at shutdown by --shutdown-mode auto.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// On SIGTERM: keep the addresses when this pod is replaced on a node that stays (auto),
+    /// always hand them over (handover), or always keep them for a successor (keep).
+    #[arg(long, env = "PURELB_SHUTDOWN_MODE", value_enum, default_value_t = ShutdownMode::Auto)]
+    pub shutdown_mode: ShutdownMode,
+    /// When the addresses are kept at shutdown: how long this node's Lease stays valid for the
+    /// successor on this node (whole seconds); no successor by then, peers take over.
+    #[arg(long, env = "PURELB_SUCCESSOR_TIMEOUT", value_parser = duration_arg, default_value = "30s")]
+    pub successor_timeout: Duration,
     /// How long this node's Lease stays valid without renewal (crash failover time; whole seconds).
     #[arg(long, env = "PURELB_LEASE_DURATION", value_parser = duration_arg, default_value = "6s")]
     pub lease_duration: Duration,
@@ -193,6 +204,12 @@ impl AgentArgs {
         if self.orphan_sweep_interval.is_zero() {
             return Err("--orphan-sweep-interval must be more than 0, e.g. 60s".to_owned());
         }
+        if self.successor_timeout.is_zero() || self.successor_timeout.subsec_nanos() != 0 {
+            return Err(format!(
+                "--successor-timeout {} must be a whole number of seconds, at least 1s (it becomes the Lease's leaseDurationSeconds); e.g. --successor-timeout 30s",
+                crate::duration::format_duration(self.successor_timeout)
+            ));
+        }
         Ok(())
     }
 }
@@ -218,6 +235,27 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn shutdown_flags_default_and_are_checked() {
+        let cli = Cli::try_parse_from(["purelb", "agent", "--node-name", "n1"]).unwrap();
+        let Command::Agent(a) = cli.command else { unreachable!() };
+        assert_eq!(a.shutdown_mode, ShutdownMode::Auto);
+        assert_eq!(a.successor_timeout, Duration::from_secs(30));
+        assert!(a.check().is_ok());
+        for (mode, want) in [("handover", ShutdownMode::Handover), ("keep", ShutdownMode::Keep)] {
+            let cli = Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--shutdown-mode", mode]).unwrap();
+            let Command::Agent(a) = cli.command else { unreachable!() };
+            assert_eq!(a.shutdown_mode, want);
+        }
+        assert!(Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--shutdown-mode", "later"]).is_err());
+        for bad in ["1500ms", "0s"] {
+            let cli = Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--successor-timeout", bad]).unwrap();
+            let Command::Agent(a) = cli.command else { unreachable!() };
+            let error = a.check().unwrap_err();
+            assert!(error.contains("--successor-timeout") && error.contains("whole number of seconds"), "{error}");
+        }
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -126,6 +126,9 @@ fn run_agent(args: &purelb::cli::AgentArgs) -> anyhow::Result<ExitCode> {
                 .min(args.lease_duration.max(std::time::Duration::from_secs(1))),
             reporter_instance: process::instance_name(),
             settle_time: args.settle_time,
+            pod_name: args.pod_name.clone(),
+            shutdown_mode: args.shutdown_mode,
+            successor_timeout: args.successor_timeout,
         };
         agent::run(client, settings, readiness, process::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

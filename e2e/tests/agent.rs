@@ -22,7 +22,7 @@ use purelb::{
         coordination::v1::Lease,
         core::v1::{Event, Service},
     },
-    kube::{Api, api::DeleteParams},
+    kube::{Api, ResourceExt, api::DeleteParams},
 };
 use purelb_e2e::{
     apiserver::FailMode,
@@ -1060,4 +1060,218 @@ async fn endpoints_without_a_node_name_are_counted_and_named() {
         assert!(gauge.is_some(), "{node}: purelb_endpointslice_endpoints_without_node is not 2");
     }
     assert!(lab.holders(ip).unwrap().is_empty());
+}
+
+/// What the clients and the kernels saw while an agent was restarted.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    short: std::thread::JoinHandle<Vec<(Instant, Result<String, String>)>>,
+    long: Option<std::thread::JoinHandle<Vec<(Instant, Result<String, String>)>>>,
+    holders: std::thread::JoinHandle<Vec<(Instant, Vec<String>)>>,
+}
+
+type Replies = Vec<(Instant, Result<String, String>)>;
+
+impl Traffic {
+    /// New short requests every 20 ms, with `long_lived` one kept-open connection sending a
+    /// request every 50 ms, and the holders of `ip` sampled every 50 ms.
+    fn start(lab: &Lab, ip: IpAddr, long_lived: bool) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = SocketAddr::new(ip, 80);
+        let client_ns = lab.host("client").unwrap().netns.clone();
+        let running =
+            |flag: &std::sync::Arc<std::sync::atomic::AtomicBool>| !flag.load(std::sync::atomic::Ordering::Relaxed);
+        let (flag, ns) = (stop.clone(), client_ns.clone());
+        let short = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            while running(&flag) {
+                let reply = lab::http::get_blocking(&ns, target, "/", Duration::from_secs(3));
+                log.push((Instant::now(), reply.map(|r| r.node.unwrap_or_default()).map_err(|e| e.to_string())));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            log
+        });
+        let long = long_lived.then(|| {
+            let flag = stop.clone();
+            let mut connection = lab::http::KeepAlive::connect(&client_ns, target, Duration::from_secs(3)).unwrap();
+            std::thread::spawn(move || {
+                let mut log = Vec::new();
+                while running(&flag) {
+                    let reply = connection.get("/long");
+                    let failed = reply.is_err();
+                    log.push((Instant::now(), reply.map(|r| r.node.unwrap_or_default()).map_err(|e| e.to_string())));
+                    if failed {
+                        break; // a broken connection stays broken
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                log
+            })
+        });
+        let nodes: Vec<(String, String)> =
+            lab.topology().nodes.iter().map(|n| (n.name.clone(), n.netns.clone())).collect();
+        let flag = stop.clone();
+        let holders = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            while running(&flag) {
+                let mut now: Vec<String> = nodes
+                    .iter()
+                    .filter(|(_, ns)| lab::netns::addresses(ns).unwrap().iter().any(|(_, a)| *a == ip))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                now.sort();
+                log.push((Instant::now(), now));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            log
+        });
+        Self { stop, short, long, holders }
+    }
+
+    fn finish(self) -> (Replies, Option<Replies>, Vec<(Instant, Vec<String>)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (self.short.join().unwrap(), self.long.map(|l| l.join().unwrap()), self.holders.join().unwrap())
+    }
+}
+
+/// The distinct holder sets of a sampled log, in order (consecutive repeats merged).
+fn holder_history(samples: &[(Instant, Vec<String>)]) -> Vec<Vec<String>> {
+    let mut history: Vec<Vec<String>> = Vec::new();
+    for (_, set) in samples {
+        if history.last() != Some(set) {
+            history.push(set.clone());
+        }
+    }
+    history
+}
+
+/// A rolling update of the agent's DaemonSet on `node`, as the API and the kubelet show it: a
+/// new ControllerRevision, the old Pod deleted, SIGTERM, the old Pod gone and a new one created,
+/// the new process started (within 5 s of the SIGTERM). Returns the old process's exit time.
+async fn roll_agent(lab: &Lab, node: &str) -> Duration {
+    let client = lab.client();
+    lab::workload::new_revision(&client).await.unwrap();
+    lab::workload::delete_pod(&client, node).await.unwrap();
+    let terminated = Instant::now();
+    let status = tokio::task::block_in_place(|| lab.terminate_agent(node, Duration::from_secs(15))).unwrap();
+    let exited = terminated.elapsed();
+    eprintln!("MEASURE rollout: SIGTERM -> old agent exited ({status:?}): {exited:?}");
+    lab::workload::replace_pod(&client, node).await.unwrap();
+    lab.replace_agent(node).unwrap();
+    assert!(
+        terminated.elapsed() < Duration::from_secs(5),
+        "the new agent started {:?} after the SIGTERM",
+        terminated.elapsed()
+    );
+    assert!(
+        lab.wait_ready(&lab::agent_name(node), Duration::from_secs(20)).await,
+        "the new agent on {node} never became ready\n{}",
+        lab.log_tail(&lab::agent_name(node), 30).unwrap_or_default()
+    );
+    exited
+}
+
+fn failures(log: &Replies) -> Vec<&(Instant, Result<String, String>)> {
+    log.iter().filter(|(_, r)| r.is_err()).collect()
+}
+
+/// Issue 16 §2: an agent replaced in place (a DaemonSet rollout on a node that stays) keeps its
+/// addresses for its successor: zero address moves, the long-lived connection survives, zero
+/// failed requests; meanwhile the node's Lease is valid for `--successor-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_rolled_in_place_moves_no_address_and_breaks_no_connection() {
+    let lab = start("inplace").await;
+    lab::workload::install(&lab.client(), &lab.node_names()).await.unwrap();
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    serve_everywhere(&lab, "web").await;
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    let winner = winner_holds(&lab, ip).await;
+    assert_eq!(lab.http_get("client", SocketAddr::new(ip, 80), "/").await.unwrap().status, 200);
+    let traffic = Traffic::start(&lab, ip, true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let client = lab.client();
+    lab::workload::new_revision(&client).await.unwrap();
+    lab::workload::delete_pod(&client, &winner).await.unwrap();
+    let terminated = Instant::now();
+    let status = tokio::task::block_in_place(|| lab.terminate_agent(&winner, Duration::from_secs(15))).unwrap();
+    eprintln!("MEASURE in place: SIGTERM -> old agent exited ({status:?}): {:?}", terminated.elapsed());
+    // Between the two processes: the Lease is valid for the successor, the address stays.
+    let leases: Api<Lease> = Api::namespaced(lab.client(), "purelb-system");
+    let lease = leases.get(&contract::node_lease_name(&winner)).await.unwrap();
+    let spec = lease.spec.clone().unwrap_or_default();
+    assert_eq!(spec.lease_duration_seconds, Some(30), "the Lease left for the successor: {spec:?}");
+    assert_eq!(lab.holders(ip).unwrap(), [winner.clone()]);
+    lab::workload::replace_pod(&client, &winner).await.unwrap();
+    lab.replace_agent(&winner).unwrap();
+    assert!(terminated.elapsed() < Duration::from_secs(5));
+    assert!(lab.wait_ready(&lab::agent_name(&winner), Duration::from_secs(20)).await);
+    // The new agent renews the Lease with its own identity and lists the address.
+    let renewed = wait_for(Duration::from_secs(10), || async {
+        let lease = leases.get(&contract::node_lease_name(&winner)).await.ok()?;
+        let announcing = lease.annotations().get(contract::LEASE_ANNOTATION_ANNOUNCING)?.clone();
+        (lease.spec?.lease_duration_seconds == Some(2) && announcing.contains(&ip.to_string())).then_some(())
+    })
+    .await;
+    assert!(renewed.is_some(), "the new agent did not take the Lease over");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (short, long, holders) = traffic.finish();
+    let long = long.unwrap();
+    let history = holder_history(&holders);
+    eprintln!(
+        "MEASURE in place: {} short requests ({} failed), long-lived connection {} requests ({} failed), holders {history:?}",
+        short.len(),
+        failures(&short).len(),
+        long.len(),
+        failures(&long).len()
+    );
+    assert_eq!(history, [vec![winner.clone()]], "the address moved");
+    assert!(failures(&short).is_empty(), "failed short requests: {:?}", failures(&short));
+    assert!(failures(&long).is_empty(), "the long-lived connection broke: {:?}", failures(&long));
+    assert!(long.len() >= 20, "the long-lived connection sent only {} requests", long.len());
+    assert!(short.iter().chain(&long).all(|(_, r)| r.as_deref() == Ok(winner.as_str())));
+    let log = std::fs::read_to_string(lab.dir().join(format!("{}.log", lab::agent_name(&winner)))).unwrap();
+    assert!(log.contains("keeping the addresses and the Lease for the successor"), "{log}");
+}
+
+/// Issue 16 §2: on a cordoned node (going away) the agent hands its addresses over, make before
+/// break, and its successor on that node claims nothing: the address moves exactly once, and no
+/// short request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cordoned_node_the_address_moves_once_without_failed_requests() {
+    let lab = start("cordon").await;
+    lab::workload::install(&lab.client(), &lab.node_names()).await.unwrap();
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    serve_everywhere(&lab, "web").await;
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    let names = lab.node_names();
+    let winner = winner_holds(&lab, ip).await;
+    let rest: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != winner).collect();
+    let successor = election::elect(rest.iter().copied(), ip).unwrap().to_owned();
+    assert_eq!(lab.http_get("client", SocketAddr::new(ip, 80), "/").await.unwrap().status, 200);
+    let traffic = Traffic::start(&lab, ip, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lab::workload::cordon(&lab.client(), &winner, true).await.unwrap();
+    wait_holders(&lab, ip, &[successor.as_str()], Duration::from_secs(10)).await;
+    roll_agent(&lab, &winner).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (short, _, holders) = traffic.finish();
+    let history: Vec<Vec<String>> =
+        holder_history(&holders).into_iter().filter(|set| set.len() == 1).collect::<Vec<_>>();
+    eprintln!(
+        "MEASURE cordoned: {} short requests ({} failed), single holders {history:?}",
+        short.len(),
+        failures(&short).len()
+    );
+    assert_eq!(history, [vec![winner.clone()], vec![successor.clone()]], "the address must move exactly once");
+    assert!(failures(&short).is_empty(), "failed short requests: {:?}", failures(&short));
+    let leases: Api<Lease> = Api::namespaced(lab.client(), "purelb-system");
+    let lease = leases.get(&contract::node_lease_name(&winner)).await.unwrap();
+    assert_eq!(
+        lease.annotations().get(contract::LEASE_ANNOTATION_DRAINING).map(String::as_str),
+        Some("true"),
+        "the cordoned node's new agent drains"
+    );
 }

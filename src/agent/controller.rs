@@ -41,6 +41,7 @@ use super::{
     connections,
     decide::{self, Inputs, Kind},
     lease::{self, LeaseContent, LeaseSettings},
+    shutdown::{self, Evidence, ShutdownMode, Verdict},
 };
 use crate::{
     api::{LBNodeAgent, ServiceGroup, contract, contract::reasons},
@@ -82,6 +83,13 @@ pub struct Settings {
     pub reporter_instance: String,
     /// How long a remote address stays after its last usable local endpoint went away.
     pub settle_time: Duration,
+    /// This agent's Pod (`--pod-name`), read at a SIGTERM; empty: unknown.
+    pub pod_name: String,
+    /// `--shutdown-mode`.
+    pub shutdown_mode: ShutdownMode,
+    /// `--successor-timeout`: how long the Lease stays valid for a successor on this node
+    /// when the addresses are kept at a SIGTERM.
+    pub successor_timeout: Duration,
 }
 
 /// Errors of the agent.
@@ -179,6 +187,11 @@ struct Shared {
     announcing: String,
     draining: bool,
     drain_started: Option<Instant>,
+    /// Why this node is going away (cordoned, excluded, tainted, being deleted): draining
+    /// while it is, with no time limit (the addresses stay until a successor holds them).
+    leaving: Option<String>,
+    /// The successor's Lease is written: no more renewals (a SIGTERM that keeps the addresses).
+    kept_for_successor: bool,
     renewed_at: Option<Instant>,
     /// After an outage of this node's Lease: no claims and no drops until then, so that peers
     /// whose renewals the cache does not show yet are not taken for gone.
@@ -202,6 +215,8 @@ struct Agent {
     state: tokio::sync::Mutex<State>,
     shared: std::sync::Mutex<Shared>,
     kick_lease: Notify,
+    /// Held across each Lease write, so that the successor's Lease is the last one written.
+    lease_write: tokio::sync::Mutex<()>,
     /// Local addresses held, for the capture threads (conflict detection).
     held_local: Arc<std::sync::Mutex<HashSet<IpAddr>>>,
     /// Capture threads by interface; dropping the flag's last user stops nothing, setting it does.
@@ -375,6 +390,7 @@ pub async fn run(
         state: tokio::sync::Mutex::new(State::default()),
         shared: std::sync::Mutex::new(Shared::default()),
         kick_lease: Notify::new(),
+        lease_write: tokio::sync::Mutex::new(()),
         held_local: Arc::new(std::sync::Mutex::new(HashSet::new())),
         captures: std::sync::Mutex::new(HashMap::new()),
         conflicts,
@@ -450,11 +466,24 @@ pub async fn run(
     });
     queue.add(Work::Pass);
     shutdown.await;
-    agent.hand_over().await;
+    let kept = match agent.shutdown_verdict().await {
+        Verdict::Keep(why) => agent.keep_for_successor(&why).await,
+        Verdict::HandOver(why) => {
+            tracing::info!(%why, "shutting down: handing the addresses over");
+            false
+        }
+    };
+    if !kept {
+        agent.hand_over().await;
+    }
     readiness.set_ready(false);
     queue.shutdown_and_wait().await;
     tasks.abort_all();
     agent.stop_captures(&HashSet::new());
+    if kept {
+        agent.stop_bursts().await;
+        return Ok(());
+    }
     agent.withdraw_all().await;
     match lease::delete_own(&agent.client, &agent.lease_settings()).await {
         Ok(true) => tracing::info!("deleted this node's Lease"),
@@ -562,8 +591,17 @@ impl Agent {
             let node_uid =
                 self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
             let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining, node_uid };
+            let guard = self.lease_write.lock().await;
+            if self.shared().kept_for_successor {
+                // Exiting with the successor's Lease written: no renewal may shorten it.
+                drop(guard);
+                self.kick_lease.notified().await;
+                continue;
+            }
             let sent = Instant::now();
-            match lease::renew(&self.client, &settings, &content).await {
+            let renewed = lease::renew(&self.client, &settings, &content).await;
+            drop(guard);
+            match renewed {
                 Ok(()) => {
                     // An outage is a gap in the renewals. Not `!self.lease_ok()`: that is also
                     // false while recovering, so every renewal would push the recovery further
@@ -626,6 +664,7 @@ impl Agent {
         } else {
             state.config_error = None;
         }
+        self.follow_node();
         let members = Members::from_leases(leases.iter().map(AsRef::as_ref), Timestamp::now());
         if let Some(expiry) = members.next_expiry() {
             let millis = expiry.as_millisecond().saturating_sub(Timestamp::now().as_millisecond());
@@ -1446,6 +1485,171 @@ impl Agent {
                 Ok(false)
             }
         }
+    }
+
+    /// A node that is going away (cordoned for a drain, excluded from external load balancers,
+    /// tainted as shut down or to be removed, being deleted) drains: peers elect without it and
+    /// it keeps each local address until its successor holds it; it rejoins when the node is
+    /// back (`docs/agent.md`, "Upgrades and node maintenance").
+    fn follow_node(&self) {
+        let leaving = self
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.name_any() == self.settings.node)
+            .and_then(|n| shutdown::node_leaving(&n));
+        let changed = {
+            let mut shared = self.shared();
+            let changed = shared.leaving != leaving;
+            if changed {
+                match &leaving {
+                    Some(why) => tracing::info!(%why, "this node is going away: handing local addresses over"),
+                    None => tracing::info!("this node is back: taking part in elections again"),
+                }
+                shared.leaving = leaving;
+            }
+            shared.draining = shared.drain_started.is_some() || shared.leaving.is_some();
+            changed
+        };
+        if changed {
+            self.kick_lease.notify_one();
+        }
+    }
+
+    /// What the API shows at a SIGTERM, read fresh (each call bounded), and what it means under
+    /// `--shutdown-mode` ([`shutdown::judge`]).
+    async fn shutdown_verdict(&self) -> Verdict {
+        let mode = self.settings.shutdown_mode;
+        if mode != ShutdownMode::Auto {
+            return shutdown::judge(mode, &Evidence::default());
+        }
+        let evidence = self.gather_evidence().await;
+        shutdown::judge(mode, &evidence)
+    }
+
+    async fn gather_evidence(&self) -> Evidence {
+        use k8s_openapi::api::{
+            apps::v1::{ControllerRevision, DaemonSet},
+            core::v1::Pod,
+        };
+        let mut evidence = Evidence::default();
+        if self.settings.pod_name.is_empty() {
+            evidence.problem = Some("this agent's Pod is not known (no --pod-name / POD_NAME)".to_owned());
+            return evidence;
+        }
+        let timeout = self.settings.api_timeout.min(Duration::from_secs(2));
+        let ns = self.settings.namespace.as_str();
+        async fn bounded<T>(
+            timeout: Duration,
+            what: String,
+            call: impl Future<Output = Result<T, kube::Error>>,
+        ) -> Result<T, String> {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(error)) => Err(format!("cannot read {what}: {error}")),
+                Err(_) => Err(format!("cannot read {what}: no answer within {timeout:?}")),
+            }
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let (pod, node) = futures::join!(
+            bounded(timeout, format!("Pod {ns}/{}", self.settings.pod_name), pods.get_opt(&self.settings.pod_name)),
+            bounded(timeout, format!("Node {}", self.settings.node), nodes.get_opt(&self.settings.node)),
+        );
+        let (pod, node) = match (pod, node) {
+            (Ok(pod), Ok(node)) => (pod, node),
+            (Err(problem), _) | (_, Err(problem)) => {
+                evidence.problem = Some(problem);
+                return evidence;
+            }
+        };
+        evidence.node = node;
+        let owner = pod
+            .as_ref()
+            .and_then(|p| p.metadata.owner_references.as_ref())
+            .and_then(|o| o.iter().find(|o| o.controller == Some(true) && o.kind == "DaemonSet"))
+            .map(|o| o.name.clone());
+        evidence.pod = pod;
+        if let Some(owner) = owner {
+            let sets: Api<DaemonSet> = Api::namespaced(self.client.clone(), ns);
+            let revisions: Api<ControllerRevision> = Api::namespaced(self.client.clone(), ns);
+            let ds = match bounded(timeout, format!("DaemonSet {ns}/{owner}"), sets.get_opt(&owner)).await {
+                Ok(ds) => ds,
+                Err(problem) => {
+                    evidence.problem = Some(problem);
+                    return evidence;
+                }
+            };
+            if let Some(labels) =
+                ds.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.selector.match_labels.as_ref())
+            {
+                let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let params = kube::api::ListParams::default().labels(&selector.join(","));
+                match bounded(
+                    timeout,
+                    format!("the ControllerRevisions of DaemonSet {ns}/{owner}"),
+                    revisions.list(&params),
+                )
+                .await
+                {
+                    Ok(list) => evidence.revisions = list.items,
+                    Err(problem) => {
+                        evidence.problem = Some(problem);
+                        return evidence;
+                    }
+                }
+            }
+            evidence.daemonset = ds;
+        }
+        evidence
+    }
+
+    /// Replaced in place: writes the Lease one last time, valid for `--successor-timeout`, and
+    /// keeps every address in the kernel for the new agent on this node. Returns `false` (hand
+    /// over instead) when that write fails: peers would otherwise take the addresses over at
+    /// the Lease's expiry while this node still holds them.
+    async fn keep_for_successor(&self, why: &str) -> bool {
+        let guard = self.lease_write.lock().await;
+        let content = {
+            let mut shared = self.shared();
+            shared.kept_for_successor = true;
+            LeaseContent {
+                subnets: String::new(),
+                announcing: shared.announcing.clone(),
+                draining: false,
+                node_uid: None,
+            }
+        };
+        let config = self.shared().config.clone();
+        let node_uid =
+            self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
+        let content = LeaseContent { subnets: self.subnets(&config).await, node_uid, ..content };
+        let settings = LeaseSettings { duration: self.settings.successor_timeout, ..self.lease_settings() };
+        let written = lease::renew(&self.client, &settings, &content).await;
+        drop(guard);
+        match written {
+            Ok(()) => {
+                tracing::info!(%why, successor_timeout = ?self.settings.successor_timeout, "shutting down: keeping the addresses and the Lease for the successor on this node");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%why, %error, "cannot write the Lease for the successor; handing the addresses over instead");
+                self.shared().kept_for_successor = false;
+                self.kick_lease.notify_one();
+                false
+            }
+        }
+    }
+
+    /// Stops the GARP/NA bursts of held addresses (the addresses stay).
+    async fn stop_bursts(&self) {
+        let state = self.state.lock().await;
+        for held in state.held.values() {
+            if let Some(b) = &held.burst {
+                b.stop();
+            }
+        }
+        tracing::info!(kept = state.held.len(), "exiting with the addresses in place");
     }
 
     /// Graceful handover: mark the Lease draining and keep passing until no local address is

@@ -7,6 +7,7 @@
 //! - [`config`]: which LBNodeAgent governs this node, checked;
 //! - [`lease`]: this node's Lease body and its renewal;
 //! - [`connections`]: open TCP connections to an address (the quiet moment of a handover);
+//! - [`shutdown`]: what a SIGTERM means (replaced in place: keep; going away: hand over);
 //! - [`controller`]: the IO (watch caches, netlink, bursts, Events, metrics); entry point
 //!   [`controller::run`].
 
@@ -15,5 +16,6 @@ pub mod connections;
 pub mod controller;
 pub mod decide;
 pub mod lease;
+pub mod shutdown;
 
 pub use controller::{AgentError, Settings, run};

@@ -62,6 +62,7 @@ pub fn check(group: &str, plural: &str, object: &mut Value, minor: u32) -> Resul
         ("rbac.authorization.k8s.io", "clusterrolebindings") => roundtrip::<rbac::ClusterRoleBinding>(object),
         ("apps", "deployments") => roundtrip::<apps::Deployment>(object),
         ("apps", "daemonsets") => roundtrip::<apps::DaemonSet>(object),
+        ("apps", "controllerrevisions") => roundtrip::<apps::ControllerRevision>(object),
         ("policy", "poddisruptionbudgets") => roundtrip::<policy::PodDisruptionBudget>(object),
         ("scheduling.k8s.io", "priorityclasses") => roundtrip::<scheduling::PriorityClass>(object),
         _ => return Ok(Checked::default()),
@@ -320,6 +321,7 @@ mod tests {
             ("coordination.k8s.io", "leases", "Lease", "coordination.k8s.io/v1"),
             ("discovery.k8s.io", "endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
             ("apps", "daemonsets", "DaemonSet", "apps/v1"),
+            ("apps", "controllerrevisions", "ControllerRevision", "apps/v1"),
         ] {
             let mut object = json!({"apiVersion": version, "kind": kind, "metadata": {"name": "a"}});
             if plural == "endpointslices" {

@@ -166,6 +166,7 @@ impl Registry {
             b("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, false, &[]),
             b("apps", "v1", "Deployment", "deployments", true, true, &["deploy"]),
             b("apps", "v1", "DaemonSet", "daemonsets", true, true, &["ds"]),
+            b("apps", "v1", "ControllerRevision", "controllerrevisions", true, false, &[]),
             b("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, true, &["pdb"]),
             b("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", false, false, &["pc"]),
         ];

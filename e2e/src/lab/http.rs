@@ -116,6 +116,71 @@ pub fn get_blocking(netns: &str, target: SocketAddr, path: &str, timeout: Durati
     })
 }
 
+/// One HTTP/1.1 connection kept open (a websocket, a gRPC stream, a database session stand-in):
+/// opened inside a namespace, then used from any thread, one request after another.
+#[derive(Debug)]
+pub struct KeepAlive {
+    stream: TcpStream,
+    target: SocketAddr,
+}
+
+impl KeepAlive {
+    /// Connects to `target` from inside `netns`.
+    ///
+    /// # Errors
+    ///
+    /// The namespace cannot be entered or the connection fails.
+    pub fn connect(netns: &str, target: SocketAddr, timeout: Duration) -> Result<Self, LabError> {
+        let stream = in_netns(netns, move || {
+            let stream = TcpStream::connect_timeout(&target, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })?;
+        Ok(Self { stream, target })
+    }
+
+    /// The local port of the connection (it identifies the connection on the server's node).
+    ///
+    /// # Errors
+    ///
+    /// The socket is closed.
+    pub fn local_port(&self) -> std::io::Result<u16> {
+        Ok(self.stream.local_addr()?.port())
+    }
+
+    /// One request on the open connection; any failure means the connection is broken.
+    ///
+    /// # Errors
+    ///
+    /// The connection was reset or closed, or the answer did not come within the timeout.
+    pub fn get(&mut self, path: &str) -> std::io::Result<HttpReply> {
+        let start = Instant::now();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: purelb-lab\r\n\r\n", self.target);
+        self.stream.write_all(request.as_bytes())?;
+        let mut raw = Vec::new();
+        let mut chunk = [0_u8; 4096];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no content-length"))?;
+                if raw.len() >= end + 4 + length {
+                    return parse_reply(&raw[..end + 4 + length], start.elapsed());
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 /// Fetches `http://<target><path>` from inside `netns`.
 ///
 /// # Errors

@@ -25,6 +25,7 @@ pub mod oracle;
 pub mod processes;
 pub mod soak;
 pub mod topology;
+pub mod workload;
 
 use std::{
     collections::BTreeMap,
@@ -665,6 +666,8 @@ impl Lab {
                     node.name.clone(),
                     "--pod-uid".to_owned(),
                     uuid::Uuid::new_v4().to_string(),
+                    "--pod-name".to_owned(),
+                    workload::pod_name(&node.name),
                 ];
                 args.extend(options.agent_args.iter().cloned());
                 wanted.push((agent_name(&node.name), node.netns.clone(), args));
@@ -993,6 +996,19 @@ impl Lab {
     /// No such agent, or it cannot be started.
     pub fn restart_agent(&self, node: &str) -> Result<(), LabError> {
         self.restart(&agent_name(node))
+    }
+
+    /// Starts the agent of `node` again as a new pod would (a new `--pod-uid`), killing the
+    /// old process if it still runs.
+    ///
+    /// # Errors
+    ///
+    /// No such agent, or it cannot be started.
+    pub fn replace_agent(&self, node: &str) -> Result<(), LabError> {
+        self.with_process(&agent_name(node), |p| {
+            p.set_arg("--pod-uid", &uuid::Uuid::new_v4().to_string());
+            p.restart()
+        })?
     }
 
     /// Names of the allocator replicas the lab started (`allocator`, `allocator-2`, ..).

@@ -324,6 +324,17 @@ impl ManagedProcess {
         Ok(())
     }
 
+    /// Sets the value following `flag` in the command line (for the next start).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        if let Some(i) = self.spec.args.iter().position(|a| a == flag)
+            && let Some(v) = self.spec.args.get_mut(i + 1)
+        {
+            value.clone_into(v);
+        } else {
+            self.spec.args.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
+
     /// Forgets the child handle so the process outlives us (for `purelb-lab up`).
     pub fn detach(&mut self) {
         if let Some(child) = self.child.take() {
