@@ -250,7 +250,8 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--shutdown-mode", "later"]).is_err());
         for bad in ["1500ms", "0s"] {
-            let cli = Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--successor-timeout", bad]).unwrap();
+            let cli =
+                Cli::try_parse_from(["purelb", "agent", "--node-name", "n1", "--successor-timeout", bad]).unwrap();
             let Command::Agent(a) = cli.command else { unreachable!() };
             let error = a.check().unwrap_err();
             assert!(error.contains("--successor-timeout") && error.contains("whole number of seconds"), "{error}");

@@ -140,6 +140,11 @@ pub struct LeaderConfig {
     /// rate differences and in-flight writes of the old leader). Default `min(lease_duration /
     /// 10, 1 s)`.
     pub expiry_slack: Duration,
+    /// The longest a writer's request may take (its client timeout): after taking the Lease over
+    /// from a holder that stopped renewing, [`Leadership::fenced_until`] is this much later, so
+    /// that a write the old leader sent before its deadline and the API server applies late
+    /// lands before the new leader decides anything from its caches. Default `request_timeout`.
+    pub write_timeout: Duration,
 }
 
 impl LeaderConfig {
@@ -154,6 +159,7 @@ impl LeaderConfig {
             request_timeout: renew_interval / 2,
             safety_margin: (lease_duration / 3).min(lease_duration.saturating_sub(renew_interval) / 2),
             expiry_slack: (lease_duration / 10).min(Duration::from_secs(1)),
+            write_timeout: renew_interval / 2,
         }
     }
 
@@ -270,6 +276,9 @@ struct State {
     validity: Option<Validity>,
     /// The deadline of the last validity, kept after it ends (guards may live until then).
     last_deadline: Option<Instant>,
+    /// After a takeover from a holder that stopped renewing: until when its late writes may
+    /// still land.
+    fenced_until: Option<Instant>,
 }
 
 impl Shared {
@@ -403,6 +412,17 @@ impl Leadership {
         let validity = self.shared.validity()?;
         (Instant::now() < validity.valid_until)
             .then_some(WriteGuard { deadline: Some(validity.deadline), _permit: Some(permit) })
+    }
+
+    /// Fencing by time: after this replica took the Lease over from a holder that stopped
+    /// renewing (crashed, paused, cut off), until when that holder's last writes may still be
+    /// applied by the API server: its lease ran out no earlier than the takeover, and each of
+    /// its writes was bounded by [`LeaderConfig::write_timeout`]. A leader that bases decisions
+    /// on what others wrote (the allocator: which addresses are in use) makes none before then.
+    /// `None`: nothing to wait for (the Lease was created, released, or renewed by us).
+    #[must_use]
+    pub fn fenced_until(&self) -> Option<Instant> {
+        self.shared.lock().fenced_until.filter(|t| Instant::now() < *t)
     }
 
     /// The current published state (see the type docs for how it relates to [`Self::is_leader`]).
@@ -689,8 +709,14 @@ impl LeaderElector {
         match outcome {
             Outcome::Leading { sent, previous, acquired } => {
                 if acquired {
+                    let fenced_until = previous.as_ref().map(|_| now + self.config.write_timeout);
+                    self.shared.lock().fenced_until = fenced_until;
                     match previous {
-                        Some(previous) => info!(%previous, "took over the lease from a holder that stopped renewing"),
+                        Some(previous) => info!(
+                            %previous,
+                            fence = ?self.config.write_timeout,
+                            "took over the lease from a holder that stopped renewing; its last writes may land within the fence"
+                        ),
                         None => info!("acquired the lease"),
                     }
                 } else {

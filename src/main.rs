@@ -60,7 +60,8 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
             lb_class: args.lb_class.clone(),
             default_announcer: args.default_announcer,
             instance: process::instance_name(),
-            api_timeout: std::time::Duration::from_secs(10),
+            // Also the takeover fence (LeaderConfig::write_timeout): keep it short.
+            api_timeout: std::time::Duration::from_secs(5),
         };
         let netbox = purelb::allocator::netbox::NetboxSettings {
             token_dir: args.netbox_token_dir.clone(),
@@ -80,7 +81,12 @@ fn run_allocator(args: &purelb::cli::AllocatorArgs) -> anyhow::Result<ExitCode> 
             .await?;
             return Ok(ExitCode::SUCCESS);
         }
-        let config = purelb::leader::LeaderConfig::new(args.lease_duration, args.renew_interval);
+        let config = purelb::leader::LeaderConfig {
+            // A new leader decides nothing until the old one's writes, each bounded by this
+            // client timeout, can no longer land (fencing by time, docs/design.md).
+            write_timeout: settings.api_timeout,
+            ..purelb::leader::LeaderConfig::new(args.lease_duration, args.renew_interval)
+        };
         let identity = format!("{}_{}", process::instance_name(), std::process::id());
         let elector = purelb::leader::LeaderElector::new(
             client.clone(),

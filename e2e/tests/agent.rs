@@ -1065,12 +1065,13 @@ async fn endpoints_without_a_node_name_are_counted_and_named() {
 /// What the clients and the kernels saw while an agent was restarted.
 struct Traffic {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    short: std::thread::JoinHandle<Vec<(Instant, Result<String, String>)>>,
-    long: Option<std::thread::JoinHandle<Vec<(Instant, Result<String, String>)>>>,
-    holders: std::thread::JoinHandle<Vec<(Instant, Vec<String>)>>,
+    short: std::thread::JoinHandle<Replies>,
+    long: Option<std::thread::JoinHandle<Replies>>,
+    holders: std::thread::JoinHandle<Holders>,
 }
 
 type Replies = Vec<(Instant, Result<String, String>)>;
+type Holders = Vec<(Instant, Vec<String>)>;
 
 impl Traffic {
     /// New short requests every 20 ms, with `long_lived` one kept-open connection sending a
@@ -1128,7 +1129,7 @@ impl Traffic {
         Self { stop, short, long, holders }
     }
 
-    fn finish(self) -> (Replies, Option<Replies>, Vec<(Instant, Vec<String>)>) {
+    fn finish(self) -> (Replies, Option<Replies>, Holders) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (self.short.join().unwrap(), self.long.map(|l| l.join().unwrap()), self.holders.join().unwrap())
     }
@@ -1202,7 +1203,7 @@ async fn an_agent_rolled_in_place_moves_no_address_and_breaks_no_connection() {
     let lease = leases.get(&contract::node_lease_name(&winner)).await.unwrap();
     let spec = lease.spec.clone().unwrap_or_default();
     assert_eq!(spec.lease_duration_seconds, Some(30), "the Lease left for the successor: {spec:?}");
-    assert_eq!(lab.holders(ip).unwrap(), [winner.clone()]);
+    assert_eq!(lab.holders(ip).unwrap(), std::slice::from_ref(&winner));
     lab::workload::replace_pod(&client, &winner).await.unwrap();
     lab.replace_agent(&winner).unwrap();
     assert!(terminated.elapsed() < Duration::from_secs(5));

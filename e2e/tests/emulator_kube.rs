@@ -354,6 +354,7 @@ fn struck(fault: &FaultRequest, injected: &Injected) -> bool {
             FailMode::Hang => injected.hung > 0,
             FailMode::Unavailable => injected.failed > 0,
         },
+        FaultRequest::LateWrites { .. } => injected.delayed > 0,
         FaultRequest::RestoreClient { .. } | FaultRequest::Clear => true,
     }
 }
@@ -373,6 +374,7 @@ fn fault_clone(f: &FaultRequest) -> FaultRequest {
             json!({"action": "cutClient", "token": token, "mode": mode_name(*mode), "seconds": seconds})
         }
         FaultRequest::RestoreClient { token } => json!({"action": "restoreClient", "token": token}),
+        FaultRequest::LateWrites { token, millis } => json!({"action": "lateWrites", "token": token, "millis": millis}),
         FaultRequest::Clear => json!({"action": "clear"}),
     })
     .unwrap()
@@ -598,4 +600,32 @@ async fn streaming_lists_send_the_state_then_changes_from_1_32() {
     let mut stream = watcher(api, watcher::Config::default().streaming_lists()).boxed();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap();
     assert!(format!("{first:?}").contains("sendInitialEvents"), "1.31 refuses streaming lists: {first:?}");
+}
+
+/// `lateWrites` (issue 16 §3): a write is applied after the delay even when its client gave up
+/// waiting, as a real server may apply a request it received before the client's timeout; the
+/// client's other requests and other clients are served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_write_lands_after_its_client_gave_up() {
+    for transport in [Transport::InProcess, Transport::Http] {
+        let h = Harness::new(transport).await;
+        let admin: Api<Service> = Api::namespaced(h.client(None).await, "default");
+        let victim: Api<Service> = Api::namespaced(h.client(Some("victim")).await, "default");
+        h.emulator.faults().apply(fault_clone(&FaultRequest::LateWrites { token: "victim".into(), millis: 800 }));
+        let started = std::time::Instant::now();
+        let (pp, late) = (PostParams::default(), svc("late"));
+        let create = tokio::time::timeout(Duration::from_millis(200), victim.create(&pp, &late)).await;
+        assert!(create.is_err(), "{transport:?}: the client gave up");
+        assert!(victim.get_opt("late").await.unwrap().is_none(), "{transport:?}: reads are served at once");
+        admin.create(&PostParams::default(), &svc("other")).await.unwrap();
+        let landed = async {
+            while admin.get_opt("late").await.unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            started.elapsed()
+        };
+        let at = tokio::time::timeout(Duration::from_secs(5), landed).await.expect("the late write never landed");
+        assert!(at >= Duration::from_millis(800), "{transport:?}: landed after {at:?}");
+        assert!(h.emulator.faults().injected().delayed > 0);
+    }
 }

@@ -232,6 +232,12 @@ async fn standby_takes_over_about_one_lease_after_the_leader_crashes() {
     assert!(takeover >= LEASE / 2 && takeover <= LEASE * 3, "takeover after a crash took {takeover:?}");
     assert_eq!(holder(&lease(&emulator).await).as_deref(), Some(standby.name));
     assert_eq!(lease(&emulator).await.spec.unwrap().lease_transitions, Some(1));
+    // Fencing by time (issue 16 §3): the crashed leader's last writes may still land.
+    let fence = standby.leadership.fenced_until().expect("a takeover from a crashed holder is fenced");
+    let left = fence.saturating_duration_since(Instant::now());
+    assert!(left > Duration::ZERO && left <= config().write_timeout, "fence {left:?}");
+    sleep(left + Duration::from_millis(10)).await;
+    assert!(standby.leadership.fenced_until().is_none(), "the fence ends");
 
     // The new leader keeps it.
     sleep(LEASE).await;
@@ -256,6 +262,7 @@ async fn graceful_release_hands_over_at_once() {
     let took_over = standby.wait_for(true, LEASE * 3).await;
     let handover = took_over - signalled;
     assert!(handover < Duration::from_secs(1), "handover after release took {handover:?}");
+    assert!(standby.leadership.fenced_until().is_none(), "a released Lease needs no fence");
     let lease = lease(&emulator).await;
     assert_eq!(holder(&lease).as_deref(), Some(standby.name));
     assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));

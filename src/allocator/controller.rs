@@ -81,19 +81,12 @@ pub struct Settings {
     pub api_timeout: Duration,
 }
 
-/// Who may write: the leader election's view, consulted right before every write.
-#[derive(Clone)]
+/// Who may write: the leader election's view, consulted right before every write
+/// ([`crate::leader::Leadership`]: a guard per write, bounded by the Lease's deadline, and the
+/// takeover fence).
+#[derive(Clone, Debug)]
 pub struct WriteGate {
-    /// Changes when leadership changes.
-    pub changes: watch::Receiver<bool>,
-    /// True only while this replica may write.
-    pub may_write: Arc<dyn Fn() -> bool + Send + Sync>,
-}
-
-impl std::fmt::Debug for WriteGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteGate").field("may_write", &(self.may_write)()).finish()
-    }
+    leadership: crate::leader::Leadership,
 }
 
 impl WriteGate {
@@ -102,12 +95,30 @@ impl WriteGate {
     pub fn always() -> Self {
         Self::from(crate::leader::Leadership::always())
     }
+
+    /// Whether this replica may start a write now.
+    #[must_use]
+    pub fn may_write(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    fn guard(&self) -> Option<crate::leader::WriteGuard> {
+        self.leadership.guard()
+    }
+
+    fn fenced_until(&self) -> Option<tokio::time::Instant> {
+        self.leadership.fenced_until()
+    }
+
+    fn changes(&self) -> watch::Receiver<bool> {
+        self.leadership.subscribe()
+    }
 }
 
 impl From<crate::leader::Leadership> for WriteGate {
     /// Writes are allowed exactly while the leader election says so.
     fn from(leadership: crate::leader::Leadership) -> Self {
-        Self { changes: leadership.subscribe(), may_write: Arc::new(move || leadership.is_leader()) }
+        Self { leadership }
     }
 }
 
@@ -123,6 +134,10 @@ pub enum AllocatorError {
     /// Leadership was lost before a write.
     #[error("not the leader any more; {object} was not written")]
     NotLeader { object: String },
+    /// The object changed since the cache showed it (409 Conflict on the resourceVersion
+    /// precondition): nothing was written; the work is done again on the newer version.
+    #[error("{object} changed since it was read; recomputing from the newer version")]
+    Stale { object: String },
     /// A watch cache stopped.
     #[error("the {0} watch stopped")]
     WatchStopped(&'static str),
@@ -285,7 +300,7 @@ pub async fn run_with_netbox(
         let worker = worker.clone();
         tasks.spawn(async move {
             while let Some(claim) = worker.queue.get().await {
-                if !(worker.gate.may_write)() {
+                if !worker.gate.may_write() {
                     // A standby drops work: taking the lead rebuilds and queues everything.
                     claim.done();
                     continue;
@@ -298,6 +313,11 @@ pub async fn run_with_netbox(
                 }
                 match worker.process(claim.item().clone()).await {
                     Ok(()) => claim.succeeded(),
+                    Err(error @ AllocatorError::Stale { .. }) => {
+                        // Optimistic concurrency: the watch brings the newer version at once.
+                        let delay = claim.retry_with_backoff();
+                        tracing::debug!(%error, ?delay, "will retry");
+                    }
                     Err(error) => {
                         let delay = claim.retry_with_backoff();
                         tracing::warn!(%error, ?delay, "will retry");
@@ -316,9 +336,19 @@ pub async fn run_with_netbox(
     });
     readiness.set_ready(true);
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut changes = gate.changes.clone();
+    let mut changes = gate.changes();
     loop {
-        if !leading && (gate.may_write)() {
+        if !leading && gate.may_write() {
+            if let Some(until) = gate.fenced_until() {
+                // Taken over from a leader that stopped renewing: its last writes may still
+                // land. Decide nothing (the table is rebuilt from the caches) before then.
+                tracing::info!(wait = ?until.saturating_duration_since(tokio::time::Instant::now()), "leading after a takeover: waiting out the old leader's write window before allocating");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep_until(until) => {}
+                }
+                continue;
+            }
             // Before allocating anything: rebuild the table from the cluster.
             worker.rebuild();
             leading = true;
@@ -663,23 +693,16 @@ impl Worker {
         )
         .unwrap_or(Value::Null);
         let status_differs = current != Value::Array(ingress.clone());
-        // Both writes go out together; each is idempotent, so a failure of either is retried.
-        let annotations = async {
-            if patch.is_empty() {
-                Ok(())
-            } else {
-                self.write(svc, false, json!({"metadata": {"annotations": patch}})).await
-            }
-        };
-        let status = async {
-            if status_differs {
-                self.write(svc, true, json!({"status": {"loadBalancer": {"ingress": ingress}}})).await
-            } else {
-                Ok(())
-            }
-        };
-        let (a, s) = tokio::join!(annotations, status);
-        a.and(s)
+        // One after the other: each write is conditional on the resourceVersion it was computed
+        // from, and the first changes it.
+        let mut version = svc.resource_version();
+        if !patch.is_empty() {
+            version = Some(self.write(svc, version, false, json!({"metadata": {"annotations": patch}})).await?);
+        }
+        if status_differs {
+            self.write(svc, version, true, json!({"status": {"loadBalancer": {"ingress": ingress}}})).await?;
+        }
+        Ok(())
     }
 
     /// Removes what PureLB wrote on a Service it no longer handles.
@@ -696,8 +719,9 @@ impl Worker {
             ours.iter().filter(|k| have.contains_key(**k)).map(|k| ((*k).to_owned(), Value::Null)).collect();
         let had_ours =
             have.get(contract::ANNOTATION_ALLOCATED_BY).map(String::as_str) == Some(contract::ALLOCATED_BY_VALUE);
+        let mut version = svc.resource_version();
         if !patch.is_empty() {
-            self.write(svc, false, json!({"metadata": {"annotations": patch}})).await?;
+            version = Some(self.write(svc, version, false, json!({"metadata": {"annotations": patch}})).await?);
         }
         let has_ingress = svc
             .status
@@ -706,37 +730,76 @@ impl Worker {
             .and_then(|lb| lb.ingress.as_ref())
             .is_some_and(|i| !i.is_empty());
         if had_ours && has_ingress {
-            self.write(svc, true, json!({"status": {"loadBalancer": {"ingress": null}}})).await?;
+            self.write(svc, version, true, json!({"status": {"loadBalancer": {"ingress": null}}})).await?;
         }
         Ok(())
     }
 
-    async fn write(&self, svc: &Service, status: bool, body: Value) -> Result<(), AllocatorError> {
+    /// Patches a Service (its status with `status`) as the leader: only with a write guard,
+    /// conditional on `version` (the resourceVersion the patch was computed from: a write based
+    /// on a stale read fails with 409 and is recomputed), within the client timeout and the
+    /// Lease's deadline. Returns the new resourceVersion.
+    async fn write(
+        &self,
+        svc: &Service,
+        version: Option<String>,
+        status: bool,
+        mut body: Value,
+    ) -> Result<String, AllocatorError> {
         let key = ServiceKey::of_service(svc);
         let object = format!("Service {key}{}", if status { " status" } else { "" });
-        if !(self.gate.may_write)() {
-            return Err(AllocatorError::NotLeader { object });
+        if let Some(version) = version {
+            body["metadata"]["resourceVersion"] = Value::String(version);
         }
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        let action = if status { "update the status of" } else { "update the annotations of" };
+        let written = self.guarded_patch(&api, &key.name, status, &body, action, object).await?;
+        Ok(written.resource_version().unwrap_or_default())
+    }
+
+    /// One merge patch by the leader: refused without a [`crate::leader::WriteGuard`]; the
+    /// client timeout is the API timeout or the time left until the Lease's deadline, whichever
+    /// is shorter (a paused or cut-off leader's write cannot outlive its lease).
+    async fn guarded_patch<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        status: bool,
+        body: &Value,
+        action: &'static str,
+        object: String,
+    ) -> Result<K, AllocatorError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let Some(guard) = self.gate.guard() else { return Err(AllocatorError::NotLeader { object }) };
+        let timeout = guard.deadline().map_or(self.settings.api_timeout, |d| {
+            self.settings.api_timeout.min(d.saturating_duration_since(tokio::time::Instant::now()))
+        });
+        if timeout.is_zero() {
+            return Err(AllocatorError::NotLeader { object });
+        }
         let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
         let call = async {
             if status {
-                api.patch_status(&key.name, &pp, &Patch::Merge(&body)).await
+                api.patch_status(name, &pp, &Patch::Merge(body)).await
             } else {
-                api.patch(&key.name, &pp, &Patch::Merge(&body)).await
+                api.patch(name, &pp, &Patch::Merge(body)).await
             }
         };
-        let action = if status { "update the status of" } else { "update the annotations of" };
         metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
-        match tokio::time::timeout(self.settings.api_timeout, call).await {
-            Ok(Ok(_)) => Ok(()),
+        let result = tokio::time::timeout(timeout, call).await;
+        drop(guard);
+        match result {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(kube::Error::Api(status))) if status.code == 409 => Err(AllocatorError::Stale { object }),
             Ok(Err(source)) => {
                 metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
                 Err(AllocatorError::Write { action, object, source })
             }
             Err(_) => {
                 metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
-                Err(AllocatorError::Timeout { action, object, timeout: self.settings.api_timeout })
+                Err(AllocatorError::Timeout { action, object, timeout })
             }
         }
     }
@@ -747,7 +810,7 @@ impl Worker {
         reference: k8s_openapi::api::core::v1::ObjectReference,
         events: Vec<crate::events::EventSpec>,
     ) {
-        if (self.gate.may_write)() {
+        if self.gate.may_write() {
             self.recorder.publish(&reference, events);
         }
     }
@@ -861,26 +924,13 @@ impl Worker {
             );
         }
         let Some(status) = status else { return Ok(()) };
-        if !(self.gate.may_write)() {
-            return Err(AllocatorError::NotLeader { object: format!("ServiceGroup {ns}/{name} status") });
-        }
         let api: Api<ServiceGroup> = Api::namespaced(self.client.clone(), &ns);
-        let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
-        let body = json!({"status": status});
-        metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
-        let object = format!("ServiceGroup {ns}/{name}");
-        match tokio::time::timeout(self.settings.api_timeout, api.patch_status(name, &pp, &Patch::Merge(&body))).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(source)) => {
-                metrics::counter!(catalog::K8S_CLIENT_UPDATE_ERRORS).increment(1);
-                Err(AllocatorError::Write { action: "update the status of", object, source })
-            }
-            Err(_) => Err(AllocatorError::Timeout {
-                action: "update the status of",
-                object,
-                timeout: self.settings.api_timeout,
-            }),
+        let mut body = json!({"status": status});
+        if let Some(version) = group.resource_version() {
+            body["metadata"] = json!({"resourceVersion": version});
         }
+        let object = format!("ServiceGroup {ns}/{name} status");
+        self.guarded_patch(&api, name, true, &body, "update the status of", object).await.map(|_| ())
     }
 }
 

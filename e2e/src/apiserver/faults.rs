@@ -48,6 +48,8 @@ struct State {
     expire_next_watches: u32,
     fail_rules: Vec<FailRule>,
     cut: Vec<(String, FailMode, Option<Instant>)>,
+    /// Writes of one client held this long before they are applied (token, delay).
+    late_writes: Vec<(String, Duration)>,
 }
 
 /// How often each fault actually struck a request (not just how often it was switched on), so
@@ -113,6 +115,11 @@ pub enum FaultRequest {
     },
     /// `{"action":"restoreClient","token":"..."}`
     RestoreClient { token: String },
+    /// `{"action":"lateWrites","token":"...","millis":20000}` (0 clears): every create, update,
+    /// patch and delete of that client is applied only after `millis`, also when the client
+    /// gave up waiting meanwhile (a real server may apply a request it received before the
+    /// client's timeout fired).
+    LateWrites { token: String, millis: u64 },
     /// `{"action":"clear"}`: everything back to normal.
     Clear,
 }
@@ -182,6 +189,13 @@ impl Faults {
                 self.close_watches(Some(token));
             }
             FaultRequest::RestoreClient { token } => self.lock().cut.retain(|(t, _, _)| *t != token),
+            FaultRequest::LateWrites { token, millis } => {
+                let mut state = self.lock();
+                state.late_writes.retain(|(t, _)| *t != token);
+                if millis > 0 {
+                    state.late_writes.push((token, Duration::from_millis(millis)));
+                }
+            }
             FaultRequest::Clear => *self.lock() = State::default(),
         }
     }
@@ -221,6 +235,17 @@ impl Faults {
         } else {
             false
         }
+    }
+
+    /// How long a write (`verb`) of `token` is held before it is applied, if at all.
+    #[must_use]
+    pub fn late_write(&self, verb: &str, token: Option<&str>) -> Option<Duration> {
+        let state = self.lock();
+        if state.late_writes.is_empty() || !["create", "update", "patch", "delete"].contains(&verb) {
+            return None;
+        }
+        let token = token?;
+        state.late_writes.iter().find(|(t, _)| t == token).map(|(_, d)| *d)
     }
 
     /// What to do with a request of `verb` on `resource` from `token` (counted in [`Injected`]).

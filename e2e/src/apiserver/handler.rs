@@ -372,10 +372,32 @@ impl Server {
     }
 
     /// Answers one request.
-    pub async fn handle(self: &Arc<Self>, mut req: ApiRequest) -> Resp {
+    pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Resp {
         if req.path.starts_with("/_emulator/") {
             return self.control(&req);
         }
+        if let Some(latency) = self.late_write(&req) {
+            self.faults.count(|i| i.delayed += 1);
+            // Applied after the delay even when the client gave up meanwhile.
+            let me = Arc::clone(self);
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                me.handle_now(req).await
+            });
+            return task.await.unwrap_or_else(|e| status_response(500, "InternalError", &e.to_string(), None));
+        }
+        self.handle_now(req).await
+    }
+
+    /// How long the faults hold this write before applying it (`lateWrites`).
+    fn late_write(&self, req: &ApiRequest) -> Option<Duration> {
+        let token = self.identity(&req.headers).ok()?.1;
+        let segments: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let target = self.route(&segments).ok()??;
+        self.faults.late_write(verb_of(&req.method, &target, &req.query), token.as_deref())
+    }
+
+    async fn handle_now(self: &Arc<Self>, mut req: ApiRequest) -> Resp {
         let (identity, token) = match self.identity(&req.headers) {
             Ok(id) => id,
             Err(e) => return e.into_response(),

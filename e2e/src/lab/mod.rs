@@ -1124,6 +1124,45 @@ impl Lab {
             .map_err(|e| LabError::Parse { what: action, detail: e.to_string() })
     }
 
+    /// The value of an unlabelled metric `name` of a `purelb` process (`allocator-2`,
+    /// `agent-n1`, ..), scraped from its `/metrics` inside its namespace.
+    pub async fn metric(&self, process: &str, name: &str) -> Option<f64> {
+        let netns = self.resources.lock().get(process).and_then(|p| p.spec.netns.clone())?;
+        let target = SocketAddr::from(([127, 0, 0, 1], metrics_port_of(process)));
+        let reply = http::get(&netns, target, "/metrics", Duration::from_secs(2)).await.ok()?;
+        reply.body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Freezes a process with SIGSTOP (until [`Lab::resume`]).
+    ///
+    /// # Errors
+    ///
+    /// No process has that name.
+    pub fn pause(&self, name: &str) -> Result<(), LabError> {
+        self.with_process(name, ManagedProcess::pause)
+    }
+
+    /// Lets a paused process run on (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// No process has that name.
+    pub fn resume(&self, name: &str) -> Result<(), LabError> {
+        self.with_process(name, ManagedProcess::resume)
+    }
+
+    /// Makes the emulator hold every write of `process` for `delay` before applying it, also
+    /// when the process gave up waiting (`Duration::ZERO` ends it).
+    ///
+    /// # Errors
+    ///
+    /// The process has no token, or the emulator refuses.
+    pub async fn late_writes(&self, process: &str, delay: Duration) -> Result<(), LabError> {
+        let token = self.process_token(process)?;
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.post_fault(serde_json::json!({"action": "lateWrites", "token": token, "millis": millis})).await
+    }
+
     /// Cuts a process (`allocator`, `agent-n1`, ..) off the API: its requests are refused,
     /// answered 503 or never answered (`mode`), and its watches end, until [`Lab::heal`].
     ///

@@ -301,6 +301,16 @@ impl ManagedProcess {
         self.status()
     }
 
+    /// Freezes the process (SIGSTOP: a GC pause, a stalled VM) until [`Self::resume`].
+    pub fn pause(&mut self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a paused process run on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(Signal::SIGCONT);
+    }
+
     /// Asks the process to stop (SIGTERM), waits up to `grace`, then kills it.
     pub fn terminate(&mut self, grace: Duration) -> ProcessStatus {
         self.signal(Signal::SIGTERM);

@@ -190,7 +190,7 @@ impl Worker {
     /// backoff. Each release re-queues the Services waiting for an address.
     pub(super) async fn netbox_release_loop(self: Arc<Self>) {
         while let Some(claim) = self.netbox.releases.get().await {
-            if !(self.gate.may_write)() {
+            if !self.gate.may_write() {
                 claim.done();
                 continue;
             }
