@@ -1610,20 +1610,14 @@ impl Agent {
     /// the Lease's expiry while this node still holds them.
     async fn keep_for_successor(&self, why: &str) -> bool {
         let guard = self.lease_write.lock().await;
-        let content = {
+        let (config, announcing) = {
             let mut shared = self.shared();
             shared.kept_for_successor = true;
-            LeaseContent {
-                subnets: String::new(),
-                announcing: shared.announcing.clone(),
-                draining: false,
-                node_uid: None,
-            }
+            (shared.config.clone(), shared.announcing.clone())
         };
-        let config = self.shared().config.clone();
         let node_uid =
             self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
-        let content = LeaseContent { subnets: self.subnets(&config).await, node_uid, ..content };
+        let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining: false, node_uid };
         let settings = LeaseSettings { duration: self.settings.successor_timeout, ..self.lease_settings() };
         let written = lease::renew(&self.client, &settings, &content).await;
         drop(guard);
