@@ -37,14 +37,15 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, ObjectList},
 };
-use plan::{NodeInputs, Plan};
+use plan::Plan;
 use report::{KeptEntry, LinkEntry, Mode, OrphanEntry, Report};
 
 use crate::{
     agent::{
         config::{self, Config, ConfigError},
-        decide::{self, Inputs},
+        decide,
         lease::LeaseError,
+        plan::{Snapshot, Timing},
     },
     api::{LBNodeAgent, ServiceGroup, contract},
     core::{
@@ -245,25 +246,37 @@ pub async fn run_node(client: &Client, settings: &Settings, node: &str) -> Resul
     let (groups, ranges) = decide::parse_groups(&cluster.groups);
     let mut endpoints = EndpointIndex::new();
     endpoints.replace_all(&cluster.slices, Instant::now());
-    let decision =
-        decide::decide(&cluster.services, &Inputs { node, members: &members, endpoints: &endpoints, groups: &groups });
+    let services: Vec<&Service> = cluster.services.iter().collect();
     tracing::debug!(
         services = cluster.services.len(),
         members = members.len(),
         interfaces = ?announce,
-        wanted = decision.wanted.len(),
         config = ?config.source,
-        "decided"
+        "planning"
     );
-    let plan = plan::node_plan(&NodeInputs {
+    let plan = plan::node_plan(&Snapshot {
         node,
-        decision: &decision,
+        services: &services,
         members: &members,
-        snapshot: &snapshot,
+        endpoints: &endpoints,
+        groups: &groups,
+        ranges: &ranges,
+        kernel: &snapshot,
         announce: &announce,
         dummy_interface: &config.dummy_interface,
-        ranges: &ranges,
+        local_options: config.local_options,
+        dummy_options: config.dummy_options,
         marks: mgr.mark_support(),
+        lease_ok: true,
+        draining: false,
+        drain_started: None,
+        now: Instant::now(),
+        timing: Timing {
+            lease_duration: Duration::ZERO,
+            handover_timeout: Duration::ZERO,
+            settle_time: Duration::ZERO,
+            quiet_wait: Duration::ZERO,
+        },
     });
     let (orphans, links) = apply(&mgr, &snapshot, &plan, settings.dry_run).await;
     Ok(Report {

@@ -331,6 +331,8 @@ async fn orphans_go_administrator_addresses_stay_and_drift_is_repaired() {
     // The promise (BENCHMARKS.md): back within 1 s.
     wait_holders(&lab, ip, &[winner.as_str()], Duration::from_secs(1)).await;
     eprintln!("MEASURE drift: address deleted -> back: {:?}", removed.elapsed());
+    let repairs = lab.metric(&format!("agent-{winner}"), "purelb_address_drift_repairs_total").await;
+    assert_eq!(repairs, Some(1.0), "the repair is counted once");
 
     // An administrator's address inside the pool range, without our mark, on another node.
     let other = names.iter().find(|n| **n != winner).unwrap().clone();

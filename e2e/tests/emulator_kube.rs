@@ -309,6 +309,12 @@ async fn fault_recovery_with(fault: FaultRequest, settle: Duration, writes_durin
         let (store, task) = start_reflector(h.client(Some("victim")).await);
         store.wait_until_ready().await.unwrap();
         converges(&store, &admin, Duration::from_secs(10)).await;
+        // A change seen after the list proves the watch is open, so that a fault on open
+        // watches meets one (on a loaded machine the watch request may still be on its way).
+        admin.create(&PostParams::default(), &svc("probe")).await.unwrap();
+        converges(&store, &admin, Duration::from_secs(10)).await;
+        admin.delete("probe", &Default::default()).await.unwrap();
+        converges(&store, &admin, Duration::from_secs(10)).await;
         h.emulator.faults().apply(fault_clone(&fault));
         if matches!(fault, FaultRequest::ExpireNextWatch { .. } | FaultRequest::Fail(_)) {
             // These strike the *next* watch: end the open one so that the client meets them.

@@ -41,6 +41,7 @@ use super::{
     connections,
     decide::{self, Inputs, Kind},
     lease::{self, LeaseContent, LeaseSettings},
+    plan::{self, Action, AddWhy, HeldState, Outcome, Timers},
     shutdown::{self, Evidence, ShutdownMode, Verdict},
 };
 use crate::{
@@ -52,9 +53,7 @@ use crate::{
         election::{self, HeldAddress, Members},
         endpoints::{EndpointIndex, ServiceKey},
         ipam::{Family, ParsedPools},
-        netlink::{
-            Address, AddressManager, AddressSnapshot, AddressSpec, Link, LinkRef, NetlinkError, interface_for, is_owned,
-        },
+        netlink::{Address, AddressManager, AddressSnapshot, AddressSpec, Link, LinkRef, NetlinkError},
         queue::WorkQueue,
     },
     telemetry::{Readiness, catalog},
@@ -133,20 +132,6 @@ enum Work {
     Pass,
 }
 
-/// An address this node holds.
-struct Held {
-    spec: AddressSpec,
-    ifname: String,
-    kind: Kind,
-    services: Vec<ServiceKey>,
-    burst: Option<BurstHandle>,
-    /// Taken over from a draining node that still holds it: held, but no GARP/NA yet (the
-    /// client keeps using the old node until it lets go at a quiet moment), since when.
-    quiet_takeover: Option<Instant>,
-    /// Added again without duplicate address detection after DAD failed (IPv6).
-    force_nodad: bool,
-}
-
 /// The last status published per (Service, address), for transition-only Events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Note {
@@ -157,23 +142,13 @@ enum Note {
 
 #[derive(Default)]
 struct State {
-    held: BTreeMap<IpAddr, Held>,
+    /// What this node holds and the timers of the plan's rules.
+    timers: Timers,
+    /// GARP/NA bursts running, by address.
+    bursts: HashMap<IpAddr, BurstHandle>,
     notes: HashMap<(ServiceKey, IpAddr), Note>,
     gauges: HashSet<(String, String, String)>,
     config_error: Option<String>,
-    /// Remote addresses no longer eligible (endpoints gone), since when: withdrawn after the
-    /// settle time.
-    settling: HashMap<IpAddr, Instant>,
-    /// Local addresses held here whose election another live node won (a node rejoined,
-    /// endpoints moved), since when: kept until the winner holds them (make before break).
-    losing: HashMap<IpAddr, Instant>,
-    /// Local addresses given up because another host claimed them (`on_conflict`), since when:
-    /// not claimed again for one lease duration while this node still elects itself, so that a
-    /// node whose view is stale (cut off from the API) does not take the address back at once.
-    yielded: HashMap<IpAddr, Instant>,
-    /// Draining: local addresses whose successor holds them, since when this node saw that
-    /// (the quiet moment is waited for at most [`QUIET_WAIT`] from then).
-    handing_over: HashMap<IpAddr, Instant>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
     /// Services with an `endpointslice_count` series.
@@ -639,8 +614,9 @@ impl Agent {
         }
     }
 
-    /// One level-triggered pass. Returns whether it ran (it waits for this node's own Lease).
-    #[allow(clippy::too_many_lines)]
+    /// One level-triggered pass: gather one snapshot (the caches, which must all have synced,
+    /// EndpointSlices included, and this node's own Lease in them; the kernel's addresses; the
+    /// clock), plan with the pure [`plan::plan`], apply its actions. Returns whether it ran.
     async fn pass(&self) -> Result<bool, AgentError> {
         let mut state = self.state.lock().await;
         let own = contract::node_lease_name(&self.settings.node);
@@ -649,13 +625,15 @@ impl Agent {
             l.name_any() == own
                 && l.annotations().get(contract::LEASE_ANNOTATION_INSTANCE) == Some(&self.settings.instance)
         });
-        if !own_seen {
-            // Membership is not known yet: deciding now would drop what this node should keep.
+        let endpoints_synced = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_synced();
+        if !own_seen || !endpoints_synced {
+            // Membership or the endpoints are not known yet: deciding now would drop what this
+            // node should keep (an externalTrafficPolicy: Local address looks endpoint-less).
             self.queue.add_after(Work::Pass, Duration::from_millis(200));
             return Ok(false);
         }
-        let snapshot = self.mgr.snapshot().await?;
-        if let Some((bad, message)) = self.refresh_config(&snapshot.links) {
+        let kernel = self.mgr.snapshot().await?;
+        if let Some((bad, message)) = self.refresh_config(&kernel.links) {
             if state.config_error.as_ref() != Some(&message) {
                 tracing::warn!(%message, "invalid LBNodeAgent; keeping the last good configuration");
                 state.config_error = Some(message.clone());
@@ -681,15 +659,37 @@ impl Agent {
         // This node's own Lease must look live in the cache too: otherwise the cache is behind
         // (e.g. right after an API outage) and so are the peers' Leases in it.
         let lease_ok = self.lease_ok() && members.get(&self.settings.node).is_some();
-        let ifaces = self.announce_interfaces(&config, &snapshot).await;
+        let ifaces = self.announce_interfaces(&config, &kernel).await;
         let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
-        let (decision, slice_counts) = {
+        let services = self.services.state();
+        let services: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
+        let timers = std::mem::take(&mut state.timers);
+        let (planned, slice_counts) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let services = self.services.state();
-            let decision = self.decide(services.iter().map(AsRef::as_ref), &members, &index, &groups);
+            let snapshot = plan::Snapshot {
+                node: &self.settings.node,
+                services: &services,
+                members: &members,
+                endpoints: &index,
+                groups: &groups,
+                ranges: &ranges,
+                kernel: &kernel,
+                announce: &ifaces,
+                dummy_interface: &config.dummy_interface,
+                local_options: config.local_options,
+                dummy_options: config.dummy_options,
+                marks: self.mgr.mark_support(),
+                lease_ok,
+                draining,
+                drain_started,
+                now: Instant::now(),
+                timing: self.timing(),
+            };
+            let planned = plan::plan(&snapshot, &timers);
             if let Some(age) = index.cache_age(Instant::now()) {
                 metrics::gauge!(catalog::ENDPOINTSLICE_CACHE_AGE).set(age.as_secs_f64());
             }
+            let decision = &planned.decision;
             let counts: BTreeMap<String, usize> =
                 decision.considered.iter().map(|(key, _, _)| (key.to_string(), index.slice_count(key))).collect();
             // Endpoints without nodeName of the Services this node evaluates: they make no node
@@ -701,8 +701,9 @@ impl Agent {
                 .sum();
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(catalog::ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE).set(without_node as f64);
-            (decision, counts)
+            (planned, counts)
         };
+        let plan::Plan { decision, actions, mut failures, orphans, wake_after, timers: next, .. } = planned;
         let changes =
             decision.winners.iter().filter(|(ip, w)| state.winners.get(*ip).is_some_and(|old| old != *w)).count();
         if changes > 0 {
@@ -717,324 +718,32 @@ impl Agent {
             metrics::gauge!(catalog::ENDPOINTSLICE_COUNT, "service" => service.clone()).set(*count as f64);
         }
         state.slice_gauges = slice_counts.into_keys().collect();
-        let local_addresses: Vec<Address> =
-            snapshot.addresses.iter().filter(|a| ifaces.contains(&a.ifname)).cloned().collect();
-        let mut failures: HashMap<IpAddr, String> = HashMap::new();
-        let mut dummy_ready: Option<Result<(), String>> = None;
-        let mut new_held: BTreeMap<IpAddr, Held> = BTreeMap::new();
-        let mut renew_after: Option<u32> = None;
-        for wanted in decision.wanted.values() {
-            let ip = wanted.ip;
-            let mut force_nodad = state.held.get(&ip).is_some_and(|h| h.force_nodad);
-            let mut spec = match wanted.kind {
-                Kind::Local => {
-                    let Some(m) = interface_for(&local_addresses, ip) else {
-                        failures.insert(
-                            ip,
-                            format!(
-                                "node {} has no announce interface ({}) with a subnet containing {ip}",
-                                self.settings.node,
-                                ifaces.join(", ")
-                            ),
-                        );
-                        continue;
-                    };
-                    let o = config.local_options;
-                    // IPv6 Service addresses must never become source addresses (preferred
-                    // lifetime 0). `AddressSpec` reads 0 as "forever", so the nearest it can say
-                    // is 1 s: deprecated one second after each (re-)add. With a permanent valid
-                    // lifetime there is no deprecated state to ask for.
-                    let preferred = match (ip.is_ipv6(), o.valid_lifetime) {
-                        (_, 0) => o.preferred_lifetime,
-                        (true, _) => 1,
-                        (false, _) => o.preferred_lifetime,
-                    };
-                    let mut spec =
-                        AddressSpec::new(m.ifname.clone(), ip, m.prefix_len).lifetimes(o.valid_lifetime, preferred);
-                    if o.no_prefix_route {
-                        spec = spec.noprefixroute();
-                    }
-                    if wanted.nodad || force_nodad {
-                        spec = spec.nodad();
-                    }
-                    spec
-                }
-                Kind::Remote => {
-                    let ready = match &dummy_ready {
-                        Some(r) => r.clone(),
-                        None => {
-                            let r = self
-                                .mgr
-                                .ensure_link(&config.dummy_interface)
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| e.to_string());
-                            dummy_ready = Some(r.clone());
-                            r
-                        }
-                    };
-                    if let Err(message) = ready {
-                        failures.insert(ip, message);
-                        continue;
-                    }
-                    let o = config.dummy_options;
-                    let mut spec = AddressSpec::new(config.dummy_interface.clone(), ip, wanted.aggregation)
-                        .lifetimes(o.valid_lifetime, o.preferred_lifetime.min(o.valid_lifetime));
-                    if o.no_prefix_route {
-                        spec = spec.noprefixroute();
-                    }
-                    spec
-                }
-            };
-            let ifname = spec.link.to_string();
-            let before =
-                state.held.remove(&ip).filter(|h| h.spec.link == spec.link && h.spec.prefix_len == spec.prefix_len);
-            if wanted.kind == Kind::Local && before.is_none() && (!lease_ok || draining) {
-                // No new claims without a current Lease, or while handing over.
-                continue;
-            }
-            if wanted.kind == Kind::Local
-                && before.is_none()
-                && let Some(at) = state.yielded.get(&ip)
-            {
-                // Given up to another claimer moments ago: this node's view may be the stale one.
-                let left = self.settings.lease_duration.saturating_sub(at.elapsed());
-                if !left.is_zero() {
-                    self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
-                    continue;
-                }
-            }
-            let mut readded = false;
-            let mut present = snapshot
-                .addresses
-                .iter()
-                .find(|a| a.ip == ip && a.ifname == ifname && a.prefix_len == spec.prefix_len && a.has_purelb_mark());
-            // IPv6 duplicate address detection fails when a takeover finds the address still on
-            // the previous holder (make before break, or a crashed agent's node): the kernel
-            // would never use it. Uniqueness is the election's and the conflict detection's
-            // job, so add it again without DAD.
-            if let Some(failed) = present.filter(|a| a.state.dad_failed && !spec.flags.nodad) {
-                tracing::warn!(%ip, link = %ifname, "duplicate address detection failed (another host answers for the address, e.g. its previous holder); adding it again without DAD");
-                if let Err(error) = self.mgr.delete_listed(failed, &snapshot).await {
-                    tracing::warn!(%ip, %error, "cannot remove the address that failed DAD");
-                }
-                spec = spec.nodad();
-                force_nodad = true;
-                present = None;
-                readded = true;
-            }
-            let renew_due = spec.valid_lifetime != 0
-                && present.is_some_and(|a| a.valid_lifetime.is_none_or(|left| left < spec.valid_lifetime / 2));
-            let flags_differ = present.is_some_and(|a| a.flags != spec.flags);
-            if present.is_none() || renew_due || flags_differ {
-                if let Err(error) = self.mgr.add_or_replace(&spec).await {
-                    tracing::warn!(%ip, link = %ifname, %error, "cannot add address");
-                    failures.insert(ip, format!("cannot add {ip} to {ifname} on node {}: {error}", self.settings.node));
-                    continue;
-                }
-                if present.is_none() && !readded {
-                    if before.is_some() {
-                        metrics::counter!(catalog::ADDRESS_DRIFT_REPAIRS).increment(1);
-                        tracing::info!(%ip, link = %ifname, "address was removed by someone else; added it back");
-                    } else {
-                        tracing::info!(%ip, link = %ifname, prefix_len = spec.prefix_len, kind = wanted.kind.as_str(), "added address");
-                    }
-                }
-            }
-            if spec.valid_lifetime != 0 {
-                renew_after = Some(renew_after.map_or(spec.valid_lifetime, |r| r.min(spec.valid_lifetime)));
-            }
-            let (mut burst, mut quiet_takeover) = before.map_or((None, None), |b| (b.burst, b.quiet_takeover));
-            if wanted.kind == Kind::Local && (burst.is_none() || present.is_none()) {
-                // Graceful handover: while the draining node still lists the address, hold it
-                // without announcing it; the old node lets go when no connection to it is open
-                // and only then does this node move the clients over (docs/agent.md).
-                // A holder that is gone (its Lease expired) is not waited for.
-                let handing_over = members.holders_of(ip).iter().any(|h| h.node != self.settings.node && h.draining);
-                let since = *quiet_takeover.get_or_insert_with(Instant::now);
-                let left = self.handover_bound().saturating_sub(since.elapsed());
-                if handing_over && !left.is_zero() {
-                    self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
-                } else {
-                    if handing_over {
-                        tracing::warn!(%ip, "the draining holder still lists the address after the handover bound; announcing anyway");
-                    }
-                    quiet_takeover = None;
-                    if let Some(b) = burst.take() {
-                        b.stop();
-                    }
-                    burst = self.start_burst(&config, &snapshot, &ifname, ip).await;
-                }
-            }
-            new_held.insert(
-                ip,
-                Held {
-                    spec,
-                    ifname,
-                    kind: wanted.kind,
-                    services: wanted.services.clone(),
-                    burst,
-                    quiet_takeover,
-                    force_nodad,
-                },
-            );
-        }
-        // What was held and is not wanted any more, and every other owned address: withdraw.
-        let managed: Vec<String> = ifaces.iter().cloned().chain([config.dummy_interface.clone()]).collect();
-        let marks = self.mgr.mark_support();
-        let mut orphans = 0_u32;
-        let mut quiet: Vec<(&Address, Held, Instant, Instant)> = Vec::new();
-        for address in snapshot.addresses.iter().filter(|a| is_owned(a, &managed, &ranges, marks)) {
-            if new_held
-                .get(&address.ip)
-                .is_some_and(|h| h.ifname == address.ifname && h.spec.prefix_len == address.prefix_len)
-            {
-                continue;
-            }
-            let was_held = state.held.remove(&address.ip);
-            if let Some(held) = was_held {
-                let still_requested =
-                    decision.considered.iter().any(|(_, ip, kind)| *ip == address.ip && *kind == Kind::Remote);
-                let keep = if !lease_ok {
-                    true
-                } else if held.kind == Kind::Remote && still_requested && !draining {
-                    // Endpoints went away: wait the settle time (rollouts flap EndpointSlices).
-                    let since = *state.settling.entry(address.ip).or_insert_with(Instant::now);
-                    let left = self.settings.settle_time.saturating_sub(since.elapsed());
-                    if !left.is_zero() {
-                        self.queue.add_after(Work::Pass, left + Duration::from_millis(10));
-                    }
-                    !left.is_zero()
-                } else if draining && held.kind == Kind::Local {
-                    let handed_over =
-                        members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
-                    let deadline = drain_started.map(|t| t + self.settings.handover_timeout);
-                    let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-                    // The successor holds it: let go at a moment when no connection to it is
-                    // open, so that none is cut when the clients move over. Two nodes hold the
-                    // address meanwhile, so that moment is waited for at most `QUIET_WAIT`; a
-                    // connection still open then (a long-lived one, or one whose client is
-                    // gone) would not end in any reasonable time anyway. Every address of the
-                    // pass is handed over at once, after this loop: one after another, the last
-                    // waited for the others' netlink work too (the soak saw 233 ms of overlap
-                    // for the fourth of four addresses).
-                    if handed_over && !timed_out {
-                        let since = *state.handing_over.entry(address.ip).or_insert_with(Instant::now);
-                        let until = deadline.map_or(since + QUIET_WAIT, |d| d.min(since + QUIET_WAIT));
-                        quiet.push((address, held, since, until));
-                        continue;
-                    }
-                    if timed_out {
-                        record_handover(drain_started);
-                    }
-                    !timed_out
-                } else if held.kind == Kind::Local
-                    && decision
-                        .winners
-                        .get(&address.ip)
-                        .is_some_and(|w| w.as_deref().is_some_and(|n| n != self.settings.node))
-                {
-                    // Another live node won it (endpoints moved, a node rejoined): keep it until
-                    // the winner holds it, so that the move never leaves the address with nobody
-                    // (a rejoining winner first waits out its hold-off). The winner's GARP/NA on
-                    // the wire ends this at once (`on_conflict`); its Lease listing the address,
-                    // or the bound, otherwise.
-                    let since = *state.losing.entry(address.ip).or_insert_with(Instant::now);
-                    let deadline = since + self.handover_bound();
-                    let winner_holds =
-                        members.holders_of(address.ip).iter().any(|h| h.node != self.settings.node && !h.draining);
-                    let done = winner_holds || Instant::now() >= deadline;
-                    if !done {
-                        self.queue.add_after(Work::Pass, deadline.saturating_duration_since(Instant::now()));
-                    }
-                    !done
-                } else {
-                    false
-                };
-                if keep {
-                    new_held.insert(address.ip, held);
-                } else if let Some(held) = self.withdraw(address, &snapshot, held).await {
-                    new_held.insert(address.ip, held);
-                }
-            } else {
-                if !lease_ok {
-                    continue;
-                }
-                orphans += 1;
-                match self.mgr.delete_listed(address, &snapshot).await {
-                    Ok(_) => {
-                        metrics::counter!(catalog::ORPHANED_IPS_REMOVED).increment(1);
-                        tracing::info!(ip = %address.ip, link = %address.ifname, "removed orphaned address (PureLB-owned, not held by this node)");
-                    }
-                    Err(error) => {
-                        tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot remove orphaned address")
-                    }
-                }
-            }
-        }
         metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
-        // Graceful handovers whose successor holds the address, all at once.
-        let outcomes = futures::future::join_all(quiet.iter().map(|(address, held, _, until)| async {
-            match Self::wait_quiet(address.ip, *until).await {
-                Ok(segments) => Ok(self.let_go_quietly(address, &snapshot, &held.spec, segments).await),
-                Err(open) => Err(open),
-            }
-        }))
-        .await;
-        for ((address, held, since, _), outcome) in quiet.into_iter().zip(outcomes) {
-            let ip = address.ip;
-            match outcome {
-                Ok(Ok(true)) => {
-                    tracing::info!(%ip, link = %address.ifname, waited = ?since.elapsed(), "withdrew address at a moment without open connections; the successor takes over");
-                    record_handover(drain_started);
-                    if let Some(b) = &held.burst {
-                        b.stop();
-                    }
-                }
-                // A connection raced the withdrawal: the address is back until it ends.
-                Ok(Ok(false)) => {
-                    new_held.insert(ip, held);
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%ip, %error, "cannot hand the address over");
-                    new_held.insert(ip, held);
-                }
-                Err(open) => {
-                    tracing::info!(%ip, open, waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
-                    record_handover(drain_started);
-                    if let Some(held) = self.withdraw(address, &snapshot, held).await {
-                        new_held.insert(ip, held);
-                    }
-                }
-            }
+        if let Some(after) = wake_after {
+            self.queue.add_after(Work::Pass, after);
         }
-        // Held addresses that vanished without being wanted (Service gone while the address
-        // was already removed): just forget them.
-        for (_, held) in std::mem::take(&mut state.held) {
-            if let Some(b) = &held.burst {
-                b.stop();
+        let outcomes = self.apply(&config, &kernel, actions, &mut state.bursts, drain_started).await;
+        state.timers = next.after_apply(outcomes, &mut failures);
+        let State { timers, bursts, .. } = &mut *state;
+        bursts.retain(|ip, burst| {
+            let keep = timers.held.contains_key(ip);
+            if !keep {
+                burst.stop();
             }
-        }
-        state.held = new_held;
-        let held_now: HashSet<IpAddr> =
-            state.held.iter().filter(|(ip, _)| decision.wanted.contains_key(*ip)).map(|(ip, _)| *ip).collect();
-        let State { settling, losing, held, yielded, handing_over, .. } = &mut *state;
-        settling.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
-        losing.retain(|ip, _| !held_now.contains(ip) && held.contains_key(ip));
-        handing_over.retain(|ip, _| held.contains_key(ip));
-        // Forgotten once the hold-off passed or this node no longer elects itself.
-        yielded.retain(|ip, at| at.elapsed() < self.settings.lease_duration && decision.wanted.contains_key(ip));
+            keep
+        });
         let local_ifaces: HashSet<String> =
-            state.held.values().filter(|h| h.kind == Kind::Local).map(|h| h.ifname.clone()).collect();
+            state.timers.held.values().filter(|h| h.kind == Kind::Local).map(|h| h.ifname.clone()).collect();
         *self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            state.held.iter().filter(|(_, h)| h.kind == Kind::Local).map(|(ip, _)| *ip).collect();
+            state.timers.held.iter().filter(|(_, h)| h.kind == Kind::Local).map(|(ip, _)| *ip).collect();
         self.stop_captures(&local_ifaces);
         for ifname in &local_ifaces {
-            self.start_capture(&snapshot, ifname).await;
+            self.start_capture(&kernel, ifname).await;
         }
         self.report(&mut state, &decision, &failures);
         let announcing = election::format_announcing(
             &state
+                .timers
                 .held
                 .values()
                 .map(|h| HeldAddress { address: h.spec.ip, interface: Some(h.ifname.clone()) })
@@ -1049,14 +758,169 @@ impl Agent {
         if changed {
             self.kick_lease.notify_one();
         }
-        if let Some(valid) = renew_after {
-            self.queue.add_after(Work::Pass, Duration::from_secs(u64::from(valid / 3).max(1)));
-        }
         Ok(true)
     }
 
+    /// The timing settings of [`plan::plan`].
+    fn timing(&self) -> plan::Timing {
+        plan::Timing {
+            lease_duration: self.settings.lease_duration,
+            handover_timeout: self.settings.handover_timeout,
+            settle_time: self.settings.settle_time,
+            quiet_wait: QUIET_WAIT,
+        }
+    }
+
+    /// Applies a plan's actions in order: netlink and GARP/NA, nothing else. Returns what did
+    /// not go as planned.
+    #[allow(clippy::too_many_lines)]
+    async fn apply(
+        &self,
+        config: &Config,
+        kernel: &AddressSnapshot,
+        actions: Vec<Action>,
+        bursts: &mut HashMap<IpAddr, BurstHandle>,
+        drain_started: Option<Instant>,
+    ) -> Vec<Outcome> {
+        let node = &self.settings.node;
+        let mut outcomes = Vec::new();
+        let mut dummy: Option<Result<(), String>> = None;
+        let mut not_added: HashSet<IpAddr> = HashSet::new();
+        let mut quiet: Vec<(Address, HeldState, Instant, Instant)> = Vec::new();
+        for action in actions {
+            match action {
+                Action::RemoveFailedDad(address) => {
+                    tracing::warn!(ip = %address.ip, link = %address.ifname, "duplicate address detection failed (another host answers for the address, e.g. its previous holder); adding it again without DAD");
+                    if let Err(error) = self.mgr.delete_listed(&address, kernel).await {
+                        tracing::warn!(ip = %address.ip, %error, "cannot remove the address that failed DAD");
+                    }
+                }
+                Action::EnsureDummy(name) => {
+                    dummy = Some(self.mgr.ensure_link(&name).await.map(|_| ()).map_err(|e| e.to_string()));
+                }
+                Action::Add { spec, kind, why } => {
+                    let ip = spec.ip;
+                    let ifname = spec.link.to_string();
+                    if kind == Kind::Remote
+                        && let Some(Err(message)) = &dummy
+                    {
+                        not_added.insert(ip);
+                        outcomes.push(Outcome::AddFailed { ip, message: message.clone() });
+                        continue;
+                    }
+                    match self.mgr.add_or_replace(&spec).await {
+                        Ok(_) => match why {
+                            AddWhy::Repair => {
+                                metrics::counter!(catalog::ADDRESS_DRIFT_REPAIRS).increment(1);
+                                tracing::info!(%ip, link = %ifname, "address was removed by someone else; added it back");
+                            }
+                            AddWhy::New => {
+                                tracing::info!(%ip, link = %ifname, prefix_len = spec.prefix_len, kind = kind.as_str(), "added address");
+                            }
+                            AddWhy::Renew | AddWhy::Flags | AddWhy::NoDad => {}
+                        },
+                        Err(error) => {
+                            tracing::warn!(%ip, link = %ifname, %error, "cannot add address");
+                            not_added.insert(ip);
+                            outcomes.push(Outcome::AddFailed {
+                                ip,
+                                message: format!("cannot add {ip} to {ifname} on node {node}: {error}"),
+                            });
+                        }
+                    }
+                }
+                Action::Announce { ip, ifname } => {
+                    if let Some(b) = bursts.remove(&ip) {
+                        b.stop();
+                    }
+                    if not_added.contains(&ip) || config.burst.is_none() {
+                        continue;
+                    }
+                    match self.start_burst(config, kernel, &ifname, ip).await {
+                        Some(b) => {
+                            bursts.insert(ip, b);
+                        }
+                        None => outcomes.push(Outcome::AnnounceFailed(ip)),
+                    }
+                }
+                Action::Remove { address, reason, detail, held, stop_announcing, handover } => {
+                    let ip = address.ip;
+                    if !stop_announcing && not_added.contains(&ip) {
+                        // Its new place could not be added: the old one stays (make before break).
+                        if let Some(h) = held {
+                            outcomes.push(Outcome::StillHeld(h));
+                        }
+                        continue;
+                    }
+                    if stop_announcing && let Some(b) = bursts.remove(&ip) {
+                        b.stop();
+                    }
+                    if handover {
+                        record_handover(drain_started);
+                    }
+                    match self.mgr.delete_listed(&address, kernel).await {
+                        Ok(_) if held.is_some() => {
+                            tracing::info!(%ip, link = %address.ifname, %reason, %detail, "withdrew address");
+                        }
+                        Ok(_) => {
+                            metrics::counter!(catalog::ORPHANED_IPS_REMOVED).increment(1);
+                            tracing::info!(%ip, link = %address.ifname, %reason, %detail, "removed orphaned address (PureLB-owned, not held by this node)");
+                        }
+                        Err(error) => {
+                            tracing::warn!(%ip, link = %address.ifname, %error, "cannot remove address");
+                            if let Some(h) = held {
+                                outcomes.push(Outcome::StillHeld(h));
+                            }
+                        }
+                    }
+                }
+                Action::LetGoQuietly { address, held, since, until } => quiet.push((address, held, since, until)),
+            }
+        }
+        // Graceful handovers whose successor holds the address, all at once.
+        let results = futures::future::join_all(quiet.iter().map(|(address, held, _, until)| async {
+            match Self::wait_quiet(address.ip, *until).await {
+                Ok(segments) => Ok(self.let_go_quietly(address, kernel, &held.spec, segments).await),
+                Err(open) => Err(open),
+            }
+        }))
+        .await;
+        for ((address, held, since, _), result) in quiet.into_iter().zip(results) {
+            let ip = address.ip;
+            match result {
+                Ok(Ok(true)) => {
+                    tracing::info!(%ip, link = %address.ifname, waited = ?since.elapsed(), "withdrew address at a moment without open connections; the successor takes over");
+                    record_handover(drain_started);
+                    if let Some(b) = bursts.remove(&ip) {
+                        b.stop();
+                    }
+                }
+                // A connection raced the withdrawal: the address is back until it ends.
+                Ok(Ok(false)) => outcomes.push(Outcome::StillHeld(held)),
+                Ok(Err(error)) => {
+                    tracing::warn!(%ip, %error, "cannot hand the address over");
+                    outcomes.push(Outcome::StillHeld(held));
+                }
+                Err(open) => {
+                    tracing::info!(%ip, open, waited = ?since.elapsed(), "connections to the address stay open; handing it over anyway");
+                    record_handover(drain_started);
+                    if let Some(b) = bursts.remove(&ip) {
+                        b.stop();
+                    }
+                    match self.mgr.delete_listed(&address, kernel).await {
+                        Ok(_) => tracing::info!(%ip, link = %address.ifname, "withdrew address"),
+                        Err(error) => {
+                            tracing::warn!(%ip, link = %address.ifname, %error, "cannot withdraw address");
+                            outcomes.push(Outcome::StillHeld(held));
+                        }
+                    }
+                }
+            }
+        }
+        outcomes
+    }
     /// Events and metrics for the transitions of this pass.
-    fn report(&self, state: &mut State, decision: &decide::Decision, failures: &HashMap<IpAddr, String>) {
+    fn report(&self, state: &mut State, decision: &decide::Decision, failures: &BTreeMap<IpAddr, String>) {
         let mut events: BTreeMap<ServiceKey, Vec<(EventType, &'static str, String)>> = BTreeMap::new();
         let mut seen: HashSet<(ServiceKey, IpAddr)> = HashSet::new();
         let node = &self.settings.node;
@@ -1067,7 +931,7 @@ impl Agent {
         for (key, ip, kind) in &decision.considered {
             let id = (key.clone(), *ip);
             seen.insert(id.clone());
-            let note = if let Some(h) = state.held.get(ip).filter(|h| h.services.contains(key)) {
+            let note = if let Some(h) = state.timers.held.get(ip).filter(|h| h.services.contains(key)) {
                 Note::Announcing(h.kind, h.ifname.clone())
             } else if let Some(message) = failures.get(ip) {
                 Note::Failed(message.clone())
@@ -1137,7 +1001,7 @@ impl Agent {
         }
         // Metrics.
         let mut gauges = HashSet::new();
-        for h in state.held.values() {
+        for h in state.timers.held.values() {
             for s in &h.services {
                 gauges.insert((s.to_string(), h.spec.ip.to_string(), h.ifname.clone()));
             }
@@ -1150,7 +1014,7 @@ impl Agent {
         }
         state.gauges = gauges;
         #[allow(clippy::cast_precision_loss)]
-        metrics::gauge!(catalog::ANNOUNCED_IPS).set(state.held.len() as f64);
+        metrics::gauge!(catalog::ANNOUNCED_IPS).set(state.timers.held.len() as f64);
     }
 
     async fn link_info(&self, snapshot: &AddressSnapshot, ifname: &str) -> Result<LinkInfo, AgentError> {
@@ -1294,7 +1158,7 @@ impl Agent {
         metrics::counter!(catalog::ADDRESS_CONFLICTS).increment(1);
         let draining = self.shared().draining;
         // Lost the election and kept only until the winner holds it: this is the winner.
-        let losing = self.state.lock().await.losing.contains_key(&ip);
+        let losing = self.state.lock().await.timers.losing.contains_key(&ip);
         // Neither a current Lease nor the caches settle it: the cut may be younger than one
         // renewal, the claimer's Lease (a node that just rejoined) may not have reached the
         // cache yet, or this node's watch of the endpoints may be behind. Read the API now and
@@ -1311,19 +1175,19 @@ impl Agent {
             return;
         }
         let mut state = self.state.lock().await;
-        let Some(held) = state.held.remove(&ip) else { return };
-        if let Some(b) = &held.burst {
+        let Some(held) = state.timers.held.remove(&ip) else { return };
+        if let Some(b) = state.bursts.remove(&ip) {
             b.stop();
         }
         self.held_local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&ip);
         match self.mgr.delete(held.spec.link.clone(), ip).await {
             Ok(_) => {
-                state.yielded.insert(ip, Instant::now());
+                state.timers.yielded.insert(ip, Instant::now());
                 tracing::info!(%ip, %mac, interface = ifname, draining, losing, "another host took over the address; gave it up")
             }
             Err(error) => {
                 tracing::warn!(%ip, %error, "cannot give up an address another host claims");
-                state.held.insert(ip, held);
+                state.timers.held.insert(ip, held);
             }
         }
         drop(state);
@@ -1395,31 +1259,6 @@ impl Agent {
         let selector = kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
         let (svc, slices) = futures::try_join!(services.get_opt(&name), slices.list(&selector))?;
         Ok(svc.map(|svc| (svc, slices.items)))
-    }
-
-    /// How long a planned move waits for the other side (the previous holder to let go, or
-    /// the winner to hold the address): the handover timeout plus one lease duration (a node
-    /// that rejoins waits that long before it claims anything).
-    fn handover_bound(&self) -> Duration {
-        self.settings.handover_timeout + self.settings.lease_duration
-    }
-
-    /// Stops `held`'s announcements and removes `address`; gives `held` back when the kernel
-    /// refuses (it stays held and the next pass tries again).
-    async fn withdraw(&self, address: &Address, snapshot: &AddressSnapshot, held: Held) -> Option<Held> {
-        if let Some(b) = &held.burst {
-            b.stop();
-        }
-        match self.mgr.delete_listed(address, snapshot).await {
-            Ok(_) => {
-                tracing::info!(ip = %address.ip, link = %address.ifname, "withdrew address");
-                None
-            }
-            Err(error) => {
-                tracing::warn!(ip = %address.ip, link = %address.ifname, %error, "cannot withdraw address");
-                Some(held)
-            }
-        }
     }
 
     /// Waits (polling every millisecond, never past `until`) until no TCP connection to `ip`
@@ -1638,12 +1477,10 @@ impl Agent {
     /// Stops the GARP/NA bursts of held addresses (the addresses stay).
     async fn stop_bursts(&self) {
         let state = self.state.lock().await;
-        for held in state.held.values() {
-            if let Some(b) = &held.burst {
-                b.stop();
-            }
+        for burst in state.bursts.values() {
+            burst.stop();
         }
-        tracing::info!(kept = state.held.len(), "exiting with the addresses in place");
+        tracing::info!(kept = state.timers.held.len(), "exiting with the addresses in place");
     }
 
     /// Graceful handover: mark the Lease draining and keep passing until no local address is
@@ -1658,7 +1495,7 @@ impl Agent {
         self.kick_lease.notify_one();
         tracing::info!(timeout = ?self.settings.handover_timeout, "draining: handing local addresses over");
         loop {
-            let local_left = self.state.lock().await.held.values().filter(|h| h.kind == Kind::Local).count();
+            let local_left = self.state.lock().await.timers.held.values().filter(|h| h.kind == Kind::Local).count();
             if local_left == 0 {
                 tracing::info!(elapsed = ?started.elapsed(), "handover complete");
                 return;
@@ -1675,12 +1512,12 @@ impl Agent {
     /// Removes every address this node holds (at exit).
     async fn withdraw_all(&self) {
         let mut state = self.state.lock().await;
-        let held = std::mem::take(&mut state.held);
+        let held = std::mem::take(&mut state.timers.held);
+        for (_, burst) in state.bursts.drain() {
+            burst.stop();
+        }
         let mut withdrawn = BTreeSet::new();
         for (ip, h) in held {
-            if let Some(b) = &h.burst {
-                b.stop();
-            }
             match self.mgr.delete(h.spec.link.clone(), ip).await {
                 Ok(_) => {
                     withdrawn.insert(ip);

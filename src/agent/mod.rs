@@ -6,6 +6,8 @@
 //!   endpoints);
 //! - [`config`]: which LBNodeAgent governs this node, checked;
 //! - [`lease`]: this node's Lease body and its renewal;
+//! - [`plan`]: one pass as a pure function (snapshot and timers in, actions and timers out),
+//!   shared with `purelb reconcile`;
 //! - [`connections`]: open TCP connections to an address (the quiet moment of a handover);
 //! - [`shutdown`]: what a SIGTERM means (replaced in place: keep; going away: hand over);
 //! - [`controller`]: the IO (watch caches, netlink, bursts, Events, metrics); entry point
@@ -16,6 +18,7 @@ pub mod connections;
 pub mod controller;
 pub mod decide;
 pub mod lease;
+pub mod plan;
 pub mod shutdown;
 
 pub use controller::{AgentError, Settings, run};

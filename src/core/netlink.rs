@@ -5,7 +5,7 @@
 //! interface whose subnet contains an address; making sure a link (the dummy interface for
 //! `remote` pools, `kube-lb0`) exists and is up; adding, replacing and deleting addresses
 //! with prefix length, flags and lifetimes; the ownership mark and the ownership rule; the
-//! address/link notification watch and drift repair.
+//! address/link notification watch.
 //!
 //! Entry points: [`AddressManager::new`] (one request socket on the current Tokio runtime),
 //! then [`AddressManager::snapshot`], [`AddressManager::add_or_replace`],
@@ -13,10 +13,10 @@
 //! hand), [`AddressManager::ensure_link`], [`AddressManager::delete_created_link`],
 //! [`AddressManager::link`] (`if_nametoindex`),
 //! [`AddressManager::default_interface`], [`AddressManager::interface_for`],
-//! [`AddressManager::owned_addresses`], [`AddressManager::watch`] and
-//! [`AddressManager::repair_drift`]. The decisions themselves are pure functions over a
+//! and [`AddressManager::watch`]. The decisions themselves are pure functions over a
 //! snapshot, testable without root: [`interface_for`], [`choose_default_interface`],
-//! [`is_owned`], [`missing`].
+//! [`is_owned`]; which addresses to add and remove is the agent's planner
+//! ([`crate::agent::plan`]).
 //!
 //! # The ownership mark
 //!
@@ -63,9 +63,8 @@
 //! one trigger, and the caller re-reads the whole [`AddressSnapshot`]. When the socket
 //! overran (`ENOBUFS`, surfaced by `netlink-proto` as an `Overrun` message) the trigger says
 //! so; the answer is the same full re-read. Subscribe before the first read so that no change
-//! falls between the two. Drift (an address we hold removed by someone else) is
-//! [`missing`] over the snapshot; [`AddressManager::repair_drift`] adds it back and counts
-//! `purelb_address_drift_repairs_total`.
+//! falls between the two. Drift (an address the agent holds removed by someone else) is
+//! found by the agent's planner in the next snapshot and added back.
 //!
 //! # Cost
 //!
@@ -92,10 +91,10 @@ mod watch;
 mod tests;
 
 pub use error::{KernelError, NetlinkError};
-pub use manager::{AddOutcome, AddressManager, DeleteOutcome, DriftRepair, EnsuredLink};
+pub use manager::{AddOutcome, AddressManager, DeleteOutcome, EnsuredLink};
 pub use model::{
     Address, AddressFlags, AddressSnapshot, AddressSpec, AddressState, DefaultRoute, InterfaceMatch, Link, LinkRef,
-    MarkSupport, choose_default_interface, interface_for, is_owned, missing,
+    MarkSupport, choose_default_interface, interface_for, is_owned,
 };
 pub use watch::{AddressWatch, WatchConfig, WatchTrigger};
 

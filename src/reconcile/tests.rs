@@ -18,16 +18,16 @@ use k8s_openapi::{
 };
 
 use super::{
-    plan::{self, NodeInputs, Plan, Reason},
+    plan::{self, Plan, Reason},
     report::{KeptEntry, LinkEntry, Mode, OrphanEntry, Report},
 };
 use crate::{
-    agent::decide::{self, Inputs},
-    api::{AddressPool, PoolSpec, contract},
+    agent::plan::{Snapshot, Timing},
+    api::{AddressOptions, AddressPool, PoolSpec, contract},
     core::{
-        election::elect,
+        election::{Members, elect},
         endpoints::EndpointIndex,
-        ipam::{ParsedPools, Subnet, parse_pool_spec},
+        ipam::{AddressRange, ParsedPools, Subnet, parse_pool_spec},
         netlink::{
             Address, AddressFlags, AddressSnapshot, AddressState, Link, MarkSupport, PURELB_ADDRESS_PROTOCOL,
             PURELB_LINK_ALIAS,
@@ -145,6 +145,44 @@ fn address(index: u32, ifname: &str, text: &str, prefix_len: u8, marked: bool) -
     }
 }
 
+/// `plan::node_plan` on the eth0 / kube-lb0 node `n1`.
+fn node_plan(
+    services: &[Service],
+    members: &Members,
+    snapshot: &AddressSnapshot,
+    ranges: &[AddressRange],
+    marks: MarkSupport,
+) -> Plan {
+    let groups = groups();
+    let endpoints = EndpointIndex::new();
+    let services: Vec<&Service> = services.iter().collect();
+    let announce = vec!["eth0".to_owned()];
+    plan::node_plan(&Snapshot {
+        node: "n1",
+        services: &services,
+        members,
+        endpoints: &endpoints,
+        groups: &groups,
+        ranges,
+        kernel: snapshot,
+        announce: &announce,
+        dummy_interface: "kube-lb0",
+        local_options: AddressOptions::local_default(),
+        dummy_options: AddressOptions::dummy_default(),
+        marks,
+        lease_ok: true,
+        draining: false,
+        drain_started: None,
+        now: std::time::Instant::now(),
+        timing: Timing {
+            lease_duration: std::time::Duration::ZERO,
+            handover_timeout: std::time::Duration::ZERO,
+            settle_time: std::time::Duration::ZERO,
+            quiet_wait: std::time::Duration::ZERO,
+        },
+    })
+}
+
 /// Pool addresses 192.0.2.240.. that `n1` wins and loses among n1..n3 (fixed by the hash).
 fn won_and_lost() -> (Vec<IpAddr>, Vec<IpAddr>) {
     (240..=254_u8).map(|last| IpAddr::from([192, 0, 2, last])).partition(|a| elect(NODES, *a) == Some("n1"))
@@ -175,7 +213,6 @@ fn reconcile_keeps_what_the_node_wins_and_names_the_reason_for_each_orphan() {
     let subnets = vec![Subnet::new(ip("192.0.2.0"), 24)];
     // n1 has no Lease yet (an init container before the agent): it still counts.
     let members = plan::members_with_self("n1", &leases, &subnets, now()).unwrap();
-    let groups = groups();
     let services = [
         service("mine", "local", "local", &[mine], None),
         service("theirs", "local", "local", &[theirs], None),
@@ -183,9 +220,6 @@ fn reconcile_keeps_what_the_node_wins_and_names_the_reason_for_each_orphan() {
         service("local-policy", "remote", "remote", &[ip("198.51.100.18")], Some("Local")),
         service("nobody", "local", "local", &[ip("192.0.2.239")], Some("Local")),
     ];
-    let endpoints = EndpointIndex::new();
-    let decision =
-        decide::decide(&services, &Inputs { node: "n1", members: &members, endpoints: &endpoints, groups: &groups });
     let snapshot = AddressSnapshot {
         links: vec![link(2, "eth0", None), link(3, "kube-lb0", None), link(4, "other0", None)],
         addresses: vec![
@@ -203,17 +237,7 @@ fn reconcile_keeps_what_the_node_wins_and_names_the_reason_for_each_orphan() {
             address(4, "other0", "203.0.113.6", 32, false),
         ],
     };
-    let announce = vec!["eth0".to_owned()];
-    let plan = plan::node_plan(&NodeInputs {
-        node: "n1",
-        decision: &decision,
-        members: &members,
-        snapshot: &snapshot,
-        announce: &announce,
-        dummy_interface: "kube-lb0",
-        ranges: &[],
-        marks: MarkSupport::Stored,
-    });
+    let plan = node_plan(&services, &members, &snapshot, &[], MarkSupport::Stored);
     let kept: Vec<(IpAddr, &str)> = plan.kept.iter().map(|k| (k.address.ip, k.address.ifname.as_str())).collect();
     assert_eq!(kept, vec![(mine, "eth0"), (ip("198.51.100.16"), "kube-lb0")]);
     assert_eq!(plan.kept[0].services[0].to_string(), "default/mine");
@@ -238,29 +262,12 @@ fn reconcile_keeps_what_the_node_wins_and_names_the_reason_for_each_orphan() {
 fn reconcile_treats_unmarked_pool_addresses_as_owned_only_on_kernels_without_marks() {
     let members = plan::members_with_self("n1", &[], &[Subnet::new(ip("192.0.2.0"), 24)], now()).unwrap();
     let groups = groups();
-    let endpoints = EndpointIndex::new();
-    let decision = decide::decide(
-        std::iter::empty::<&Service>(),
-        &Inputs { node: "n1", members: &members, endpoints: &endpoints, groups: &groups },
-    );
     let snapshot = AddressSnapshot {
         links: vec![link(2, "eth0", None)],
         addresses: vec![address(2, "eth0", "192.0.2.11", 24, false), address(2, "eth0", "192.0.2.241", 24, false)],
     };
     let ranges: Vec<_> = groups.values().flat_map(|g| g.all().map(|r| r.range)).collect();
-    let announce = vec!["eth0".to_owned()];
-    let plan_with = |marks| {
-        plan::node_plan(&NodeInputs {
-            node: "n1",
-            decision: &decision,
-            members: &members,
-            snapshot: &snapshot,
-            announce: &announce,
-            dummy_interface: "kube-lb0",
-            ranges: &ranges,
-            marks,
-        })
-    };
+    let plan_with = |marks| node_plan(&[], &members, &snapshot, &ranges, marks);
     assert!(plan_with(MarkSupport::Stored).orphans.is_empty());
     let old_kernel = plan_with(MarkSupport::NotStored);
     assert_eq!(old_kernel.orphans.len(), 1);
@@ -358,9 +365,14 @@ fn reconcile_reports_as_json_and_text() {
 
 #[test]
 fn reconcile_reasons_read_the_same_in_json_and_text() {
-    for reason in
-        [Reason::ServiceDeleted, Reason::NotElected, Reason::NoUsableEndpoint, Reason::WrongInterface, Reason::All]
-    {
+    for reason in [
+        Reason::ServiceDeleted,
+        Reason::NotElected,
+        Reason::NoUsableEndpoint,
+        Reason::WrongInterface,
+        Reason::HandedOver,
+        Reason::All,
+    ] {
         assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
     }
 }

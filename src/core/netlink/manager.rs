@@ -25,14 +25,11 @@ use super::{
     AddressWatch, KernelError, NetlinkError, WatchConfig,
     model::{
         Address, AddressSnapshot, AddressSpec, Link, LinkRef, MarkSupport, address_from_message, address_message,
-        bare_address_message, choose_default_interface, default_routes_from, interface_for, is_owned,
-        link_from_message, missing, route_dump_message, validate_link_name,
+        bare_address_message, choose_default_interface, default_routes_from, interface_for, link_from_message,
+        route_dump_message, validate_link_name,
     },
 };
-use crate::{
-    core::ipam::{AddressRange, Family},
-    telemetry::catalog::ADDRESS_DRIFT_REPAIRS,
-};
+use crate::core::ipam::Family;
 
 /// How often a dump is retried when the kernel says it was interrupted by a change.
 const DUMP_ATTEMPTS: usize = 3;
@@ -66,15 +63,6 @@ pub enum DeleteOutcome {
     Removed,
     /// The address (or its interface) was not there; nothing to do.
     Absent,
-}
-
-/// What [`AddressManager::repair_drift`] did.
-#[derive(Debug, Default)]
-pub struct DriftRepair {
-    /// Held addresses that were missing and were added back.
-    pub repaired: Vec<AddressSpec>,
-    /// Held addresses that were missing and could not be added back.
-    pub failed: Vec<(AddressSpec, NetlinkError)>,
 }
 
 /// The address manager: one rtnetlink request connection (with `NETLINK_GET_STRICT_CHK`, so
@@ -616,48 +604,5 @@ impl AddressManager {
             }
         }
         Ok(outcome)
-    }
-
-    /// The addresses PureLB owns by the ownership rule ([`is_owned`]) with the configured
-    /// interfaces and pool ranges.
-    ///
-    /// # Errors
-    ///
-    /// [`NetlinkError::List`] when the kernel refuses a dump.
-    pub async fn owned_addresses<S: AsRef<str>>(
-        &self,
-        managed_interfaces: &[S],
-        pool_ranges: &[AddressRange],
-    ) -> Result<Vec<Address>, NetlinkError> {
-        let snapshot = self.snapshot().await?;
-        let marks = self.mark_support();
-        Ok(snapshot.addresses.into_iter().filter(|a| is_owned(a, managed_interfaces, pool_ranges, marks)).collect())
-    }
-
-    /// Adds back every held address that is missing from its interface (someone ran `ip
-    /// address del`, or the interface was recreated), counting each success in
-    /// `purelb_address_drift_repairs_total`. Call it after each [`AddressWatch::changed`].
-    ///
-    /// # Errors
-    ///
-    /// [`NetlinkError::List`] when the snapshot cannot be read; failures of single addresses
-    /// are in [`DriftRepair::failed`].
-    pub async fn repair_drift(&self, held: &[AddressSpec]) -> Result<DriftRepair, NetlinkError> {
-        let snapshot = self.snapshot().await?;
-        let mut report = DriftRepair::default();
-        for spec in missing(held, &snapshot.addresses) {
-            match self.add_or_replace(spec).await {
-                Ok(_) => {
-                    metrics::counter!(ADDRESS_DRIFT_REPAIRS).increment(1);
-                    info!(link = %spec.link, ip = %spec.ip, "address was removed by someone else; added it back");
-                    report.repaired.push(spec.clone());
-                }
-                Err(error) => {
-                    warn!(link = %spec.link, ip = %spec.ip, %error, "address was removed by someone else and cannot be added back");
-                    report.failed.push((spec.clone(), error));
-                }
-            }
-        }
-        Ok(report)
     }
 }

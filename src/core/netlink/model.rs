@@ -4,7 +4,6 @@
 //! between these types and rtnetlink messages.
 
 use std::{
-    collections::HashSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -469,12 +468,6 @@ impl AddressSnapshot {
     pub fn interface_for(&self, ip: IpAddr) -> Option<InterfaceMatch> {
         interface_for(&self.addresses, ip)
     }
-
-    /// See [`missing`].
-    #[must_use]
-    pub fn missing<'a>(&self, held: &'a [AddressSpec]) -> Vec<&'a AddressSpec> {
-        missing(held, &self.addresses)
-    }
 }
 
 /// The interface whose subnet contains an address.
@@ -617,19 +610,4 @@ pub fn is_owned<S: AsRef<str>>(
         && address.protocol.is_none()
         && managed_interfaces.iter().any(|m| m.as_ref() == address.ifname)
         && pool_ranges.iter().any(|r| r.contains(address.ip))
-}
-
-/// The held addresses that are not on their interface in `addresses` (drift: someone removed
-/// them). An address counts as present when the same address is on the same interface, with
-/// any prefix length.
-#[must_use]
-pub fn missing<'a>(held: &'a [AddressSpec], addresses: &[Address]) -> Vec<&'a AddressSpec> {
-    let by_name: HashSet<(&str, IpAddr)> = addresses.iter().map(|a| (a.ifname.as_str(), a.ip)).collect();
-    let by_index: HashSet<(u32, IpAddr)> = addresses.iter().map(|a| (a.index, a.ip)).collect();
-    held.iter()
-        .filter(|spec| match &spec.link {
-            LinkRef::Name(name) => !by_name.contains(&(name.as_str(), spec.ip)),
-            LinkRef::Index(index) => !by_index.contains(&(*index, spec.ip)),
-        })
-        .collect()
 }

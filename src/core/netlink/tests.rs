@@ -273,25 +273,6 @@ fn kernel_release_decides_mark_support() {
 }
 
 #[test]
-fn missing_finds_held_addresses_gone_from_their_interface() {
-    let held = vec![
-        AddressSpec::new("kube-lb0", ip("192.0.2.1"), 32),
-        AddressSpec::new("kube-lb0", ip("192.0.2.2"), 32),
-        AddressSpec::new(2, ip("2001:db8::1"), 64),
-        AddressSpec::new(2, ip("2001:db8::2"), 64),
-    ];
-    let present = vec![
-        ours(addr("kube-lb0", 5, "192.0.2.1", 32)),
-        ours(addr("eth0", 2, "192.0.2.2", 32)),
-        ours(addr("eth0", 2, "2001:db8::1", 48)),
-    ];
-    let gone: Vec<IpAddr> = missing(&held, &present).iter().map(|s| s.ip).collect();
-    assert_eq!(gone, vec![ip("192.0.2.2"), ip("2001:db8::2")]);
-    let snapshot = AddressSnapshot { links: vec![], addresses: present };
-    assert_eq!(snapshot.missing(&held).len(), 2);
-}
-
-#[test]
 fn errors_name_the_interface_address_and_errno() {
     let error = NetlinkError::create_link("kube-lb0", KernelError::Errno(libc::EOPNOTSUPP));
     let text = error.to_string();
