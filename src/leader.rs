@@ -738,7 +738,16 @@ impl LeaderElector {
                 *failures = failures.saturating_add(1);
                 let leader = self.shared.is_leader();
                 if *failures % WARN_EVERY == 1 {
-                    warn!(%error, leader, failures = *failures, "leader election attempt failed; retrying");
+                    let line = match &error {
+                        LeaderError::Api { source, .. } => {
+                            crate::watch::explain_client_error("taking part in the leader election", source)
+                        }
+                        _ => None,
+                    };
+                    match line {
+                        Some(line) => warn!(leader, failures = *failures, "{line}"),
+                        None => warn!(%error, leader, failures = *failures, "leader election attempt failed; retrying"),
+                    }
                 } else {
                     debug!(%error, leader, failures = *failures, "leader election attempt failed; retrying");
                 }

@@ -4,7 +4,10 @@
 //! [`WatchBackoff`].
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -80,31 +83,68 @@ impl Backoff for WatchBackoff {
     }
 }
 
+/// The API server and the identity this process uses, for error lines (set once at start).
+static TARGET: OnceLock<String> = OnceLock::new();
+
+/// Names the API server (`https://...`) and the identity (a service account, a kubeconfig
+/// user) in every line about an unreachable server or refused credentials.
+pub fn set_api_target(server: &str, identity: &str) {
+    let _ = TARGET.set(format!("the API server {server} (as {identity})"));
+}
+
+fn target() -> &'static str {
+    TARGET.get().map_or("the API server", String::as_str)
+}
+
+/// One line for the client errors an operator fixes outside PureLB, naming the server and the
+/// identity: the server unreachable, the credentials refused (401), a permission missing
+/// (403). `None` for other errors. `doing` says what was tried ("watching services").
+#[must_use]
+pub fn explain_client_error(doing: &str, error: &kube::Error) -> Option<String> {
+    let target = target();
+    match error {
+        kube::Error::Api(status) if status.code == 401 => Some(format!(
+            "{target} refused the credentials (401 Unauthorized) while {doing}: check the service account token or the kubeconfig; retrying with backoff"
+        )),
+        kube::Error::Api(status) if status.code == 403 => Some(format!(
+            "{target} forbids {doing} ({}): apply PureLB's RBAC (manifests/rbac.yaml or the chart); retrying with backoff",
+            status.message
+        )),
+        kube::Error::Api(_) => None,
+        other => Some(format!("cannot reach {target} while {doing} ({other}); retrying with backoff")),
+    }
+}
+
 /// One line that says what is wrong with a watch of `resource` (`plural.group`, e.g.
 /// `servicegroups.purelb.io`) and how to fix it, for the failures an operator can fix: the
 /// PureLB CRDs not installed (404), credentials refused (401), RBAC missing (403), the API
-/// server unreachable. Anything else is the error itself.
+/// server unreachable (these name the server and the identity, [`explain_client_error`]).
+/// Anything else is the error itself.
 #[must_use]
 pub fn explain(resource: &str, error: &watcher::Error) -> String {
-    let api_error = match error {
+    let doing = format!("watching {resource}");
+    let status = match error {
         watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
             match e {
-                kube::Error::Api(status) => Some((status.code, status.message.clone())),
-                other => return format!("cannot reach the API server ({other}); retrying"),
+                kube::Error::Api(status) if status.code == 404 && resource.ends_with(".purelb.io") => Some(404),
+                other => {
+                    if let Some(line) = explain_client_error(&doing, other) {
+                        return line;
+                    }
+                    None
+                }
             }
         }
-        watcher::Error::WatchError(status) => Some((status.code, status.message.clone())),
+        watcher::Error::WatchError(status) => Some(status.code),
         _ => None,
     };
-    match api_error {
-        Some((404, _)) if resource.ends_with(".purelb.io") => format!(
+    match status {
+        Some(404) if resource.ends_with(".purelb.io") => format!(
             "the CustomResourceDefinition {resource} is not installed: kubectl apply --server-side -f manifests/crds.yaml (or install the chart); retrying"
         ),
-        Some((401, _)) => format!(
-            "the API server refused the credentials (401 Unauthorized) while watching {resource}: check the service account token or the kubeconfig; retrying"
-        ),
-        Some((403, message)) => format!(
-            "forbidden to watch {resource} ({message}): apply PureLB's RBAC (manifests/rbac.yaml or the chart); retrying"
+        Some(code @ (401 | 403)) => format!(
+            "{} answered {code} while {doing}: check the credentials and PureLB's RBAC (manifests/rbac.yaml or the chart); retrying",
+            target()
         ),
         _ => format!("watch of {resource} failed: {error}; retrying"),
     }
@@ -307,6 +347,23 @@ mod tests {
         assert!(explain("services", &api(403)).contains("apply PureLB's RBAC"));
         assert!(!explain("services", &api(404)).contains("CustomResourceDefinition"));
         assert!(explain("services", &watch_error(500)).contains("watch of services failed"));
+        // The server and the identity are named once they are known.
+        set_api_target("https://192.0.2.1:6443", "system:serviceaccount:purelb-system:purelb-agent");
+        for code in [401, 403] {
+            let line = explain("services", &api(code));
+            assert!(
+                line.contains("https://192.0.2.1:6443")
+                    && line.contains("system:serviceaccount:purelb-system:purelb-agent"),
+                "{line}"
+            );
+        }
+        let unreachable = kube::Error::Service("connection refused".into());
+        let line = explain_client_error("renewing the Lease", &unreachable).unwrap();
+        assert!(
+            line.starts_with("cannot reach the API server https://192.0.2.1:6443 (as system:serviceaccount"),
+            "{line}"
+        );
+        assert!(line.contains("renewing the Lease"), "{line}");
     }
 
     /// The time each item of `items` (through [`with_backoff`]) arrived after the one before.

@@ -535,3 +535,66 @@ fn without_the_crds_the_allocator_says_what_to_install_and_is_not_ready() {
     assert!(lines.len() <= 2, "{} lines:\n{log}", lines.len());
     assert!(!log.contains("ApiError"), "{log}");
 }
+
+/// Runs `purelb allocator` with `kubeconfig` for `secs` seconds; its log.
+fn allocator_log(kubeconfig: &Path, secs: u64) -> String {
+    let purelb = std::env::var_os("PURELB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/purelb"));
+    assert!(purelb.exists(), "{} is missing: cargo build -p purelb --bin purelb", purelb.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(&purelb)
+        .args(["allocator", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(secs));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Issue 16 §5: credentials the API server refuses (401) and a server that cannot be reached
+/// each give one clear line per watch naming the server and the identity, not a line per retry.
+#[test]
+fn refused_credentials_and_an_unreachable_server_name_the_server_and_the_identity() {
+    use base64::Engine as _;
+    let api = ApiServer::start_with("unauth", &["--authorize", "rbac"]);
+    let config = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    let server = config.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_owned();
+    // A service-account-shaped token the server does not know.
+    let claims = r#"{"sub":"system:serviceaccount:purelb-system:purelb-allocator"}"#;
+    let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let token = format!("{}.{}.c2lnbmF0dXJl", encode(r#"{"alg":"RS256"}"#), encode(claims));
+    let refused = api.dir.join("refused.kubeconfig");
+    purelb_e2e::apiserver::write_kubeconfig(&refused, &server, Some(&token), "default").unwrap();
+    let log = allocator_log(&refused, 5);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("401")).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for line in &lines {
+        assert!(line.contains(&server), "the server is not named: {line}");
+        assert!(
+            line.contains("system:serviceaccount:purelb-system:purelb-allocator"),
+            "the identity is not named: {line}"
+        );
+    }
+    // One per watch and one for the election at most, although each retries every few seconds.
+    assert!(lines.len() <= 6, "{} lines about 401 in 5 s:\n{log}", lines.len());
+    assert!(lines.iter().any(|l| l.contains("leader election")), "{log}");
+
+    // Nothing listens: "cannot reach" with the server and the kubeconfig user.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let unreachable = api.dir.join("unreachable.kubeconfig");
+    purelb_e2e::apiserver::write_kubeconfig(&unreachable, &format!("http://{closed}"), None, "default").unwrap();
+    let log = allocator_log(&unreachable, 5);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("cannot reach the API server")).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for line in &lines {
+        assert!(line.contains(&format!("http://{closed}")) && line.contains("kubeconfig user lab"), "{line}");
+    }
+    assert!(lines.len() <= 6, "{} lines in 5 s:\n{log}", lines.len());
+}

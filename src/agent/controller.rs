@@ -40,7 +40,7 @@ use super::{
     config::{self, Config},
     connections,
     decide::{self, Inputs, Kind},
-    lease::{self, LeaseContent, LeaseSettings},
+    lease::{self, LeaseContent, LeaseError, LeaseSettings},
     plan::{self, Action, AddWhy, HeldState, Outcome, Timers},
     shutdown::{self, Evidence, ShutdownMode, Verdict},
 };
@@ -56,7 +56,7 @@ use crate::{
         netlink::{Address, AddressManager, AddressSnapshot, AddressSpec, Link, LinkRef, NetlinkError},
         queue::WorkQueue,
     },
-    telemetry::{Readiness, catalog},
+    telemetry::{Readiness, catalog, scoped},
 };
 
 /// Settings of the agent.
@@ -147,12 +147,9 @@ struct State {
     /// GARP/NA bursts running, by address.
     bursts: HashMap<IpAddr, BurstHandle>,
     notes: HashMap<(ServiceKey, IpAddr), Note>,
-    gauges: HashSet<(String, String, String)>,
     config_error: Option<String>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
-    /// Services with an `endpointslice_count` series.
-    slice_gauges: HashSet<String>,
 }
 
 /// What the Lease task and the worker share (never held across an await).
@@ -175,6 +172,8 @@ struct Shared {
 
 struct Agent {
     client: Client,
+    /// When this agent started.
+    started: Instant,
     settings: Settings,
     mgr: AddressManager,
     links: rtnetlink::Handle,
@@ -268,6 +267,7 @@ fn watch_endpoints(agent: &Arc<Agent>) {
                     let (changed, done) = {
                         let mut index = agent.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         let changed = index.handle_event(&event, Instant::now());
+                        agent.report_staleness(&index);
                         (changed, matches!(event, Event::InitDone))
                     };
                     if done || !changed.is_empty() {
@@ -276,6 +276,10 @@ fn watch_endpoints(agent: &Arc<Agent>) {
                 }
                 Err(error) => {
                     metrics::counter!(catalog::ENDPOINTSLICE_SYNC_ERRORS).increment(1);
+                    let mut index = agent.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    index.watch_failed(Instant::now());
+                    agent.report_staleness(&index);
+                    drop(index);
                     log.error("endpointslices", "endpointslices.discovery.k8s.io", &error);
                 }
             }
@@ -350,6 +354,7 @@ pub async fn run(
     let (conflicts, mut conflict_rx) = tokio::sync::mpsc::unbounded_channel();
     let agent = Arc::new(Agent {
         client,
+        started: Instant::now(),
         settings,
         mgr,
         links,
@@ -558,6 +563,7 @@ impl Agent {
     async fn lease_loop(self: Arc<Self>) {
         let settings = self.lease_settings();
         let mut was_healthy = false;
+        let mut last_error: Option<String> = None;
         loop {
             let (config, announcing, draining) = {
                 let s = self.shared();
@@ -592,8 +598,32 @@ impl Agent {
                         crate::watch::restart_all();
                     }
                     shared.renewed_at = Some(sent);
+                    drop(shared);
+                    if last_error.take().is_some() {
+                        tracing::info!("this node's Lease is renewed again");
+                    }
                 }
-                Err(error) => tracing::warn!(%error, "cannot renew this node's Lease"),
+                Err(error) => {
+                    // One line per distinct problem (not one per renewal), naming the server and
+                    // the identity when the server is unreachable or refuses the credentials.
+                    let line = match &error {
+                        LeaseError::Api { source, .. } => {
+                            crate::watch::explain_client_error("renewing this node's Lease", source)
+                        }
+                        LeaseError::Timeout { .. } => crate::watch::explain_client_error(
+                            "renewing this node's Lease",
+                            &kube::Error::Service(error.to_string().into()),
+                        ),
+                        LeaseError::Body { .. } => None,
+                    }
+                    .unwrap_or_else(|| format!("cannot renew this node's Lease: {error}"));
+                    if last_error.as_ref() == Some(&line) {
+                        tracing::debug!(%error, "cannot renew this node's Lease");
+                    } else {
+                        tracing::warn!("{line}");
+                        last_error = Some(line);
+                    }
+                }
             }
             let healthy = self.lease_ok();
             metrics::gauge!(catalog::ELECTION_LEASE_HEALTHY).set(if healthy { 1.0 } else { 0.0 });
@@ -625,7 +655,11 @@ impl Agent {
             l.name_any() == own
                 && l.annotations().get(contract::LEASE_ANNOTATION_INSTANCE) == Some(&self.settings.instance)
         });
-        let endpoints_synced = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_synced();
+        let endpoints_synced = {
+            let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.report_staleness(&index);
+            index.is_synced()
+        };
         if !own_seen || !endpoints_synced {
             // Membership or the endpoints are not known yet: deciding now would drop what this
             // node should keep (an externalTrafficPolicy: Local address looks endpoint-less).
@@ -686,9 +720,7 @@ impl Agent {
                 timing: self.timing(),
             };
             let planned = plan::plan(&snapshot, &timers);
-            if let Some(age) = index.cache_age(Instant::now()) {
-                metrics::gauge!(catalog::ENDPOINTSLICE_CACHE_AGE).set(age.as_secs_f64());
-            }
+            self.report_staleness(&index);
             let decision = &planned.decision;
             let counts: BTreeMap<String, usize> =
                 decision.considered.iter().map(|(key, _, _)| (key.to_string(), index.slice_count(key))).collect();
@@ -710,14 +742,11 @@ impl Agent {
             metrics::counter!(catalog::ELECTION_WINNER_CHANGES).increment(changes as u64);
         }
         state.winners.clone_from(&decision.winners);
-        for gone in state.slice_gauges.iter().filter(|s| !slice_counts.contains_key(*s)) {
-            metrics::gauge!(catalog::ENDPOINTSLICE_COUNT, "service" => gone.clone()).set(0.0);
-        }
-        for (service, count) in &slice_counts {
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(catalog::ENDPOINTSLICE_COUNT, "service" => service.clone()).set(*count as f64);
-        }
-        state.slice_gauges = slice_counts.into_keys().collect();
+        #[allow(clippy::cast_precision_loss)]
+        scoped::replace_gauges(
+            catalog::ENDPOINTSLICE_COUNT,
+            slice_counts.into_iter().map(|(service, count)| (vec![("service", service)], count as f64)),
+        );
         metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
         if let Some(after) = wake_after {
             self.queue.add_after(Work::Pass, after);
@@ -759,6 +788,13 @@ impl Agent {
             self.kick_lease.notify_one();
         }
         Ok(true)
+    }
+
+    /// `purelb_endpointslice_cache_age_seconds`: how long the EndpointSlice cache may have been
+    /// behind (before the first list: since this agent started).
+    fn report_staleness(&self, index: &EndpointIndex) {
+        let stale = index.staleness(Instant::now()).unwrap_or_else(|| self.started.elapsed());
+        metrics::gauge!(catalog::ENDPOINTSLICE_CACHE_AGE).set(stale.as_secs_f64());
     }
 
     /// The timing settings of [`plan::plan`].
@@ -1000,19 +1036,21 @@ impl Agent {
             }
         }
         // Metrics.
-        let mut gauges = HashSet::new();
-        for h in state.timers.held.values() {
-            for s in &h.services {
-                gauges.insert((s.to_string(), h.spec.ip.to_string(), h.ifname.clone()));
-            }
-        }
-        for gone in state.gauges.difference(&gauges) {
-            metrics::gauge!(catalog::LBNODEAGENT_ANNOUNCED, "service" => gone.0.clone(), "ip" => gone.1.clone(), "interface" => gone.2.clone()).set(0.0);
-        }
-        for g in &gauges {
-            metrics::gauge!(catalog::LBNODEAGENT_ANNOUNCED, "service" => g.0.clone(), "ip" => g.1.clone(), "interface" => g.2.clone()).set(1.0);
-        }
-        state.gauges = gauges;
+        scoped::replace_gauges(
+            catalog::LBNODEAGENT_ANNOUNCED,
+            state.timers.held.values().flat_map(|h| {
+                h.services.iter().map(|s| {
+                    (
+                        vec![
+                            ("service", s.to_string()),
+                            ("ip", h.spec.ip.to_string()),
+                            ("interface", h.ifname.clone()),
+                        ],
+                        1.0,
+                    )
+                })
+            }),
+        );
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(catalog::ANNOUNCED_IPS).set(state.timers.held.len() as f64);
     }

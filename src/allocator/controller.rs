@@ -42,7 +42,7 @@ use crate::{
         contract::{self, reasons},
     },
     core::{election, ipam::Family, queue::WorkQueue},
-    telemetry::{Readiness, catalog},
+    telemetry::{Readiness, catalog, scoped},
 };
 
 /// What the worker does.
@@ -510,6 +510,10 @@ impl Worker {
         let set = GroupSet::build(self.groups.state().iter().map(AsRef::as_ref), &self.settings.namespace);
         let names: Vec<String> = set.valid.keys().chain(set.invalid.keys()).cloned().collect();
         self.lock().table.set_groups(set);
+        // The series of deleted groups go (unknown groups' rejections count under pool="").
+        for family in [catalog::ADDRESS_POOL_SIZE, catalog::ADDRESS_POOL_IN_USE, catalog::ADDRESS_POOL_REJECTED] {
+            scoped::retain(family, |labels| labels[0].1.is_empty() || names.contains(&labels[0].1));
+        }
         for svc in self.services.state() {
             self.queue.add(Work::Service(ServiceKey::of_service(&svc)));
         }
@@ -628,7 +632,13 @@ impl Worker {
         let plan = self.plan(&svc, &req);
         self.netbox_settle(&svc, &req, reserved, plan.failure.as_ref()).await;
         if let Some(failure) = &plan.failure {
-            metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => failure.group.clone().unwrap_or_default(), "reason" => failure.reason.label()).increment(1);
+            // Only pools that exist get a series of their own: a Service can name any group.
+            let pool = failure.group.clone().filter(|g| self.lock().table.groups().contains(g)).unwrap_or_default();
+            scoped::increment(
+                catalog::ADDRESS_POOL_REJECTED,
+                vec![("pool", pool), ("reason", failure.reason.label().to_owned())],
+                1,
+            );
         }
         for group in &plan.group_status {
             self.pool_metrics(group);
@@ -816,20 +826,35 @@ impl Worker {
     }
 
     fn pool_metrics(&self, group: &str) {
+        let stats = {
+            let state = self.lock();
+            if !state.table.groups().contains(group) {
+                return;
+            }
+            state.table.stats(group)
+        };
         // Every rejection reason of a known pool exists at 0 (rate() sees the first one).
         for reason in super::table::FailReason::ALL {
-            metrics::counter!(catalog::ADDRESS_POOL_REJECTED, "pool" => group.to_owned(), "reason" => reason.label())
-                .increment(0);
+            scoped::increment(
+                catalog::ADDRESS_POOL_REJECTED,
+                vec![("pool", group.to_owned()), ("reason", reason.label().to_owned())],
+                0,
+            );
         }
-        let stats = self.lock().table.stats(group);
         for (family, size) in &stats.size {
-            metrics::gauge!(catalog::ADDRESS_POOL_SIZE, "pool" => group.to_owned(), "family" => family.name())
-                .set(count_f64(*size));
+            scoped::set_gauge(
+                catalog::ADDRESS_POOL_SIZE,
+                vec![("pool", group.to_owned()), ("family", family.name().to_owned())],
+                count_f64(*size),
+            );
         }
         for (family, n) in &stats.allocated {
             #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(catalog::ADDRESS_POOL_IN_USE, "pool" => group.to_owned(), "family" => family.name())
-                .set(*n as f64);
+            scoped::set_gauge(
+                catalog::ADDRESS_POOL_IN_USE,
+                vec![("pool", group.to_owned()), ("family", family.name().to_owned())],
+                *n as f64,
+            );
         }
     }
 

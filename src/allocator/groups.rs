@@ -100,6 +100,12 @@ fn pool_spec_of(group: &ServiceGroup) -> Result<(PoolType, ParsedPools), String>
 }
 
 impl GroupSet {
+    /// Whether a group of this name exists in the install namespace (valid or not).
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.valid.contains_key(name) || self.invalid.contains_key(name)
+    }
+
     /// Validates `groups`; only those in `install_namespace` are used.
     #[must_use]
     pub fn build<'a>(groups: impl IntoIterator<Item = &'a ServiceGroup>, install_namespace: &str) -> Self {

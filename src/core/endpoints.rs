@@ -13,7 +13,7 @@
 //! - ask: [`EndpointIndex::has_usable_endpoint`], [`EndpointIndex::usable_nodes`],
 //!   [`EndpointIndex::node_endpoints`], [`EndpointIndex::external_endpoints`];
 //! - metrics: [`EndpointIndex::slice_counts`] (`purelb_endpointslice_count{service}`),
-//!   [`EndpointIndex::cache_age`] (`purelb_endpointslice_cache_age_seconds`).
+//!   [`EndpointIndex::staleness`] (`purelb_endpointslice_cache_age_seconds`).
 //!
 //! The rules:
 //! - slices are grouped by namespace and the [`SERVICE_NAME_LABEL`] label, whoever manages
@@ -129,7 +129,16 @@ pub struct EndpointIndex {
     synced: bool,
     /// When the last event was handled.
     last_event_at: Option<Instant>,
+    /// Since when the watch fails (the first error after the last event), if it does.
+    failing_since: Option<Instant>,
+    /// The last watch error.
+    last_error_at: Option<Instant>,
 }
+
+/// A watch that has reported no error for this long since its last one is watching again: a
+/// failing watch is retried at least every 5 s (`crate::watch::WATCH_BACKOFF_MAX` plus jitter),
+/// and a re-established watch on a quiet cluster delivers no event to say so.
+pub const WATCH_RECOVERED_AFTER: Duration = Duration::from_secs(15);
 
 impl EndpointIndex {
     /// An empty index, not yet synced.
@@ -145,6 +154,7 @@ impl EndpointIndex {
     /// list (slices not listed are deleted), as a reflector store does. Returns the Services
     /// whose usable nodes changed, in any family.
     pub fn handle_event(&mut self, event: &watcher::Event<EndpointSlice>, now: Instant) -> BTreeSet<ServiceKey> {
+        self.failing_since = None;
         match event {
             watcher::Event::Apply(slice) => self.apply(slice, now),
             watcher::Event::Delete(slice) => self.delete(slice, now),
@@ -276,11 +286,31 @@ impl EndpointIndex {
         self.last_event_at
     }
 
-    /// Time since the last event was handled, at `now` (zero if `now` is earlier); `None` before
-    /// the first event.
+    /// Records an error of the watch at `now` (the cache may be falling behind from then on).
+    pub fn watch_failed(&mut self, now: Instant) {
+        let recovered = self.last_error_at.is_some_and(|at| now.saturating_duration_since(at) >= WATCH_RECOVERED_AFTER);
+        if recovered {
+            self.failing_since = None;
+        }
+        self.failing_since.get_or_insert(now);
+        self.last_error_at = Some(now);
+    }
+
+    /// How stale the index may be at `now` (`purelb_endpointslice_cache_age_seconds`): zero
+    /// while the watch is known in sync — listed, and no error since the last event (or none for
+    /// [`WATCH_RECOVERED_AFTER`]: a quiet cluster sends no events, and that is not staleness);
+    /// while the watch fails, the time since it first failed. `None` before the first full list.
     #[must_use]
-    pub fn cache_age(&self, now: Instant) -> Option<Duration> {
-        self.last_event_at.map(|at| now.saturating_duration_since(at))
+    pub fn staleness(&self, now: Instant) -> Option<Duration> {
+        if !self.synced {
+            return None;
+        }
+        match (self.failing_since, self.last_error_at) {
+            (Some(since), Some(last)) if now.saturating_duration_since(last) < WATCH_RECOVERED_AFTER => {
+                Some(now.saturating_duration_since(since))
+            }
+            _ => Some(Duration::ZERO),
+        }
     }
 
     fn family_endpoints(&self, service: &ServiceKey, family: Family) -> Option<&FamilyEndpoints> {

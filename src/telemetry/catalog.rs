@@ -75,11 +75,16 @@ catalog! {
     ENDPOINTSLICE_SYNC_ERRORS = "purelb_endpointslice_sync_errors_total", Counter, [Agent], "EndpointSlice watch errors.";
     ENDPOINTSLICE_COUNT = "purelb_endpointslice_count", Gauge, [Agent], "EndpointSlices of a Service this node evaluates.";
     ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE = "purelb_endpointslice_endpoints_without_node", Gauge, [Agent], "Endpoints without nodeName of the Services this node evaluates (they make no node usable for externalTrafficPolicy: Local).";
-    ENDPOINTSLICE_CACHE_AGE = "purelb_endpointslice_cache_age_seconds", Gauge, [Agent], "Seconds since the newest EndpointSlice event was applied.";
+    ENDPOINTSLICE_CACHE_AGE = "purelb_endpointslice_cache_age_seconds", Gauge, [Agent], "Seconds since the EndpointSlice watch was last known in sync: 0 while it is (listed, and no watch error since), growing before the first list and while the watch fails.";
     ADDRESS_DRIFT_REPAIRS = "purelb_address_drift_repairs_total", Counter, [Agent], "Held addresses removed by someone else and added back.";
     ADDRESS_CONFLICTS = "purelb_address_conflicts_total", Counter, [Agent], "ARP replies or NAs from another MAC for an address this node holds.";
     HANDOVER_DURATION = "purelb_handover_duration_seconds", Histogram, [Agent], "Time from the start of a graceful handover until the successor holds the address.";
 }
+
+/// Families whose label values name objects that can go away (Services, addresses,
+/// interfaces, pools): kept in [`super::scoped`], so that a gone object's series goes too.
+pub const SCOPED: &[&str] =
+    &[LBNODEAGENT_ANNOUNCED, ENDPOINTSLICE_COUNT, ADDRESS_POOL_SIZE, ADDRESS_POOL_IN_USE, ADDRESS_POOL_REJECTED];
 
 /// The counter series of `component` whose label values are all known at start: they are
 /// exported at 0 from the first scrape, so that `rate()` and `increase()` see their first event

@@ -3,6 +3,7 @@
 //! `/readyz` ([`MetricsServer::start`]). Metric names and help texts live in [`catalog`].
 
 pub mod catalog;
+pub mod scoped;
 
 use std::{
     io::IsTerminal,
@@ -200,7 +201,9 @@ impl Drop for MetricsServer {
 }
 
 async fn metrics_page(State(state): State<ServerState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.handle.render())
+    let mut body = state.handle.render();
+    scoped::render(&mut body);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {

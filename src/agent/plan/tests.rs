@@ -644,7 +644,7 @@ struct Random {
 }
 
 fn pool_address(n: u8) -> IpAddr {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         IpAddr::from([192, 0, 2, 240 + (n / 2) % 16])
     } else {
         IpAddr::from([198, 51, 100, 16 + (n / 2) % 16])
@@ -692,7 +692,7 @@ impl Random {
             .enumerate()
             .map(|(i, (n, local_policy, _))| {
                 let addr = pool_address(*n);
-                let kind = if n % 2 == 0 { "local" } else { "remote" };
+                let kind = if n.is_multiple_of(2) { "local" } else { "remote" };
                 service(&format!("s{i}"), kind, &[addr], *local_policy)
             })
             .collect();

@@ -620,19 +620,34 @@ fn slice_counts_per_service() {
 }
 
 #[test]
-fn cache_age_counts_from_the_last_event() {
+fn staleness_is_zero_on_a_quiet_cluster_and_grows_only_while_the_watch_fails() {
     let start = t0();
+    let at = |secs: u64| start + Duration::from_secs(secs);
     let mut index = EndpointIndex::new();
-    assert_eq!(index.cache_age(start), None);
+    assert_eq!(index.staleness(start), None, "not listed yet");
     let s = slice("ns", "web-1").service("web").endpoint("192.0.2.1").node("n1").build();
-    index.apply(&s, start + Duration::from_secs(10));
-    assert_eq!(index.last_event_at(), Some(start + Duration::from_secs(10)));
-    assert_eq!(index.cache_age(start + Duration::from_secs(25)), Some(Duration::from_secs(15)));
-    assert_eq!(index.cache_age(start), Some(Duration::ZERO), "never negative");
-    index.handle_event(&watcher::Event::Init, start + Duration::from_secs(30));
-    assert_eq!(index.cache_age(start + Duration::from_secs(31)), Some(Duration::from_secs(1)));
-    index.delete(&s, start + Duration::from_secs(40));
-    assert_eq!(index.cache_age(start + Duration::from_secs(40)), Some(Duration::ZERO));
+    index.handle_event(&watcher::Event::Init, at(1));
+    index.handle_event(&watcher::Event::InitApply(s.clone()), at(1));
+    assert_eq!(index.staleness(at(2)), None, "a list under way is not a sync");
+    index.handle_event(&watcher::Event::InitDone, at(2));
+    assert_eq!(index.last_event_at(), Some(at(2)));
+    // Ten quiet minutes: no event, no error, in sync all along.
+    assert_eq!(index.staleness(at(602)), Some(Duration::ZERO));
+    // The watch fails: stale since the first error, however many follow.
+    index.watch_failed(at(700));
+    index.watch_failed(at(705));
+    index.watch_failed(at(710));
+    assert_eq!(index.staleness(at(720)), Some(Duration::from_secs(20)));
+    assert_eq!(index.staleness(at(724)), Some(Duration::from_secs(24)));
+    // No error for 15 s (retries come every 5 s at most): the watch was re-established.
+    assert_eq!(index.staleness(at(725)), Some(Duration::ZERO));
+    // A new failure counts from itself, not from the old one.
+    index.watch_failed(at(900));
+    assert_eq!(index.staleness(at(910)), Some(Duration::from_secs(10)));
+    // An event proves the watch works.
+    index.delete(&s, at(915));
+    index.handle_event(&watcher::Event::Apply(s), at(915));
+    assert_eq!(index.staleness(at(916)), Some(Duration::ZERO));
 }
 
 // ---------------------------------------------------------------------------------------------
