@@ -1278,3 +1278,199 @@ async fn on_a_cordoned_node_the_address_moves_once_without_failed_requests() {
         "the cordoned node's new agent drains"
     );
 }
+
+/// One scraped `/metrics` page: `# TYPE` per family, and every sample with its labels.
+struct Page {
+    types: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Page {
+    fn parse(text: &str) -> Self {
+        let mut types = BTreeMap::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split_whitespace();
+                if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                    assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "{name} has two TYPE lines");
+                }
+                continue;
+            }
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let labels = rest
+                        .trim_end_matches('}')
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let (k, v) = p.split_once("=\"").unwrap();
+                            (k.to_owned(), v.trim_end_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+                None => (series.to_owned(), BTreeMap::new()),
+            };
+            samples.push((name, labels, value.parse().unwrap()));
+        }
+        Self { types, samples }
+    }
+
+    fn kind(&self, name: &str) -> Option<&str> {
+        self.types.get(name).map(String::as_str)
+    }
+
+    /// Samples of `name` whose labels include `with`.
+    fn values(&self, name: &str, with: &[(&str, &str)]) -> Vec<f64> {
+        self.samples
+            .iter()
+            .filter(|(n, labels, _)| n == name && with.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| *v)
+            .collect()
+    }
+
+    fn one(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        let values = self.values(name, with);
+        assert_eq!(values.len(), 1, "{name}{with:?}: {values:?}");
+        values[0]
+    }
+
+    fn series(&self, name: &str) -> Vec<BTreeMap<String, String>> {
+        self.samples.iter().filter(|(n, _, _)| n == name).map(|(_, l, _)| l.clone()).collect()
+    }
+}
+
+/// Issue 16 §4: every metric of `api.md` §4 on a running agent and allocator, by name and type,
+/// with values that agree with the kernel and the API; the cache age of an idle, healthy agent
+/// is 0; the series of a deleted Service and of a deleted group are gone, not left at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_contract_metric_is_exported_with_its_type_and_a_true_value() {
+    use purelb::{api::ServiceGroup, k8s_openapi::api::discovery::v1::EndpointSlice, kube::api::ListParams};
+    let lab = start("mtr").await;
+    serve_everywhere(&lab, "web").await;
+    let (ip, winner) = local_web(&lab).await;
+    let ip_text = ip.to_string();
+    // Idle for a while: no Service, slice or Lease membership changes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let agent = Page::parse(&lab.scrape(&lab::agent_name(&winner)).await.unwrap());
+    let allocator = Page::parse(&lab.scrape("allocator").await.unwrap());
+
+    let gauge = "gauge";
+    let counter = "counter";
+    let histogram = "histogram";
+    for (page, name, kind) in [
+        (&allocator, "purelb_address_pool_size", gauge),
+        (&allocator, "purelb_address_pool_addresses_in_use", gauge),
+        (&allocator, "purelb_address_pool_allocation_rejected_total", counter),
+        (&allocator, "purelb_allocator_is_leader", gauge),
+        (&allocator, "purelb_k8s_client_updates_total", counter),
+        (&allocator, "purelb_k8s_client_update_errors_total", counter),
+        (&agent, "purelb_lbnodeagent_announced", gauge),
+        (&agent, "purelb_announced_ips_total", gauge),
+        (&agent, "purelb_orphaned_ips_total", gauge),
+        (&agent, "purelb_orphaned_ips_removed_total", counter),
+        (&agent, "purelb_garp_sent_total", counter),
+        (&agent, "purelb_garp_errors_total", counter),
+        (&agent, "purelb_election_lease_healthy", gauge),
+        (&agent, "purelb_election_member_count", gauge),
+        (&agent, "purelb_election_winner_changes_total", counter),
+        (&agent, "purelb_endpointslice_sync_total", counter),
+        (&agent, "purelb_endpointslice_sync_errors_total", counter),
+        (&agent, "purelb_endpointslice_count", gauge),
+        (&agent, "purelb_endpointslice_cache_age_seconds", gauge),
+        (&agent, "purelb_endpointslice_endpoints_without_node", gauge),
+        (&agent, "purelb_address_drift_repairs_total", counter),
+        (&agent, "purelb_address_conflicts_total", counter),
+        (&agent, "purelb_handover_duration_seconds", histogram),
+    ]
+    .into_iter()
+    .chain([&agent, &allocator].into_iter().flat_map(|page| {
+        [
+            (page, "purelb_workqueue_depth", gauge),
+            (page, "purelb_workqueue_adds_total", counter),
+            (page, "purelb_workqueue_retries_total", counter),
+            (page, "purelb_workqueue_work_duration_seconds", histogram),
+            (page, "purelb_build_info", gauge),
+        ]
+    })) {
+        assert_eq!(page.kind(name), Some(kind), "{name}");
+    }
+
+    // The allocator agrees with the API.
+    let groups: Api<ServiceGroup> = Api::namespaced(lab.client(), "purelb-system");
+    let status = groups.get("local").await.unwrap().status.unwrap();
+    let in_use = status.allocated_ipv4.unwrap();
+    let available: u64 = status.available_ipv4.unwrap().parse().unwrap();
+    let pool = [("pool", "local"), ("family", "IPv4")];
+    #[allow(clippy::cast_precision_loss)]
+    {
+        assert_eq!(allocator.one("purelb_address_pool_addresses_in_use", &pool), in_use as f64);
+        assert_eq!(allocator.one("purelb_address_pool_size", &pool), (in_use + available) as f64);
+    }
+    assert_eq!(in_use, 1);
+    let rejected = allocator.values("purelb_address_pool_allocation_rejected_total", &[("pool", "local")]);
+    assert!(!rejected.is_empty() && rejected.iter().all(|v| *v == 0.0), "{rejected:?}");
+    assert_eq!(allocator.one("purelb_allocator_is_leader", &[]), 1.0);
+    assert!(allocator.one("purelb_k8s_client_updates_total", &[]) >= 1.0);
+    assert_eq!(allocator.one("purelb_build_info", &[("version", purelb::VERSION)]), 1.0);
+
+    // The agent agrees with the kernel and the API.
+    assert_eq!(lab.holders(ip).unwrap(), vec![winner.clone()]);
+    let announced = agent.series("purelb_lbnodeagent_announced");
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(agent.one("purelb_lbnodeagent_announced", &[("service", "default/web"), ("ip", &ip_text), ("interface", "eth0")]), 1.0);
+    assert_eq!(agent.one("purelb_announced_ips_total", &[]), 1.0);
+    assert_eq!(agent.one("purelb_orphaned_ips_total", &[]), 0.0);
+    assert_eq!(agent.one("purelb_election_lease_healthy", &[]), 1.0);
+    #[allow(clippy::cast_precision_loss)]
+    let nodes = lab.node_names().len() as f64;
+    assert_eq!(agent.one("purelb_election_member_count", &[]), nodes);
+    let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), "default");
+    let listed = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.unwrap().items.len();
+    #[allow(clippy::cast_precision_loss)]
+    let listed = listed as f64;
+    assert_eq!(agent.one("purelb_endpointslice_count", &[("service", "default/web")]), listed);
+    assert!(agent.one("purelb_endpointslice_sync_total", &[]) >= listed);
+    assert_eq!(agent.one("purelb_endpointslice_sync_errors_total", &[]), 0.0);
+    assert_eq!(agent.one("purelb_endpointslice_cache_age_seconds", &[]), 0.0, "an idle, healthy watch is not stale");
+    assert_eq!(agent.one("purelb_endpointslice_endpoints_without_node", &[]), 0.0);
+    for zero in ["purelb_address_drift_repairs_total", "purelb_address_conflicts_total", "purelb_garp_errors_total"] {
+        assert_eq!(agent.one(zero, &[]), 0.0, "{zero}");
+    }
+    assert_eq!(agent.values("purelb_garp_sent_total", &[]).len(), 2, "one series per family");
+    assert_eq!(agent.one("purelb_workqueue_depth", &[("queue", "agent")]), 0.0);
+    assert!(agent.one("purelb_workqueue_adds_total", &[("queue", "agent")]) >= 1.0);
+    assert_eq!(agent.one("purelb_build_info", &[("version", purelb::VERSION)]), 1.0);
+
+    // Gone objects take their series with them.
+    let services: Api<Service> = Api::namespaced(lab.client(), "default");
+    services.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_holders(&lab, ip, &[], Duration::from_secs(10)).await;
+    groups.delete("local", &DeleteParams::default()).await.unwrap();
+    let gone = wait_for(Duration::from_secs(10), || async {
+        let agent = Page::parse(&lab.scrape(&lab::agent_name(&winner)).await?);
+        let allocator = Page::parse(&lab.scrape("allocator").await?);
+        let left: Vec<String> = [
+            (&agent, "purelb_lbnodeagent_announced"),
+            (&agent, "purelb_endpointslice_count"),
+            (&allocator, "purelb_address_pool_size"),
+            (&allocator, "purelb_address_pool_addresses_in_use"),
+            (&allocator, "purelb_address_pool_allocation_rejected_total"),
+        ]
+        .iter()
+        .filter(|(page, name)| !page.series(name).is_empty())
+        .map(|(_, name)| (*name).to_owned())
+        .collect();
+        left.is_empty().then_some(()).or_else(|| {
+            eprintln!("series left: {left:?}");
+            None
+        })
+    })
+    .await;
+    assert!(gone.is_some(), "series of the deleted Service and group are still exported");
+}

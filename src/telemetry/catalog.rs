@@ -119,6 +119,10 @@ pub fn describe(component: Component) {
             None => metrics::counter!(name).increment(0),
         }
     }
+    // Unlabelled histograms exist (with empty buckets) before their first observation.
+    if component == Component::Agent {
+        let _ = metrics::histogram!(HANDOVER_DURATION);
+    }
     for def in ALL.iter().filter(|d| d.components.is_empty() || d.components.contains(&component)) {
         match def.kind {
             Kind::Counter => metrics::describe_counter!(def.name, def.help),

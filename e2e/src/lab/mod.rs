@@ -1127,10 +1127,16 @@ impl Lab {
     /// The value of an unlabelled metric `name` of a `purelb` process (`allocator-2`,
     /// `agent-n1`, ..), scraped from its `/metrics` inside its namespace.
     pub async fn metric(&self, process: &str, name: &str) -> Option<f64> {
+        let page = self.scrape(process).await?;
+        page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// The whole `/metrics` page of a `purelb` process (`allocator`, `agent-n1`, ..).
+    pub async fn scrape(&self, process: &str) -> Option<String> {
         let netns = self.resources.lock().get(process).and_then(|p| p.spec.netns.clone())?;
         let target = SocketAddr::from(([127, 0, 0, 1], metrics_port_of(process)));
         let reply = http::get(&netns, target, "/metrics", Duration::from_secs(2)).await.ok()?;
-        reply.body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        Some(reply.body)
     }
 
     /// Freezes a process with SIGSTOP (until [`Lab::resume`]).
