@@ -116,6 +116,38 @@ async fn wait_holders(lab: &Lab, addr: IpAddr, want: &[&str], timeout: Duration)
     started.elapsed()
 }
 
+/// The distinct successive holder sets of `addr` seen (polling every 20 ms) until exactly `want`
+/// hold it.
+async fn holders_until(lab: &Lab, addr: IpAddr, want: &[&str], timeout: Duration) -> Vec<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut history: Vec<Vec<String>> = Vec::new();
+    loop {
+        let now = lab.holders(addr).unwrap();
+        if history.last() != Some(&now) {
+            history.push(now.clone());
+        }
+        if now == want {
+            return history;
+        }
+        assert!(Instant::now() < deadline, "{addr}: holders {history:?}, want {want:?} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The distinct successive holder sets of `addr` seen (polling every 20 ms) for `duration`.
+async fn holders_for(lab: &Lab, addr: IpAddr, duration: Duration) -> Vec<Vec<String>> {
+    let deadline = Instant::now() + duration;
+    let mut history: Vec<Vec<String>> = Vec::new();
+    while Instant::now() < deadline {
+        let now = lab.holders(addr).unwrap();
+        if history.last() != Some(&now) {
+            history.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    history
+}
+
 /// The hash winner of `ip` among the lab's nodes, once it (and only it) holds the address.
 async fn winner_holds(lab: &Lab, ip: IpAddr) -> String {
     let names = lab.node_names();
@@ -457,10 +489,23 @@ async fn external_traffic_policy_local_follows_usable_endpoints() {
     lab.apply_yaml(&service_yaml_with("web", "local", "Local")).await.unwrap();
     let ip = address_of(&lab, "web").await;
     wait_holders(&lab, ip, &["n3"], Duration::from_secs(20)).await;
+    // The endpoint moves: make before break, the address is never with nobody.
     endpoints(&lab, "web", &[Backend::ready("n1")]).await;
-    wait_holders(&lab, ip, &["n1"], Duration::from_secs(20)).await;
+    let history = holders_until(&lab, ip, &["n1"], Duration::from_secs(20)).await;
+    assert!(!history.contains(&Vec::new()), "the address had no holder while it moved: {history:?}");
+    // A rollout on the same node (issue 16 §5): the only endpoint goes, its replacement comes
+    // 300 ms later; within the settle time the address stays where it is.
     endpoints(&lab, "web", &[Backend::not_ready("n1")]).await;
-    wait_holders(&lab, ip, &[], Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    endpoints(&lab, "web", &[Backend::ready("n1")]).await;
+    let history = holders_for(&lab, ip, Duration::from_secs(2)).await;
+    assert_eq!(history, [vec!["n1".to_owned()]], "a brief gap in endpoints moved the address");
+    // No endpoint for longer than the settle time: withdrawn, after it.
+    let flipped = Instant::now();
+    endpoints(&lab, "web", &[Backend::not_ready("n1")]).await;
+    let waited = wait_holders(&lab, ip, &[], Duration::from_secs(20)).await;
+    eprintln!("MEASURE no endpoint -> local address withdrawn: {:?}", flipped.elapsed());
+    assert!(waited >= Duration::from_millis(800), "withdrawn before the settle time: {waited:?}");
     let events: Api<Event> = Api::namespaced(lab.client(), "default");
     let warned = wait_for(Duration::from_secs(10), || async {
         let list = events.list(&Default::default()).await.ok()?;
