@@ -1519,3 +1519,26 @@ async fn every_contract_metric_is_exported_with_its_type_and_a_true_value() {
     .await;
     assert!(gone.is_some(), "series of the deleted Service and group are still exported");
 }
+
+/// Issue 16 §1: a restarted agent decides nothing, and sweeps no orphan, before its
+/// EndpointSlice cache has synced: a slow EndpointSlice list does not take the address of an
+/// `externalTrafficPolicy: Local` Service away from the node that serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_decides_nothing_before_its_endpointslices_are_listed() {
+    let lab = start("esync").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    endpoints(&lab, "web", &[Backend::ready("n1")]).await;
+    lab.apply_yaml(&service_yaml_with("web", "local", "Local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    wait_holders(&lab, ip, &["n1"], Duration::from_secs(20)).await;
+    lab.kill_agent("n1").unwrap();
+    let before = lab.injected().await.unwrap().failed;
+    // The first four lists of EndpointSlices fail: about 4 s of retries (250 ms doubling).
+    lab.fail_requests(&lab::agent_name("n1"), "list", "endpointslices", 500, 4).await.unwrap();
+    lab.restart_agent("n1").unwrap();
+    let history = holders_for(&lab, ip, Duration::from_secs(6)).await;
+    assert_eq!(lab.injected().await.unwrap().failed - before, 4, "the fault did not strike");
+    assert_eq!(history, [vec!["n1".to_owned()]], "the address left its node while the endpoints were unknown");
+    let log = lab.log_tail(&lab::agent_name("n1"), 400).unwrap_or_default();
+    assert!(log.contains("endpointslices"), "{log}");
+}
