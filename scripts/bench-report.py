@@ -613,6 +613,55 @@ def parse_agent_tests(out: str) -> Report:
     return r
 
 
+def parse_upgrades(out: str) -> Report:
+    """The correctness runs of issue 16: an agent rolled in place, a cordoned node, a paused and a
+    late-writing allocator leader (`MEASURE` lines of e2e/tests/agent.rs and allocator_lab.rs)."""
+    r = Report()
+    s = Scan(out, r"MEASURE ")
+    t = r.table("measurement", "result")
+    issue = "#16 correctness"
+    m = s.find(r"MEASURE in place: (?P<n>\d+) short requests \((?P<f>\d+) failed\), long-lived connection "
+               r"(?P<ln>\d+) requests \((?P<lf>\d+) failed\), holders (?P<h>.+)$")
+    if m:
+        moves = m["h"].count("[") - 2  # [[n1]] has no move
+        t.rows.append(["agent rolled in place (SIGTERM, new process on the node): short requests", f"{m['n']}, {m['f']} failed"])
+        t.rows.append(["agent rolled in place: one long-lived connection, a request every 50 ms", f"{m['ln']} requests, {m['lf']} failed"])
+        t.rows.append(["agent rolled in place: holders of the address over time", m["h"]])
+        r.target(issue, "agent rolled in place: zero address moves", float(moves), lambda v: v == 0, f"{moves} moves")
+        r.target(issue, "agent rolled in place: zero failed requests, the long-lived connection kept",
+                 float(int(m["f"]) + int(m["lf"])), lambda v: v == 0, f"{int(m['f']) + int(m['lf'])} failed")
+    else:
+        r.not_parsed(t, "MEASURE in place")
+        r.targets.append(Target(issue, "agent rolled in place: zero address moves", NOT_PARSED, None))
+    m = s.find(r"MEASURE cordoned: (?P<n>\d+) short requests \((?P<f>\d+) failed\), single holders (?P<h>.+)$")
+    if m:
+        t.rows.append(["cordoned node, then its agent rolled: short requests", f"{m['n']}, {m['f']} failed"])
+        t.rows.append(["cordoned node: holders of the address over time", m["h"]])
+        r.target(issue, "cordoned node: the address moves once, zero failed requests", float(m["f"]),
+                 lambda v: v == 0, f"{m['f']} failed, holders {m['h']}")
+    else:
+        r.not_parsed(t, "MEASURE cordoned")
+    for label, rx in [("allocator leader frozen (SIGSTOP) past its lease during 40 creations",
+                       r"MEASURE paused leader: 40 Services, (?P<d>\d+) duplicate addresses, (?P<c>\d+) changed addresses"),
+                      ("allocator leader's writes applied 3 s late (after it gave up) during 40 creations",
+                       r"MEASURE late writes: 40 Services \(3 deleted\), (?P<w>\d+) late writes, (?P<d>\d+) duplicate addresses, "
+                       r"(?P<c>\d+) changed addresses")]:
+        m = s.find(rx)
+        if m:
+            text = f"{m['d']} duplicate, {m['c']} changed addresses"
+            t.rows.append([label, text + (f" ({m['w']} late writes)" if "w" in m.groupdict() else "")])
+            r.target(issue, f"{label}: zero duplicate or changed addresses", float(int(m["d"]) + int(m["c"])),
+                     lambda v: v == 0, text)
+        else:
+            r.not_parsed(t, label)
+            r.targets.append(Target(issue, f"{label}: zero duplicate or changed addresses", NOT_PARSED, None))
+    m = s.find(r"MEASURE paused leader: frozen for (?P<d>\S+)")
+    if m:
+        t.rows.append(["leader frozen for", m["d"]])
+    r.unparsed = s.leftovers()
+    return r
+
+
 def parse_decide(out: str) -> Report:
     r = parse_measures(out)
     if not any(t.what.startswith("re-evaluating") for t in r.targets):
@@ -740,6 +789,14 @@ BENCHES: list[Bench] = [
           parse_agent_tests,
           "The agent's lab tests (3 nodes, real `purelb` processes, debug build, 2 s leases), one run per "
           "test; the numbers are the `MEASURE` lines they print.",
+          prepare=[CARGO_DEBUG_PURELB], needs_root=True),
+    Bench("upgrades", "Upgrades and stale leaders (issue #16 correctness)", "#16 correctness",
+          ["cargo", "nextest", "run", "--locked", "-p", "purelb-e2e", "--no-capture", "-E",
+           "test(/an_agent_rolled_in_place|on_a_cordoned_node|a_paused_leader_resumes|late_writes_of_a_deposed/)"],
+          parse_upgrades,
+          "Lab runs (3 nodes, real `purelb` processes, debug build, 2 s leases; two allocator replicas for the "
+          "leader runs). The agent tests keep a client busy with a new request every 20 ms and one kept-open "
+          "connection; the leader runs watch every Service's address for duplicates and changes.",
           prepare=[CARGO_DEBUG_PURELB], needs_root=True),
     Bench("decide", "Decision pass over 5,000 Services", "#6 agent",
           ["cargo", "test", "--locked", "--release", "-p", "purelb", "--lib", "five_thousand_services_are_decided_quickly",

@@ -18,6 +18,7 @@ FILES=(
   src/core/ipam/special.rs
   src/core/queue.rs
   src/agent/decide.rs
+  src/agent/plan.rs
   src/allocator/table.rs
   src/reconcile/plan.rs
 )

@@ -276,6 +276,7 @@ pub async fn run_node(client: &Client, settings: &Settings, node: &str) -> Resul
             handover_timeout: Duration::ZERO,
             settle_time: Duration::ZERO,
             quiet_wait: Duration::ZERO,
+            race_wait: Duration::ZERO,
         },
     });
     let (orphans, links) = apply(&mgr, &snapshot, &plan, settings.dry_run).await;

@@ -1301,11 +1301,34 @@ async fn on_a_cordoned_node_the_address_moves_once_without_failed_requests() {
     assert_eq!(lab.http_get("client", SocketAddr::new(ip, 80), "/").await.unwrap().status, 200);
     let traffic = Traffic::start(&lab, ip, false);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let cordoned = Instant::now();
     lab::workload::cordon(&lab.client(), &winner, true).await.unwrap();
     wait_holders(&lab, ip, &[successor.as_str()], Duration::from_secs(10)).await;
+    let moved = cordoned.elapsed();
     roll_agent(&lab, &winner).await;
+    let rolled = cordoned.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (short, _, holders) = traffic.finish();
+    if !failures(&short).is_empty() {
+        // What happened around the failure (a request fails after its 3 s timeout).
+        let at: Vec<String> = failures(&short)
+            .iter()
+            .map(|(t, e)| format!("{:?} after the cordon: {e:?}", t.saturating_duration_since(cordoned)))
+            .collect();
+        eprintln!("cordon -> successor holds {moved:?}, rolled at {rolled:?}; failures ended {at:?}");
+        let mut last: Option<&Vec<String>> = None;
+        let mut moves: Vec<String> = Vec::new();
+        for (t, h) in &holders {
+            if last != Some(h) {
+                moves.push(format!("{:?} {h:?}", t.saturating_duration_since(cordoned)));
+                last = Some(h);
+            }
+        }
+        eprintln!("holders: {moves:?}");
+        for node in [winner.as_str(), successor.as_str()] {
+            eprintln!("--- {node}\n{}", lab.log_tail(&lab::agent_name(node), 60).unwrap_or_default());
+        }
+    }
     let history: Vec<Vec<String>> =
         holder_history(&holders).into_iter().filter(|set| set.len() == 1).collect::<Vec<_>>();
     eprintln!(
@@ -1374,7 +1397,9 @@ impl Page {
     fn values(&self, name: &str, with: &[(&str, &str)]) -> Vec<f64> {
         self.samples
             .iter()
-            .filter(|(n, labels, _)| n == name && with.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|(n, labels, _)| {
+                n == name && with.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|(_, _, v)| *v)
             .collect()
     }
@@ -1468,7 +1493,13 @@ async fn every_contract_metric_is_exported_with_its_type_and_a_true_value() {
     assert_eq!(lab.holders(ip).unwrap(), vec![winner.clone()]);
     let announced = agent.series("purelb_lbnodeagent_announced");
     assert_eq!(announced.len(), 1, "{announced:?}");
-    assert_eq!(agent.one("purelb_lbnodeagent_announced", &[("service", "default/web"), ("ip", &ip_text), ("interface", "eth0")]), 1.0);
+    assert_eq!(
+        agent.one(
+            "purelb_lbnodeagent_announced",
+            &[("service", "default/web"), ("ip", &ip_text), ("interface", "eth0")]
+        ),
+        1.0
+    );
     assert_eq!(agent.one("purelb_announced_ips_total", &[]), 1.0);
     assert_eq!(agent.one("purelb_orphaned_ips_total", &[]), 0.0);
     assert_eq!(agent.one("purelb_election_lease_healthy", &[]), 1.0);
@@ -1476,7 +1507,8 @@ async fn every_contract_metric_is_exported_with_its_type_and_a_true_value() {
     let nodes = lab.node_names().len() as f64;
     assert_eq!(agent.one("purelb_election_member_count", &[]), nodes);
     let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), "default");
-    let listed = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.unwrap().items.len();
+    let listed =
+        slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.unwrap().items.len();
     #[allow(clippy::cast_precision_loss)]
     let listed = listed as f64;
     assert_eq!(agent.one("purelb_endpointslice_count", &[("service", "default/web")]), listed);

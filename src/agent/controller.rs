@@ -115,6 +115,10 @@ pub enum AgentError {
 /// the successor's Lease takes 40–70 ms to reach this node's pass in a loaded debug lab).
 const QUIET_WAIT: Duration = Duration::from_millis(50);
 
+/// After a connection raced a quiet withdrawal: how long to wait for it to end (its client
+/// retransmits into the address put back after at least 200 ms).
+const RACE_WAIT: Duration = Duration::from_millis(300);
+
 /// How long a node that sees another host claim one of its addresses waits for the API's
 /// answer (node Leases, the Services on the address and their EndpointSlices) before it yields.
 const FRESH_READ_TIMEOUT: Duration = Duration::from_millis(300);
@@ -804,6 +808,7 @@ impl Agent {
             handover_timeout: self.settings.handover_timeout,
             settle_time: self.settings.settle_time,
             quiet_wait: QUIET_WAIT,
+            race_wait: RACE_WAIT,
         }
     }
 
@@ -932,7 +937,7 @@ impl Agent {
                     }
                 }
                 // A connection raced the withdrawal: the address is back until it ends.
-                Ok(Ok(false)) => outcomes.push(Outcome::StillHeld(held)),
+                Ok(Ok(false)) => outcomes.push(Outcome::Raced(held)),
                 Ok(Err(error)) => {
                     tracing::warn!(%ip, %error, "cannot hand the address over");
                     outcomes.push(Outcome::StillHeld(held));

@@ -104,6 +104,11 @@ pub struct Timing {
     /// How long a draining node waits for a moment without open connections once its
     /// successor holds an address.
     pub quiet_wait: Duration,
+    /// After a connection raced the withdrawal (the address is back): how long to wait for that
+    /// connection to end. Its client sent its ACK or data into the blackhole and retransmits
+    /// after its retransmission timeout (at least 200 ms on Linux), so a wait shorter than that
+    /// would cut it.
+    pub race_wait: Duration,
 }
 
 impl Timing {
@@ -152,6 +157,9 @@ pub struct Timers {
     pub yielded: HashMap<IpAddr, Instant>,
     /// Draining: local addresses whose successor holds them, since when this node saw that.
     pub handing_over: HashMap<IpAddr, Instant>,
+    /// Draining: local addresses put back because a connection raced their withdrawal (the next
+    /// try waits [`Timing::race_wait`] for it).
+    pub raced: BTreeSet<IpAddr>,
 }
 
 /// Everything one pass decides from. Built only from caches that have all synced.
@@ -656,7 +664,13 @@ pub fn plan(snapshot: &Snapshot<'_>, timers: &Timers) -> Plan {
             if handed_over && !timed_out {
                 let since = *timers.handing_over.get(&ip).unwrap_or(&now);
                 timers_out.handing_over.insert(ip, since);
-                let quiet_until = since + snapshot.timing.quiet_wait;
+                let wait = if timers.raced.contains(&ip) {
+                    timers_out.raced.insert(ip);
+                    snapshot.timing.race_wait
+                } else {
+                    snapshot.timing.quiet_wait
+                };
+                let quiet_until = since + wait;
                 let until = deadline.map_or(quiet_until, |d| d.min(quiet_until));
                 quiet.push(Action::LetGoQuietly { address: address.clone(), held, since, until });
                 continue;
@@ -716,8 +730,12 @@ pub enum Outcome {
     },
     /// The GARP/NA burst could not start (the next pass tries again).
     AnnounceFailed(IpAddr),
-    /// A removal failed or a connection raced a quiet handover: still held.
+    /// A removal failed: still held.
     StillHeld(HeldState),
+    /// A connection raced a quiet handover (it arrived between the check and the withdrawal):
+    /// the address is back until it ends, and the next try gets a fresh quiet wait, so that the
+    /// connection that raced in is not cut by a forced withdrawal at once.
+    Raced(HeldState),
 }
 
 impl Timers {
@@ -738,12 +756,18 @@ impl Timers {
                 Outcome::StillHeld(held) => {
                     self.held.entry(held.spec.ip).or_insert(held);
                 }
+                Outcome::Raced(held) => {
+                    self.handing_over.remove(&held.spec.ip);
+                    self.raced.insert(held.spec.ip);
+                    self.held.entry(held.spec.ip).or_insert(held);
+                }
             }
         }
         let held = &self.held;
         self.settling.retain(|ip, _| held.contains_key(ip));
         self.losing.retain(|ip, _| held.contains_key(ip));
         self.handing_over.retain(|ip, _| held.contains_key(ip));
+        self.raced.retain(|ip| held.contains_key(ip));
         self
     }
 }

@@ -179,6 +179,7 @@ fn node_plan(
             handover_timeout: std::time::Duration::ZERO,
             settle_time: std::time::Duration::ZERO,
             quiet_wait: std::time::Duration::ZERO,
+            race_wait: std::time::Duration::ZERO,
         },
     })
 }

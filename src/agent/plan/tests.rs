@@ -51,6 +51,7 @@ fn timing() -> Timing {
         handover_timeout: Duration::from_secs(5),
         settle_time: Duration::from_secs(2),
         quiet_wait: Duration::from_millis(50),
+        race_wait: Duration::from_millis(300),
     }
 }
 
@@ -423,6 +424,20 @@ fn a_draining_node_claims_nothing_new_and_lets_go_quietly_once_its_successor_hol
     assert_eq!(address.ip, addr);
     assert_eq!(*until, world.now + timing().quiet_wait);
     assert_eq!(plan.removals().count(), 1);
+    // A connection raced the withdrawal: the next try waits afresh for a quiet moment.
+    let mut failures = BTreeMap::new();
+    let later = world.now + timing().quiet_wait * 2;
+    let raced = plan.timers.clone().after_apply(vec![Outcome::Raced(held_local(addr))], &mut failures);
+    world.now = later;
+    let again = world.plan(&raced);
+    let [Action::LetGoQuietly { until, .. }] = again.actions.as_slice() else { panic!("{:?}", again.actions) };
+    assert_eq!(*until, later + timing().race_wait, "a fresh, longer wait after a race");
+    // A failed removal keeps the old window: the wait is over, so it is let go at once.
+    let failed = plan.timers.clone().after_apply(vec![Outcome::StillHeld(held_local(addr))], &mut failures);
+    let again = world.plan(&failed);
+    let [Action::LetGoQuietly { until, .. }] = again.actions.as_slice() else { panic!("{:?}", again.actions) };
+    assert!(*until < later);
+    world.now -= timing().quiet_wait * 2;
     // After the handover timeout: removed, counted as a handover.
     world.now += timing().handover_timeout;
     world.members = members(&others[..1]);
