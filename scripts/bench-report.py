@@ -655,6 +655,11 @@ def parse_upgrades(out: str) -> Report:
         else:
             r.not_parsed(t, label)
             r.targets.append(Target(issue, f"{label}: zero duplicate or changed addresses", NOT_PARSED, None))
+    for label, rx in [("agent rolled in place: SIGTERM → the old agent exited", r"MEASURE in place: SIGTERM -> old agent exited"),
+                      ("cordoned node: SIGTERM of its agent → exited", r"MEASURE rollout: SIGTERM -> old agent exited")]:
+        m = s.find(rx + rf" \(.*\): (?P<d>{DUR})$")
+        if m:
+            t.rows.append([label, fmt_dur(parse_dur(m["d"]))])
     m = s.find(r"MEASURE paused leader: frozen for (?P<d>\S+)")
     if m:
         t.rows.append(["leader frozen for", m["d"]])
@@ -1525,6 +1530,15 @@ MEASURE both nodes held the address for at most: 6.1ms
 MEASURE something new: 5ms
 test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 60.01s
 """,
+    "upgrades": """\
+MEASURE in place: SIGTERM -> old agent exited (Exited { code: Some(0), signal: None, not_built: false }): 61.2ms
+MEASURE in place: 71 short requests (0 failed), long-lived connection 34 requests (0 failed), holders [["n1"]]
+MEASURE rollout: SIGTERM -> old agent exited (Exited { code: Some(0), signal: None, not_built: false }): 40.2ms
+MEASURE cordoned: 163 short requests (0 failed), single holders [["n1"], ["n3"]]
+MEASURE paused leader: frozen for 5.001s
+MEASURE paused leader: 40 Services, 0 duplicate addresses, 0 changed addresses
+MEASURE late writes: 40 Services (3 deleted), 52 late writes, 0 duplicate addresses, 0 changed addresses
+""",
     "decide": """\
 running 1 test
 MEASURE decide 5000 Services x 50 members: 17.2ms (2500 wanted)
@@ -1596,6 +1610,10 @@ def self_test() -> int:
     check(target(r, '"pool full"').met is True, "ipam pool full")
     check(target(r, "/64").met is True, "ipam /64 exact")
     check(len(r.baselines) == 2, "ipam baselines")
+    r = reports["upgrades"]
+    check(target(r, "agent rolled in place: zero address moves").met is True, "upgrades: in place moves")
+    check(target(r, "cordoned node").met is True, "upgrades: cordoned")
+    check(all(t.met is True for t in r.targets) and len(r.targets) == 5, f"upgrades targets {r.targets}")
     r = reports["queue"]
     check(len(r.tables[0].rows) == 5 and r.tables[0].rows[0][1] == "4.8 M items/s", f"queue rows {r.tables[0].rows[:1]}")
     check(any("adds/s" in row[2] and "66.7 M" in row[2] for row in r.tables[0].rows), "queue de-dup adds/s")
