@@ -147,6 +147,7 @@ fn candidates_need_a_subnet_containing_the_address() {
     assert_eq!(members.winner(ip("192.0.2.240")), Some("node-a"), "the only candidate wins");
     assert_eq!(members.winner(ip("203.0.113.1")), None);
     assert_eq!(members.len(), 3, "a node without subnets is still a live member");
+    assert!(!members.is_empty());
 }
 
 #[test]

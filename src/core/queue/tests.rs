@@ -933,3 +933,15 @@ proptest! {
         run_concurrently(producers, workers, shutdown_after_yields)?;
     }
 }
+
+#[test]
+fn a_queue_tells_its_name_and_backoff_and_shows_its_state() {
+    let backoff = Backoff::new(ms(7), ms(70));
+    let queue: WorkQueue<&'static str> = WorkQueue::with_backoff("named-queue", backoff);
+    assert_eq!(queue.name(), "named-queue");
+    assert_eq!(queue.backoff(), backoff);
+    assert_ne!(WorkQueue::<&'static str>::new("default-backoff").backoff(), backoff);
+    queue.add("a");
+    let shown = format!("{queue:?}");
+    assert!(shown.contains("named-queue") && shown.contains("pending: 1"), "{shown}");
+}
