@@ -795,7 +795,7 @@ BENCHES: list[Bench] = [
           "The agent's lab tests (3 nodes, real `purelb` processes, debug build, 2 s leases), one run per "
           "test; the numbers are the `MEASURE` lines they print.",
           prepare=[CARGO_DEBUG_PURELB], needs_root=True),
-    Bench("upgrades", "Upgrades and stale leaders (issue #16 correctness)", "#16 correctness",
+    Bench("upgrades", "Upgrades and stale leaders", "#16 correctness",
           ["cargo", "nextest", "run", "--locked", "-p", "purelb-e2e", "--no-capture", "-E",
            "test(/an_agent_rolled_in_place|on_a_cordoned_node|a_paused_leader_resumes|late_writes_of_a_deposed/)"],
           parse_upgrades,

@@ -944,4 +944,20 @@ fn a_queue_tells_its_name_and_backoff_and_shows_its_state() {
     queue.add("a");
     let shown = format!("{queue:?}");
     assert!(shown.contains("named-queue") && shown.contains("pending: 1"), "{shown}");
+    assert!(!queue.is_empty());
+    assert!(!queue.is_shut_down());
+}
+
+#[tokio::test]
+async fn a_rate_limited_add_without_backoff_wakes_a_waiting_worker_and_a_claim_shows_what_it_holds() {
+    let queue: WorkQueue<&'static str> = WorkQueue::with_backoff("no-backoff", Backoff::new(Duration::ZERO, Duration::ZERO));
+    let worker = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.get().await.map(|claim| format!("{claim:?}")) })
+    };
+    let_others_run().await;
+    assert_eq!(queue.add_rate_limited("now"), Duration::ZERO);
+    let shown = timeout(Duration::from_secs(5), worker).await.expect("the waiting worker was not woken").unwrap();
+    let shown = shown.unwrap();
+    assert!(shown.contains("now") && shown.contains(queue.name()), "{shown}");
 }
