@@ -950,7 +950,8 @@ fn a_queue_tells_its_name_and_backoff_and_shows_its_state() {
 
 #[tokio::test]
 async fn a_rate_limited_add_without_backoff_wakes_a_waiting_worker_and_a_claim_shows_what_it_holds() {
-    let queue: WorkQueue<&'static str> = WorkQueue::with_backoff("no-backoff", Backoff::new(Duration::ZERO, Duration::ZERO));
+    let queue: WorkQueue<&'static str> =
+        WorkQueue::with_backoff("no-backoff", Backoff::new(Duration::ZERO, Duration::ZERO));
     let worker = {
         let queue = queue.clone();
         tokio::spawn(async move { queue.get().await.map(|claim| format!("{claim:?}")) })
