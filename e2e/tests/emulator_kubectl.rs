@@ -502,10 +502,7 @@ fn the_emulated_version_decides_fields_and_validation() {
 fn without_the_crds_the_allocator_says_what_to_install_and_is_not_ready() {
     let api = ApiServer::start_with("nocrds", &[]);
     api.ok(&["create", "namespace", "purelb-system"]);
-    let purelb = std::env::var_os("PURELB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/purelb"));
-    assert!(purelb.exists(), "{} is missing: cargo build -p purelb --bin purelb", purelb.display());
+    let purelb = purelb_bin();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(&purelb)
         .args(["allocator", "--leader-elect=false", "--kubeconfig"])
@@ -536,12 +533,18 @@ fn without_the_crds_the_allocator_says_what_to_install_and_is_not_ready() {
     assert!(!log.contains("ApiError"), "{log}");
 }
 
-/// Runs `purelb allocator` with `kubeconfig` for `secs` seconds; its log.
-fn allocator_log(kubeconfig: &Path, secs: u64) -> String {
+/// The `purelb` binary the tests run (`PURELB_BIN`, else the debug build).
+fn purelb_bin() -> PathBuf {
     let purelb = std::env::var_os("PURELB_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/purelb"));
     assert!(purelb.exists(), "{} is missing: cargo build -p purelb --bin purelb", purelb.display());
+    purelb
+}
+
+/// Runs `purelb allocator` with `kubeconfig` for `secs` seconds; its log.
+fn allocator_log(kubeconfig: &Path, secs: u64) -> String {
+    let purelb = purelb_bin();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(&purelb)
         .args(["allocator", "--kubeconfig"])
