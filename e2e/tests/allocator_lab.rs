@@ -63,7 +63,10 @@ async fn allocator_process_allocates_under_the_shipped_rbac() {
         lab.status_of("allocator")
     );
     let log = lab.log_tail("allocator", 200).unwrap_or_default();
-    assert!(!log.contains("forbidden") && !log.contains("answered 403") && !log.contains(" 403 "), "the shipped RBAC is sufficient:\n{log}");
+    assert!(
+        !log.contains("forbidden") && !log.contains("answered 403") && !log.contains(" 403 "),
+        "the shipped RBAC is sufficient:\n{log}"
+    );
 }
 
 /// Every address each Service showed, as the watch saw the API's states in order: a Service
