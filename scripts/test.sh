@@ -9,9 +9,10 @@ need_python_tool() { # tool, pip requirement
   command -v "$1" >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check "$2"
 }
 need_python_tool kubernetes-validate "kubernetes-validate==1.37.0"
-# Tools the kernel and lab tests run: ip, nsenter, sysctl, curl, kubectl.
+# Tools the kernel and lab tests run: ip, nsenter, sysctl, curl, kubectl; BIRD 2 (the nodes'
+# BGP daemon) and FRR (the lab's router) for the BGP tests.
 missing=()
-for pair in ip:iproute2 nsenter:util-linux sysctl:procps curl:curl kubectl:kubernetes-client; do
+for pair in ip:iproute2 nsenter:util-linux sysctl:procps curl:curl kubectl:kubernetes-client bird:bird2 vtysh:frr; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -127,6 +127,18 @@ pub struct AgentArgs {
     /// flap EndpointSlices; announcing never waits).
     #[arg(long, env = "PURELB_SETTLE_TIME", value_parser = duration_arg, default_value = "1s")]
     pub settle_time: Duration,
+    /// BIRD's control socket: BGP is on when set (docs/bgp.md). The agent renders BIRD's
+    /// configuration from the BGPPeers and ServiceGroups and reloads it over this socket.
+    #[arg(long, env = "PURELB_BIRD_SOCKET")]
+    pub bird_socket: Option<std::path::PathBuf>,
+    /// Where the agent writes BIRD's configuration (a volume shared with the BIRD container;
+    /// password snippets are read from `passwords/` next to it).
+    #[arg(long, env = "PURELB_BIRD_CONFIG", default_value = "/run/purelb-bird/bird.conf")]
+    pub bird_config: std::path::PathBuf,
+    /// When this node goes away with BGP on: how long routes carry GRACEFUL_SHUTDOWN before
+    /// they are withdrawn (then the addresses are removed).
+    #[arg(long, env = "PURELB_DRAIN_TIME", value_parser = duration_arg, default_value = "3s")]
+    pub drain_time: Duration,
 }
 
 /// Output format of `purelb reconcile`.

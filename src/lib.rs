@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod allocator;
 pub mod api;
+pub mod bgp;
 pub mod cli;
 pub mod core;
 pub mod duration;

@@ -135,6 +135,13 @@ fn run_agent(args: &purelb::cli::AgentArgs) -> anyhow::Result<ExitCode> {
             pod_name: args.pod_name.clone(),
             shutdown_mode: args.shutdown_mode,
             successor_timeout: args.successor_timeout,
+            bgp: args.bird_socket.clone().map(|socket| purelb::bgp::BgpSettings {
+                socket,
+                config: args.bird_config.clone(),
+                drain_time: args.drain_time,
+                poll: std::time::Duration::from_secs(1),
+                timeout: std::time::Duration::from_secs(5),
+            }),
         };
         agent::run(client, settings, readiness, process::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

@@ -45,7 +45,7 @@ use super::{
     shutdown::{self, Evidence, ShutdownMode, Verdict},
 };
 use crate::{
-    api::{LBNodeAgent, ServiceGroup, contract, contract::reasons},
+    api::{BGPPeer, LBNodeAgent, ServiceGroup, contract, contract::reasons},
     core::{
         announce::{
             BurstHandle, ETH_P_ALL, LinkInfo, MacAddr, SocketTransmitter, open_packet_capture, parse_claim, spawn_burst,
@@ -89,6 +89,8 @@ pub struct Settings {
     /// `--successor-timeout`: how long the Lease stays valid for a successor on this node
     /// when the addresses are kept at a SIGTERM.
     pub successor_timeout: Duration,
+    /// BGP with BIRD (`--bird-socket`); `None`: off.
+    pub bgp: Option<crate::bgp::BgpSettings>,
 }
 
 /// Errors of the agent.
@@ -154,6 +156,8 @@ struct State {
     config_error: Option<String>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
+    /// BGPPeers and ServiceGroups left out of BIRD's configuration, with why (Events on change).
+    bgp_problems: BTreeMap<(&'static str, String), String>,
 }
 
 /// What the Lease task and the worker share (never held across an await).
@@ -172,6 +176,8 @@ struct Shared {
     /// After an outage of this node's Lease: no claims and no drops until then, so that peers
     /// whose renewals the cache does not show yet are not taken for gone.
     recovering_until: Option<Instant>,
+    /// `purelb.io/bgp` (BGP on only).
+    bgp: Option<String>,
 }
 
 struct Agent {
@@ -201,6 +207,8 @@ struct Agent {
     captures: std::sync::Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
     /// Claims from other MACs for addresses held here: (address, claiming MAC, interface).
     conflicts: tokio::sync::mpsc::UnboundedSender<(IpAddr, MacAddr, String)>,
+    /// BGP: the BGPPeers and the BIRD task (`--bird-socket` set).
+    bgp: Option<(Store<BGPPeer>, crate::bgp::BgpHandle)>,
 }
 
 fn reflect<K>(api: Api<K>, config: watcher::Config, queue: WorkQueue<Work>, name: &'static str) -> Store<K>
@@ -356,6 +364,11 @@ pub async fn run(
         settings.api_timeout,
     );
     let (conflicts, mut conflict_rx) = tokio::sync::mpsc::unbounded_channel();
+    let bgp = settings.bgp.clone().map(|bgp| {
+        let peers =
+            reflect(Api::<BGPPeer>::namespaced(client.clone(), &ns), watcher::Config::default(), queue.clone(), "bgppeers");
+        (peers, crate::bgp::manager::start(bgp))
+    });
     let agent = Arc::new(Agent {
         client,
         started: Instant::now(),
@@ -378,6 +391,7 @@ pub async fn run(
         held_local: Arc::new(std::sync::Mutex::new(HashSet::new())),
         captures: std::sync::Mutex::new(HashMap::new()),
         conflicts,
+        bgp,
     });
     watch_endpoints(&agent);
     for (ready, name) in [
@@ -386,6 +400,13 @@ pub async fn run(
         (agent.groups.wait_until_ready().await.is_ok(), "servicegroups"),
         (agent.lbnas.wait_until_ready().await.is_ok(), "lbnodeagents"),
         (agent.nodes.wait_until_ready().await.is_ok(), "nodes"),
+        (
+            match &agent.bgp {
+                Some((peers, _)) => peers.wait_until_ready().await.is_ok(),
+                None => true,
+            },
+            "bgppeers",
+        ),
     ] {
         if !ready {
             return Err(AgentError::WatchStopped(name));
@@ -419,6 +440,12 @@ pub async fn run(
             conflict_agent.on_conflict(ip, mac, &ifname, &mut logged).await;
         }
     });
+    // BGP sessions: the Lease annotation and the Node's Events.
+    if let Some((_, handle)) = &agent.bgp {
+        let bgp_agent = agent.clone();
+        let status = handle.status();
+        tasks.spawn(async move { bgp_agent.follow_bgp(status).await });
+    }
     // Orphan sweep.
     let sweep_queue = queue.clone();
     let sweep = agent.settings.orphan_sweep_interval.max(Duration::from_secs(1));
@@ -458,6 +485,11 @@ pub async fn run(
         }
     };
     if !kept {
+        if let Some((_, bgp)) = &agent.bgp {
+            // The routes leave the routers (tagged GRACEFUL_SHUTDOWN first) before any address
+            // leaves this node; an in-place restart (kept) leaves BIRD and its routes alone.
+            bgp.drain(agent.settings.handover_timeout.max(Duration::from_secs(5))).await;
+        }
         agent.hand_over().await;
     }
     readiness.set_ready(false);
@@ -466,6 +498,9 @@ pub async fn run(
     agent.stop_captures(&HashSet::new());
     if kept {
         agent.stop_bursts().await;
+        if let Some((_, bgp)) = &agent.bgp {
+            bgp.release();
+        }
         return Ok(());
     }
     agent.withdraw_all().await;
@@ -569,13 +604,13 @@ impl Agent {
         let mut was_healthy = false;
         let mut last_error: Option<String> = None;
         loop {
-            let (config, announcing, draining) = {
+            let (config, announcing, draining, bgp) = {
                 let s = self.shared();
-                (s.config.clone(), s.announcing.clone(), s.draining)
+                (s.config.clone(), s.announcing.clone(), s.draining, s.bgp.clone())
             };
             let node_uid =
                 self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
-            let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining, node_uid };
+            let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining, node_uid, bgp };
             let guard = self.lease_write.lock().await;
             if self.shared().kept_for_successor {
                 // Exiting with the successor's Lease written: no renewal may shorten it.
@@ -774,6 +809,7 @@ impl Agent {
             self.start_capture(&kernel, ifname).await;
         }
         self.report(&mut state, &decision, &failures);
+        self.update_bgp(&config, &mut state);
         let announcing = election::format_announcing(
             &state
                 .timers
@@ -792,6 +828,90 @@ impl Agent {
             self.kick_lease.notify_one();
         }
         Ok(true)
+    }
+
+    /// Hands BIRD the configuration for the current objects (BGP on only) and reports the
+    /// BGPPeers and ServiceGroups left out of it, once per problem.
+    fn update_bgp(&self, config: &Config, state: &mut State) {
+        let Some((peers, handle)) = &self.bgp else { return };
+        let Some(bgp) = &self.settings.bgp else { return };
+        let node = self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node);
+        let peers = peers.state();
+        let groups = self.groups.state();
+        let password_dir = bgp.config.parent().unwrap_or(std::path::Path::new("/")).join("passwords");
+        let desired = crate::bgp::desired::desired(
+            &self.settings.node,
+            node.as_deref(),
+            &peers.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            &groups.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            &config.dummy_interface,
+            password_dir,
+        );
+        let problems: BTreeMap<(&'static str, String), String> = desired
+            .invalid_peers
+            .iter()
+            .map(|(n, m)| (("BGPPeer", n.clone()), m.clone()))
+            .chain(desired.invalid_groups.iter().map(|(n, m)| (("ServiceGroup", n.clone()), m.clone())))
+            .collect();
+        for ((kind, name), message) in &problems {
+            if state.bgp_problems.get(&(kind, name.clone())) == Some(message) {
+                continue;
+            }
+            tracing::warn!(kind, name, %message, "BGP: left out of BIRD's configuration");
+            let reference = match *kind {
+                "BGPPeer" => peers.iter().find(|p| &p.name_any() == name).map(|p| p.object_ref(&())),
+                _ => groups.iter().find(|g| &g.name_any() == name).map(|g| g.object_ref(&())),
+            };
+            if let Some(reference) = reference {
+                self.publish(reference, vec![(EventType::Warning, reasons::CONFIG_ERROR, message.clone())]);
+            }
+        }
+        state.bgp_problems = problems;
+        handle.set(desired.config);
+    }
+
+    /// Follows BIRD's sessions: the `purelb.io/bgp` Lease annotation (at once) and the
+    /// `BGPSessionUp` / `BGPSessionDown` Events on this Node (transitions only; a session that
+    /// never came up is reported after 5 s).
+    async fn follow_bgp(self: Arc<Self>, mut status: tokio::sync::watch::Receiver<crate::bgp::BgpStatus>) {
+        const GRACE: Duration = Duration::from_secs(5);
+        let mut transitions = crate::bgp::manager::Transitions::default();
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Node".to_owned()),
+            name: Some(self.settings.node.clone()),
+            ..Default::default()
+        };
+        loop {
+            let current = status.borrow_and_update().clone();
+            let annotation = current.annotation();
+            let changed = {
+                let mut shared = self.shared();
+                let changed = shared.bgp.as_ref() != Some(&annotation);
+                shared.bgp = Some(annotation);
+                changed
+            };
+            if changed {
+                self.kick_lease.notify_one();
+            }
+            let mut reference = reference.clone();
+            reference.uid =
+                self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
+            for (peer, up, detail) in transitions.update(&current, Instant::now(), GRACE) {
+                let event = if up {
+                    tracing::info!(peer, "BGP session established");
+                    (EventType::Normal, reasons::BGP_SESSION_UP, format!("BGP session to BGPPeer {peer} is Established"))
+                } else {
+                    tracing::warn!(peer, %detail, "BGP session down");
+                    (EventType::Warning, reasons::BGP_SESSION_DOWN, format!("BGP session to BGPPeer {peer} is down ({detail})"))
+                };
+                self.publish(reference.clone(), vec![event]);
+            }
+            tokio::select! {
+                r = status.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// `purelb_endpointslice_cache_age_seconds`: how long the EndpointSlice cache may have been
@@ -1492,14 +1612,14 @@ impl Agent {
     /// the Lease's expiry while this node still holds them.
     async fn keep_for_successor(&self, why: &str) -> bool {
         let guard = self.lease_write.lock().await;
-        let (config, announcing) = {
+        let (config, announcing, bgp) = {
             let mut shared = self.shared();
             shared.kept_for_successor = true;
-            (shared.config.clone(), shared.announcing.clone())
+            (shared.config.clone(), shared.announcing.clone(), shared.bgp.clone())
         };
         let node_uid =
             self.nodes.state().into_iter().find(|n| n.name_any() == self.settings.node).and_then(|n| n.uid());
-        let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining: false, node_uid };
+        let content = LeaseContent { subnets: self.subnets(&config).await, announcing, draining: false, node_uid, bgp };
         let settings = LeaseSettings { duration: self.settings.successor_timeout, ..self.lease_settings() };
         let written = lease::renew(&self.client, &settings, &content).await;
         drop(guard);

@@ -178,7 +178,7 @@ pub fn parse_groups<'a>(
 /// the group's `aggregation` (default: a host route, /32 or /128, since the prefix NetBox
 /// records is not known to the agent). `None` when the aggregation is invalid (the allocator
 /// reports that on the ServiceGroup).
-fn netbox_pools(netbox: &NetboxSpec) -> Option<ParsedPools> {
+pub(crate) fn netbox_pools(netbox: &NetboxSpec) -> Option<ParsedPools> {
     let whole = |family: Family| -> Option<ParsedRange> {
         let (network, text) = match family {
             Family::V4 => (IpAddr::from([0u8; 4]), "0.0.0.0/0"),

@@ -40,6 +40,8 @@ pub struct LeaseContent {
     pub draining: bool,
     /// UID of this node's Node object, for the ownerReference.
     pub node_uid: Option<String>,
+    /// `purelb.io/bgp` (BGP on only).
+    pub bgp: Option<String>,
 }
 
 /// Errors writing the Lease.
@@ -110,6 +112,7 @@ pub fn lease_body(settings: &LeaseSettings, content: &LeaseContent, now: Timesta
                 contract::LEASE_ANNOTATION_INSTANCE: settings.instance,
                 contract::LEASE_ANNOTATION_ANNOUNCING: content.announcing,
                 contract::LEASE_ANNOTATION_DRAINING: if content.draining { Value::from("true") } else { Value::Null },
+                contract::LEASE_ANNOTATION_BGP: content.bgp.as_deref().map_or(Value::Null, Value::from),
             },
             "ownerReferences": owners,
         },
@@ -246,10 +249,12 @@ mod tests {
             announcing: "192.0.2.240%eth0".into(),
             draining: false,
             node_uid: Some("node-uid".into()),
+            bgp: Some("tor-a=Established".into()),
         };
         let body = lease_body(&settings(), &content, now);
         assert_eq!(body["spec"]["leaseDurationSeconds"], 3);
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "node-uid");
+        assert_eq!(body["metadata"]["annotations"][contract::LEASE_ANNOTATION_BGP], "tor-a=Established");
         assert_eq!(body["metadata"]["annotations"][contract::LEASE_ANNOTATION_DRAINING], Value::Null);
         let lease = lease_object(&settings(), &content, now).unwrap();
         let members = Members::from_leases([&lease], now);

@@ -106,6 +106,7 @@ impl Release {
             tenant: self.tenant.clone(),
             aggregation: None,
             token_secret_ref: crate::api::SecretKeyRef { name: self.secret.0.clone(), key: self.secret.1.clone() },
+            bgp: None,
         }
     }
 }
@@ -609,6 +610,7 @@ mod tests {
             tenant: "k8s".into(),
             aggregation: None,
             token_secret_ref: crate::api::SecretKeyRef { name: "nb-token".into(), key: "token".into() },
+            bgp: None,
         };
         let auth = NetboxError::Auth { url: "https://nb".into(), status: 403, detail: "Invalid token".into() };
         let f = failure("g", &spec, &auth);
@@ -635,6 +637,7 @@ mod tests {
             tenant: "k8s".into(),
             aggregation: Some("/32".into()),
             token_secret_ref: crate::api::SecretKeyRef { name: "nb-token".into(), key: "token".into() },
+            bgp: None,
         };
         let r = Release::new(
             &spec,

@@ -40,6 +40,9 @@ pub const LEASE_ANNOTATION_INSTANCE: &str = "purelb.io/instance";
 pub const LEASE_ANNOTATION_ANNOUNCING: &str = "purelb.io/announcing";
 /// Lease annotation: `"true"` while the node hands its addresses over before exiting.
 pub const LEASE_ANNOTATION_DRAINING: &str = "purelb.io/draining";
+/// Node Lease annotation: this node's BGP sessions, `<BGPPeer name>=<state>` comma-separated
+/// (absent while BGP is off).
+pub const LEASE_ANNOTATION_BGP: &str = "purelb.io/bgp";
 /// Label `app.kubernetes.io/name` on PureLB objects.
 pub const LABEL_APP_NAME: (&str, &str) = ("app.kubernetes.io/name", "purelb");
 /// Label `app.kubernetes.io/component` on node Leases.
@@ -82,4 +85,8 @@ pub mod reasons {
     pub const ANNOUNCEMENT_FAILED: &str = "AnnouncementFailed";
     /// Agent (Warning) on LBNodeAgents: invalid configuration.
     pub const CONFIG_ERROR: &str = "ConfigError";
+    /// Node: a BGP session came up.
+    pub const BGP_SESSION_UP: &str = "BGPSessionUp";
+    /// Node (Warning): a BGP session went down, or did not come up.
+    pub const BGP_SESSION_DOWN: &str = "BGPSessionDown";
 }

@@ -50,7 +50,9 @@ pub const DNS1123_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
     validation = Rule::new("!has(self.namespaceDefault) || !self.namespaceDefault || (has(self.namespaces) && size(self.namespaces) > 0)")
         .message("spec.namespaceDefault requires a non-empty spec.namespaces"),
     validation = Rule::new("!has(self.remote) || !has(self.remote.skipIPv6DAD) || !self.remote.skipIPv6DAD")
-        .message("spec.remote.skipIPv6DAD is not supported: DAD is skipped only for local pools")
+        .message("spec.remote.skipIPv6DAD is not supported: DAD is skipped only for local pools"),
+    validation = Rule::new("!has(self.local) || !has(self.local.bgp)")
+        .message("spec.local.bgp is not supported: local addresses are announced with ARP/NDP; use a remote group for BGP")
 )]
 pub struct ServiceGroupSpec {
     /// Addresses on a node's own LAN: one elected node per address adds it to the interface
@@ -101,6 +103,9 @@ pub struct PoolSpec {
     /// Local pools only: add IPv6 addresses without duplicate address detection (IFA_F_NODAD).
     #[serde(default, rename = "skipIPv6DAD", skip_serializing_if = "Option::is_none")]
     pub skip_ipv6_dad: Option<bool>,
+    /// Remote pools only: BGP attributes of the group's routes (communities, local preference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::api::bgppeer::BgpAdvertisement>,
 }
 
 /// One range of addresses inside a subnet.
@@ -137,6 +142,9 @@ pub struct NetboxSpec {
     pub aggregation: Option<String>,
     /// Secret in the install namespace holding the Netbox API token (read by the allocator only).
     pub token_secret_ref: SecretKeyRef,
+    /// BGP attributes of the group's routes (communities, local preference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::api::bgppeer::BgpAdvertisement>,
 }
 
 /// A key in a Secret of the install namespace.

@@ -87,6 +87,7 @@ pub fn members_with_self(
         announcing: String::new(),
         draining: false,
         node_uid: None,
+        bgp: None,
     };
     let own = lease::lease_object(&settings, &content, now)?;
     let own_name = contract::node_lease_name(node);

@@ -79,12 +79,24 @@ catalog! {
     ADDRESS_DRIFT_REPAIRS = "purelb_address_drift_repairs_total", Counter, [Agent], "Held addresses removed by someone else and added back.";
     ADDRESS_CONFLICTS = "purelb_address_conflicts_total", Counter, [Agent], "ARP replies or NAs from another MAC for an address this node holds.";
     HANDOVER_DURATION = "purelb_handover_duration_seconds", Histogram, [Agent], "Time from the start of a graceful handover until the successor holds the address.";
+    BGP_SESSION_UP = "purelb_bgp_session_up", Gauge, [Agent], "1 while this node's BGP session to the BGPPeer is Established, else 0 (BGP on only).";
+    BGP_ADVERTISED_ROUTES = "purelb_bgp_advertised_routes", Gauge, [Agent], "Routes this node's BIRD exports to the BGPPeer (BGP on only).";
+    BGP_CONFIG_RELOADS = "purelb_bgp_config_reloads_total", Counter, [Agent], "BIRD configurations the agent wrote and BIRD loaded.";
+    BGP_CONFIG_ERRORS = "purelb_bgp_config_errors_total", Counter, [Agent], "BIRD configurations BIRD refused or could not be given (the last good one stays).";
 }
 
 /// Families whose label values name objects that can go away (Services, addresses,
 /// interfaces, pools): kept in [`super::scoped`], so that a gone object's series goes too.
 pub const SCOPED: &[&str] =
-    &[LBNODEAGENT_ANNOUNCED, ENDPOINTSLICE_COUNT, ADDRESS_POOL_SIZE, ADDRESS_POOL_IN_USE, ADDRESS_POOL_REJECTED];
+    &[
+        LBNODEAGENT_ANNOUNCED,
+        ENDPOINTSLICE_COUNT,
+        ADDRESS_POOL_SIZE,
+        ADDRESS_POOL_IN_USE,
+        ADDRESS_POOL_REJECTED,
+        BGP_SESSION_UP,
+        BGP_ADVERTISED_ROUTES,
+    ];
 
 /// The counter series of `component` whose label values are all known at start: they are
 /// exported at 0 from the first scrape, so that `rate()` and `increase()` see their first event
@@ -106,6 +118,8 @@ pub fn zero_series(component: Component) -> Vec<(&'static str, Option<(&'static 
             (ENDPOINTSLICE_SYNC_ERRORS, None),
             (ADDRESS_DRIFT_REPAIRS, None),
             (ADDRESS_CONFLICTS, None),
+            (BGP_CONFIG_RELOADS, None),
+            (BGP_CONFIG_ERRORS, None),
         ],
     }
 }

@@ -126,6 +126,10 @@ enum Command {
         /// applying the CRDs and manifests/rbac.yaml.
         #[arg(long)]
         helm: bool,
+        /// Routed announcements: FRR on the router (ECMP, BFD), BIRD 2 on every node managed by
+        /// its agent, the BGPPeer `router` (docs/bgp.md; needs `apt-get install bird2 frr`).
+        #[arg(long)]
+        bgp: bool,
         #[command(flatten)]
         extra: ExtraArgs,
     },
@@ -274,14 +278,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 EmulatorOptions { data_dir, authorize: authorize.is_some(), version, ..EmulatorOptions::default() };
             apiserver(options, listen, &listen_netns, &tokens, kubeconfig.as_deref()).await
         }
-        Command::Up { nodes, dual_stack, place, purelb_bin, no_allocator, no_agents, ready_timeout, helm, extra } => {
+        Command::Up { nodes, dual_stack, place, purelb_bin, no_allocator, no_agents, ready_timeout, helm, bgp, extra } => {
             let (prefix, dir) = place.resolve();
             let mut options = LabOptions::new(&prefix, nodes)
                 .dual_stack(dual_stack)
                 .dir(&dir)
                 .purelb(!no_allocator, !no_agents)
                 .ready_timeout(Duration::from_secs(ready_timeout))
-                .helm(helm);
+                .helm(helm)
+                .bgp(bgp);
             options.purelb_bin = purelb_bin;
             up(extra.apply(options)).await
         }
@@ -428,6 +433,13 @@ async fn up(options: LabOptions) -> anyhow::Result<ExitCode> {
     println!("  kubectl --kubeconfig {} get nodes", state.kubeconfig.display());
     println!("  purelb-lab serve --prefix {} --service default/web", state.prefix);
     println!("  ip netns exec {} curl http://192.0.2.240/", topology.client.netns);
+    if statuses.iter().any(|(name, _)| name.starts_with("bird-")) {
+        println!("BGP (routed addresses from {}, through the router):", lab::bgp::ROUTED_SUBNET);
+        println!("  ServiceGroup purelb-system/routed (203.0.113.10-203.0.113.19, host routes) is there: give a");
+        println!("  Service the annotation purelb.io/service-group: routed");
+        println!("  vtysh --vty_socket {} -c 'show bgp summary'", lab::bgp::frr_dir(&state.dir).display());
+        println!("  ip -n {} route show {}", topology.router.netns, lab::bgp::ROUTED_SUBNET);
+    }
     println!("  purelb-lab down --prefix {}", state.prefix);
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@
 //! panic), [`Lab::open`] / [`Lab::detach`] (the lab outlives the process, for `purelb-lab
 //! up`), [`down`] (removes every namespace, link, process and file of a prefix, idempotent).
 
+pub mod bgp;
 pub mod capture;
 pub mod cluster;
 pub mod demo;
@@ -287,6 +288,9 @@ pub struct LabOptions {
     /// instead of applying the CRDs and `manifests/rbac.yaml`: the processes then run with the
     /// chart's CRDs, service accounts, RBAC and default LBNodeAgent.
     pub helm: bool,
+    /// Routed announcements ([`bgp`]): FRR on the router, BIRD on every node, the agents with
+    /// `--bird-socket`, and the BGPPeer `router`.
+    pub bgp: bool,
 }
 
 impl LabOptions {
@@ -309,6 +313,7 @@ impl LabOptions {
             ready_timeout: Duration::from_secs(20),
             keep_logs: false,
             helm: false,
+            bgp: false,
         }
     }
 
@@ -380,6 +385,13 @@ impl LabOptions {
     #[must_use]
     pub fn helm(mut self, on: bool) -> Self {
         self.helm = on;
+        self
+    }
+
+    /// Routed announcements with FRR and BIRD ([`LabOptions::bgp`]).
+    #[must_use]
+    pub fn bgp(mut self, on: bool) -> Self {
+        self.bgp = on;
         self
     }
 }
@@ -641,6 +653,9 @@ impl Lab {
         let found_purelb = purelb_bin.as_ref().ok().cloned();
         let mut lab =
             Self { topology, dir, api_url, kubeconfig, client, tokens, lab_bin, purelb_bin: found_purelb, resources };
+        if options.bgp {
+            lab.start_routing().await?;
+        }
         lab.start_purelb(&options, purelb_bin)?;
         lab.wait_settled(options.ready_timeout).await;
         lab.save_state()?;
@@ -669,6 +684,14 @@ impl Lab {
                     "--pod-name".to_owned(),
                     workload::pod_name(&node.name),
                 ];
+                if options.bgp {
+                    args.extend([
+                        "--bird-socket".to_owned(),
+                        bgp::bird_socket(&self.dir, &node.name).display().to_string(),
+                        "--bird-config".to_owned(),
+                        bgp::bird_config(&self.dir, &node.name).display().to_string(),
+                    ]);
+                }
                 args.extend(options.agent_args.iter().cloned());
                 wanted.push((agent_name(&node.name), node.netns.clone(), args));
             }
@@ -701,6 +724,131 @@ impl Lab {
         }
         drop(processes);
         Ok(())
+    }
+
+    /// FRR on the router and BIRD on every node (before the agents), and the BGPPeer `router`.
+    async fn start_routing(&self) -> Result<(), LabError> {
+        bgp::check_tools()?;
+        let file_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LabError::File { action: "write", path, source }
+        };
+        let router = &self.topology.router;
+        netns::set_sysctls(&router.netns, &[("net.ipv4.fib_multipath_hash_policy", "1")])?;
+        let frr = bgp::frr_dir(&self.dir);
+        std::fs::create_dir_all(&frr).map_err(file_err(&frr))?;
+        let conf = frr.join("frr.conf");
+        std::fs::write(&conf, bgp::frr_config(&self.topology, 300, 3)).map_err(file_err(&conf))?;
+        // FRR drops to the `frr` user (the package creates it), which must own its directory.
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "frr:frr"])
+            .arg(&frr)
+            .output()
+            .map_err(|source| LabError::Spawn { command: "chown frr:frr".to_owned(), source })?;
+        if !chown.status.success() {
+            return Err(LabError::Command {
+                command: format!("chown -R frr:frr {}", frr.display()),
+                detail: String::from_utf8_lossy(&chown.stderr).into_owned(),
+            });
+        }
+        let mut processes = self.resources.lock();
+        for daemon in bgp::FRR_DAEMONS {
+            let f = frr.display().to_string();
+            let args = vec![
+                "-u".into(),
+                "frr".into(),
+                "-g".into(),
+                "frr".into(),
+                "-P".into(),
+                "0".into(),
+                "-f".into(),
+                format!("{f}/frr.conf"),
+                "-i".into(),
+                format!("{f}/{daemon}.pid"),
+                "-z".into(),
+                format!("{f}/zserv.api"),
+                "--vty_socket".into(),
+                f.clone(),
+                "--log".into(),
+                "stdout".into(),
+            ];
+            let name = bgp::frr_name(daemon);
+            let spec = ProcessSpec {
+                name: name.clone(),
+                netns: Some(router.netns.clone()),
+                program: Path::new(bgp::FRR_DIR).join(daemon),
+                args,
+            };
+            let process = ManagedProcess::start(spec, &self.topology.prefix, self.dir.join(format!("{name}.log")))?;
+            processes.insert(name, process);
+            if daemon == "zebra" {
+                // bgpd and bfdd connect to zebra's socket.
+                let sock = frr.join("zserv.api");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !sock.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        for node in &self.topology.nodes {
+            let dir = bgp::bird_dir(&self.dir, &node.name);
+            std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+            let conf = bgp::bird_config(&self.dir, &node.name);
+            std::fs::write(&conf, bgp::bird_bootstrap(node)).map_err(file_err(&conf))?;
+            let name = bgp::bird_name(&node.name);
+            let spec = ProcessSpec {
+                name: name.clone(),
+                netns: Some(node.netns.clone()),
+                program: PathBuf::from("bird"),
+                args: vec![
+                    "-f".into(),
+                    "-c".into(),
+                    conf.display().to_string(),
+                    "-s".into(),
+                    bgp::bird_socket(&self.dir, &node.name).display().to_string(),
+                    "-P".into(),
+                    dir.join("bird.pid").display().to_string(),
+                ],
+            };
+            let process = ManagedProcess::start(spec, &self.topology.prefix, self.dir.join(format!("{name}.log")))?;
+            processes.insert(name, process);
+        }
+        drop(processes);
+        self.apply_yaml(&bgp::peer_yaml("300ms", 3)).await?;
+        self.apply_yaml(&bgp::routed_group_yaml("routed", "203.0.113.10-203.0.113.19")).await?;
+        Ok(())
+    }
+
+    /// Runs `vtysh -c <command>` against the router's FRR; its output.
+    ///
+    /// # Errors
+    ///
+    /// vtysh fails.
+    pub fn vtysh(&self, command: &str) -> Result<String, LabError> {
+        let frr = bgp::frr_dir(&self.dir);
+        let out = std::process::Command::new("vtysh")
+            .arg("--vty_socket")
+            .arg(&frr)
+            .args(["-c", command])
+            .output()
+            .map_err(|source| LabError::Spawn { command: format!("vtysh -c {command:?}"), source })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: format!("vtysh -c {command:?}"),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The nodes the router's FIB sends `addr` to (ECMP next hops), by name.
+    ///
+    /// # Errors
+    ///
+    /// `ip` fails.
+    pub fn routed_via(&self, addr: IpAddr) -> Result<Vec<String>, LabError> {
+        let gateways = bgp::fib_nexthops(&self.topology.router.netns, addr)?;
+        Ok(bgp::nodes_of(&self.topology, &gateways))
     }
 
     /// Waits up to `timeout` until every `purelb` process is ready (`/readyz` answers 200)

@@ -131,7 +131,7 @@ pub fn bind_tcp(netns: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Writes `net.*` sysctls inside `netns` (`key` in dotted form, e.g. `net.ipv4.ip_forward`).
-fn set_sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), LabError> {
+pub fn set_sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), LabError> {
     let owned: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     in_netns(netns, move || {
         for (key, value) in owned {
