@@ -40,7 +40,11 @@ async fn start(tag: &str, extra: &[&str]) -> Lab {
         .collect();
     let lab = Lab::start(options).await.unwrap();
     for (name, status) in lab.process_status() {
-        assert!(status.is_running(), "{name} is not running: {status:?}\n{}", lab.log_tail(&name, 30).unwrap_or_default());
+        assert!(
+            status.is_running(),
+            "{name} is not running: {status:?}\n{}",
+            lab.log_tail(&name, 30).unwrap_or_default()
+        );
     }
     lab.apply_yaml(&bgp::routed_group_yaml("routed", "203.0.113.10-203.0.113.19")).await.unwrap();
     sessions_established(&lab, Duration::from_secs(20)).await;
@@ -191,11 +195,17 @@ async fn routes_follow_the_nodes_holding_the_address_and_the_router_spreads_flow
     assert_eq!(served.keys().cloned().collect::<Vec<_>>(), ["n1", "n2", "n3"], "{served:?}");
     assert!(served.values().all(|n| *n >= 30), "uneven spread: {served:?}");
 
-    // The session state is exported.
+    // The session state is exported (read from BIRD every second).
     for node in ["n1", "n2", "n3"] {
-        let metrics = lab.scrape(&lab::agent_name(node)).await.unwrap_or_default();
-        assert!(metrics.contains("purelb_bgp_session_up{peer=\"router\"} 1"), "{node}:\n{metrics}");
-        assert!(metrics.contains("purelb_bgp_advertised_routes{peer=\"router\"} 1"), "{node}:\n{metrics}");
+        let agent = lab::agent_name(node);
+        let seen = wait_for(Duration::from_secs(3), || async {
+            let metrics = lab.scrape(&agent).await?;
+            (metrics.contains("purelb_bgp_session_up{peer=\"router\"} 1")
+                && metrics.contains("purelb_bgp_advertised_routes{peer=\"router\"} 1"))
+            .then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "{node}:\n{}", lab.scrape(&agent).await.unwrap_or_default());
     }
 
     // externalTrafficPolicy: Local with endpoints on 2 of 3 nodes: exactly those next hops.
@@ -242,7 +252,11 @@ async fn routes_follow_the_nodes_holding_the_address_and_the_router_spreads_flow
     sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = sampler.1.join().unwrap();
     let log = traffic.finish();
-    eprintln!("MEASURE agent restarted in place: {} requests, {} failed, next hops {seen:?}", log.len(), failures(&log).len());
+    eprintln!(
+        "MEASURE agent restarted in place: {} requests, {} failed, next hops {seen:?}",
+        log.len(),
+        failures(&log).len()
+    );
     assert_eq!(seen, [vec!["n1".to_owned(), "n2".to_owned(), "n3".to_owned()]], "a route was withdrawn");
     assert!(failures(&log).is_empty(), "{:?}", failures(&log));
 
@@ -339,6 +353,14 @@ async fn a_frozen_node_leaves_the_router_within_bfd_time() {
     lab.apply_yaml(&service_yaml("web", "Cluster")).await.unwrap();
     let (ip, _) = address_of(&lab, "web").await;
     wait_routed(&lab, ip, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    // BFD comes up after the BGP session (the router starts it for a dynamic neighbour once
+    // established): wait until the router has it up with every node.
+    let bfd = wait_for(Duration::from_secs(30), || async {
+        let out = lab.vtysh("show bfd peers brief").ok()?;
+        (out.lines().filter(|l| l.trim_end().ends_with(" up")).count() == 3).then_some(())
+    })
+    .await;
+    assert!(bfd.is_some(), "BFD not up with every node:\n{}", lab.vtysh("show bfd peers brief").unwrap_or_default());
     let traffic = Traffic::start(&lab, ip);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let frozen = Instant::now();
@@ -354,8 +376,10 @@ async fn a_frozen_node_leaves_the_router_within_bfd_time() {
         lab.resume(&name).unwrap();
     }
     assert!(took <= Duration::from_millis(1500), "the route stayed {took:?} (BFD 3 × 300 ms promises 1.5 s)");
-    let late: Vec<_> =
-        failures(&log).into_iter().filter(|(t, _)| t.saturating_duration_since(frozen) > took + Duration::from_secs(3)).collect();
+    let late: Vec<_> = failures(&log)
+        .into_iter()
+        .filter(|(t, _)| t.saturating_duration_since(frozen) > took + Duration::from_secs(3))
+        .collect();
     eprintln!("MEASURE node frozen: {} requests, {} failed", log.len(), failures(&log).len());
     // A request that started before the route was withdrawn may time out (3 s) after it.
     assert!(late.is_empty(), "requests failed after the route was withdrawn: {late:?}");
@@ -379,24 +403,26 @@ async fn a_drained_node_leaves_the_router_before_its_addresses_go_and_no_request
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(lab.routed_via(ip).unwrap(), ["n1", "n2", "n3"], "cordoning alone withdrew the route");
     let stopping = Instant::now();
-    let (route_gone, address_gone) = tokio::task::block_in_place(|| std::thread::scope(|scope| {
-        let term = scope.spawn(|| lab.terminate_agent("n1", Duration::from_secs(20)).unwrap());
-        let mut route_gone = None;
-        let mut address_gone = None;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && (route_gone.is_none() || address_gone.is_none()) {
-            if route_gone.is_none() && !lab.routed_via(ip).unwrap().contains(&"n1".to_owned()) {
-                route_gone = Some(stopping.elapsed());
+    let (route_gone, address_gone) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let term = scope.spawn(|| lab.terminate_agent("n1", Duration::from_secs(20)).unwrap());
+            let mut route_gone = None;
+            let mut address_gone = None;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && (route_gone.is_none() || address_gone.is_none()) {
+                if route_gone.is_none() && !lab.routed_via(ip).unwrap().contains(&"n1".to_owned()) {
+                    route_gone = Some(stopping.elapsed());
+                }
+                if address_gone.is_none() && !lab.holders(ip).unwrap().contains(&"n1".to_owned()) {
+                    address_gone = Some(stopping.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            if address_gone.is_none() && !lab.holders(ip).unwrap().contains(&"n1".to_owned()) {
-                address_gone = Some(stopping.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let status = term.join().unwrap();
-        eprintln!("agent n1 stopped: {status:?}");
-        (route_gone, address_gone)
-    }));
+            let status = term.join().unwrap();
+            eprintln!("agent n1 stopped: {status:?}");
+            (route_gone, address_gone)
+        })
+    });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = traffic.finish();
     eprintln!(
@@ -404,7 +430,8 @@ async fn a_drained_node_leaves_the_router_before_its_addresses_go_and_no_request
         log.len(),
         failures(&log).len()
     );
-    let (route_gone, address_gone) = (route_gone.expect("the route never left"), address_gone.expect("the address never left"));
+    let (route_gone, address_gone) =
+        (route_gone.expect("the route never left"), address_gone.expect("the address never left"));
     assert!(route_gone < address_gone, "the address left n1 ({address_gone:?}) before the route ({route_gone:?})");
     assert!(failures(&log).is_empty(), "{:?}", failures(&log));
     let agent_log = std::fs::read_to_string(lab.dir().join(format!("{}.log", lab::agent_name("n1")))).unwrap();

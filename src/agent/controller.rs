@@ -365,8 +365,12 @@ pub async fn run(
     );
     let (conflicts, mut conflict_rx) = tokio::sync::mpsc::unbounded_channel();
     let bgp = settings.bgp.clone().map(|bgp| {
-        let peers =
-            reflect(Api::<BGPPeer>::namespaced(client.clone(), &ns), watcher::Config::default(), queue.clone(), "bgppeers");
+        let peers = reflect(
+            Api::<BGPPeer>::namespaced(client.clone(), &ns),
+            watcher::Config::default(),
+            queue.clone(),
+            "bgppeers",
+        );
         (peers, crate::bgp::manager::start(bgp))
     });
     let agent = Arc::new(Agent {
@@ -900,10 +904,18 @@ impl Agent {
             for (peer, up, detail) in transitions.update(&current, Instant::now(), GRACE) {
                 let event = if up {
                     tracing::info!(peer, "BGP session established");
-                    (EventType::Normal, reasons::BGP_SESSION_UP, format!("BGP session to BGPPeer {peer} is Established"))
+                    (
+                        EventType::Normal,
+                        reasons::BGP_SESSION_UP,
+                        format!("BGP session to BGPPeer {peer} is Established"),
+                    )
                 } else {
                     tracing::warn!(peer, %detail, "BGP session down");
-                    (EventType::Warning, reasons::BGP_SESSION_DOWN, format!("BGP session to BGPPeer {peer} is down ({detail})"))
+                    (
+                        EventType::Warning,
+                        reasons::BGP_SESSION_DOWN,
+                        format!("BGP session to BGPPeer {peer} is down ({detail})"),
+                    )
                 };
                 self.publish(reference.clone(), vec![event]);
             }

@@ -113,14 +113,23 @@ impl Bird {
             let mut buf = String::new();
             let n = tokio::time::timeout_at(deadline, self.stream.read_line(&mut buf))
                 .await
-                .map_err(|_| BirdError::Socket { path: self.path.clone(), reason: format!("no reply to `{command}` in {:?}", self.timeout) })?
+                .map_err(|_| BirdError::Socket {
+                    path: self.path.clone(),
+                    reason: format!("no reply to `{command}` in {:?}", self.timeout),
+                })?
                 .map_err(|e| BirdError::Socket { path: self.path.clone(), reason: e.to_string() })?;
             if n == 0 {
-                return Err(BirdError::Socket { path: self.path.clone(), reason: format!("closed while answering `{command}`") });
+                return Err(BirdError::Socket {
+                    path: self.path.clone(),
+                    reason: format!("closed while answering `{command}`"),
+                });
             }
             size += n;
             if size > MAX_REPLY {
-                return Err(BirdError::Malformed { command: command.to_owned(), detail: "reply longer than 8 MiB".into() });
+                return Err(BirdError::Malformed {
+                    command: command.to_owned(),
+                    detail: "reply longer than 8 MiB".into(),
+                });
             }
             let (line, end) = parse_line(&buf, last)
                 .map_err(|detail| BirdError::Malformed { command: command.to_owned(), detail })?;
@@ -225,8 +234,12 @@ pub fn parse_sessions(reply: &[ReplyLine]) -> Vec<Session> {
                 }
                 let proto_state = fields.get(3).copied().unwrap_or("down");
                 // "Since" is a time, or a date and a time; the info follows it.
-                let rest: Vec<&str> =
-                    fields.iter().skip(4).copied().skip_while(|f| f.contains(':') || f.contains('-') && f.len() == 10).collect();
+                let rest: Vec<&str> = fields
+                    .iter()
+                    .skip(4)
+                    .copied()
+                    .skip_while(|f| f.contains(':') || f.contains('-') && f.len() == 10)
+                    .collect();
                 let state = rest.first().map_or(proto_state, |s| s).to_owned();
                 let info = rest.iter().skip(1).copied().collect::<Vec<_>>().join(" ");
                 sessions.push(Session { name: fields[0].to_owned(), state, info, exported: 0 });
@@ -274,7 +287,10 @@ mod tests {
 
     #[test]
     fn lines_are_parsed_with_their_codes() {
-        assert_eq!(parse_line("0001 BIRD 2.0.12 ready.\n", None).unwrap(), (ReplyLine { code: 1, text: "BIRD 2.0.12 ready.".into() }, true));
+        assert_eq!(
+            parse_line("0001 BIRD 2.0.12 ready.\n", None).unwrap(),
+            (ReplyLine { code: 1, text: "BIRD 2.0.12 ready.".into() }, true)
+        );
         assert_eq!(parse_line("0002-Reading", None).unwrap().1, false);
         assert_eq!(parse_line(" more", Some(1002)).unwrap().0.code, 1002);
         assert_eq!(parse_line("0000", None).unwrap(), (ReplyLine { code: 0, text: String::new() }, true));

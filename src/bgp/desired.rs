@@ -191,7 +191,11 @@ mod tests {
     fn remote(pool: &str, subnet: &str, agg: Option<&str>, bgp: Option<BgpAdvertisement>) -> ServiceGroupSpec {
         ServiceGroupSpec {
             remote: Some(PoolSpec {
-                v4pool: Some(AddressPool { pool: pool.into(), subnet: subnet.into(), aggregation: agg.map(Into::into) }),
+                v4pool: Some(AddressPool {
+                    pool: pool.into(),
+                    subnet: subnet.into(),
+                    aggregation: agg.map(Into::into),
+                }),
                 bgp,
                 ..PoolSpec::default()
             }),

@@ -118,7 +118,8 @@ impl BgpHandle {
 
     async fn wait_applied(&self, mode: ExportMode, timeout: Duration) -> bool {
         let mut status = self.status.clone();
-        let ok = tokio::time::timeout(timeout, status.wait_for(|s| s.applied == Some(mode))).await.is_ok_and(|r| r.is_ok());
+        let ok =
+            tokio::time::timeout(timeout, status.wait_for(|s| s.applied == Some(mode))).await.is_ok_and(|r| r.is_ok());
         if !ok {
             tracing::warn!(?mode, "BGP: BIRD did not load the drain configuration in {timeout:?}; going on");
         }
@@ -225,7 +226,11 @@ impl Task {
             Ok(()) => {}
             Err(BirdError::Refused { message, .. }) => {
                 let _ = std::fs::remove_file(&tmp);
-                self.error(status, format!("BIRD refused the new configuration ({message}); it keeps the last good one"), Some(text));
+                self.error(
+                    status,
+                    format!("BIRD refused the new configuration ({message}); it keeps the last good one"),
+                    Some(text),
+                );
                 return;
             }
             Err(e) => {
@@ -290,12 +295,18 @@ impl Task {
         };
         let mut by_name: BTreeMap<String, Session> = BTreeMap::new();
         for name in peers {
-            let session = sessions.iter().find(|s| &s.name == name).cloned().unwrap_or_else(|| Session {
-                name: name.clone(),
-                state: "Unknown".into(),
-                info: "not in BIRD's configuration yet".into(),
-                exported: 0,
-            });
+            let protocol = format!("{}{name}", super::render::PROTOCOL_PREFIX);
+            let session = sessions
+                .iter()
+                .find(|s| s.name == protocol)
+                .cloned()
+                .map(|s| Session { name: name.clone(), ..s })
+                .unwrap_or_else(|| Session {
+                    name: name.clone(),
+                    state: "Unknown".into(),
+                    info: "not in BIRD's configuration yet".into(),
+                    exported: 0,
+                });
             by_name.insert(name.clone(), session);
         }
         scoped::replace_gauges(
@@ -349,7 +360,11 @@ impl Transitions {
                 Some(&was) if was == up => {}
                 None if !up && now.duration_since(seen) < grace => {}
                 _ => {
-                    let detail = if session.info.is_empty() { session.state.clone() } else { format!("{}: {}", session.state, session.info) };
+                    let detail = if session.info.is_empty() {
+                        session.state.clone()
+                    } else {
+                        format!("{}: {}", session.state, session.info)
+                    };
                     out.push((name.clone(), up, detail));
                     self.reported.insert(name.clone(), up);
                 }
@@ -368,7 +383,10 @@ mod tests {
             sessions: states
                 .iter()
                 .map(|(n, s)| {
-                    ((*n).to_owned(), Session { name: (*n).into(), state: (*s).into(), info: String::new(), exported: 0 })
+                    (
+                        (*n).to_owned(),
+                        Session { name: (*n).into(), state: (*s).into(), info: String::new(), exported: 0 },
+                    )
                 })
                 .collect(),
             reachable: true,
@@ -378,7 +396,10 @@ mod tests {
 
     #[test]
     fn the_annotation_lists_every_peer_by_name() {
-        assert_eq!(status(&[("tor-b", "Active"), ("tor-a", "Established")]).annotation(), "tor-a=Established,tor-b=Active");
+        assert_eq!(
+            status(&[("tor-b", "Active"), ("tor-a", "Established")]).annotation(),
+            "tor-a=Established,tor-b=Active"
+        );
         assert_eq!(status(&[]).annotation(), "");
     }
 
@@ -387,16 +408,25 @@ mod tests {
         let mut t = Transitions::default();
         let t0 = Instant::now();
         let grace = Duration::from_secs(5);
-        assert!(t.update(&status(&[("a", "Connect"), ("b", "Established")]), t0, grace) == vec![("b".into(), true, "Established".into())]);
-        assert!(t.update(&status(&[("a", "Active"), ("b", "Established")]), t0 + Duration::from_secs(4), grace).is_empty());
+        assert!(
+            t.update(&status(&[("a", "Connect"), ("b", "Established")]), t0, grace)
+                == vec![("b".into(), true, "Established".into())]
+        );
+        assert!(
+            t.update(&status(&[("a", "Active"), ("b", "Established")]), t0 + Duration::from_secs(4), grace).is_empty()
+        );
         let down = t.update(&status(&[("a", "Active"), ("b", "Established")]), t0 + Duration::from_secs(5), grace);
         assert_eq!(down, vec![("a".into(), false, "Active".into())]);
-        assert!(t.update(&status(&[("a", "Idle"), ("b", "Established")]), t0 + Duration::from_secs(6), grace).is_empty());
+        assert!(
+            t.update(&status(&[("a", "Idle"), ("b", "Established")]), t0 + Duration::from_secs(6), grace).is_empty()
+        );
         let flip = t.update(&status(&[("a", "Established"), ("b", "Idle")]), t0 + Duration::from_secs(7), grace);
         assert_eq!(flip, vec![("a".into(), true, "Established".into()), ("b".into(), false, "Idle".into())]);
         // A peer that goes away and comes back is new again.
         assert!(t.update(&status(&[("a", "Established")]), t0 + Duration::from_secs(8), grace).is_empty());
-        assert!(t.update(&status(&[("a", "Established"), ("b", "Connect")]), t0 + Duration::from_secs(9), grace).is_empty());
+        assert!(
+            t.update(&status(&[("a", "Established"), ("b", "Connect")]), t0 + Duration::from_secs(9), grace).is_empty()
+        );
     }
 
     #[test]

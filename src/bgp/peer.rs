@@ -62,10 +62,15 @@ impl PeerConfig {
             ));
         }
         let peer_address: IpAddr = spec.peer_address.trim().parse().map_err(|_| {
-            format!("spec.peerAddress {:?} is not an IPv4 or IPv6 address, e.g. 192.0.2.1 or 2001:db8::1", spec.peer_address)
+            format!(
+                "spec.peerAddress {:?} is not an IPv4 or IPv6 address, e.g. 192.0.2.1 or 2001:db8::1",
+                spec.peer_address
+            )
         })?;
         if peer_address.is_unspecified() || peer_address.is_multicast() || peer_address.is_loopback() {
-            return Err(format!("spec.peerAddress {peer_address} cannot be a BGP neighbour: use the router's unicast address"));
+            return Err(format!(
+                "spec.peerAddress {peer_address} cannot be a BGP neighbour: use the router's unicast address"
+            ));
         }
         for (field, asn) in [("spec.peerASN", spec.peer_asn), ("spec.localASN", spec.local_asn)] {
             if asn == 0 {
@@ -74,13 +79,18 @@ impl PeerConfig {
         }
         let port = match spec.port {
             None => 179,
-            Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| format!("spec.port {p} is not a TCP port: use 1..65535"))?,
+            Some(p) => u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("spec.port {p} is not a TCP port: use 1..65535"))?,
         };
         let source_address = spec
             .source_address
             .as_deref()
             .map(|s| {
-                s.trim().parse::<IpAddr>().map_err(|_| format!("spec.sourceAddress {s:?} is not an IPv4 or IPv6 address"))
+                s.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("spec.sourceAddress {s:?} is not an IPv4 or IPv6 address"))
             })
             .transpose()?;
         if let Some(src) = source_address
@@ -260,7 +270,11 @@ mod tests {
             (BGPPeerSpec { hold_time: Some("100000s".into()), ..spec() }, "spec.holdTime", "65535s"),
             (BGPPeerSpec { hold_time: Some("2s".into()), ..spec() }, "spec.holdTime", "3s"),
             (BGPPeerSpec { hold_time: Some("1.5s".into()), ..spec() }, "spec.holdTime", "whole number"),
-            (BGPPeerSpec { hold_time: Some("9s".into()), keepalive_time: Some("9s".into()), ..spec() }, "keepaliveTime", "shorter"),
+            (
+                BGPPeerSpec { hold_time: Some("9s".into()), keepalive_time: Some("9s".into()), ..spec() },
+                "keepaliveTime",
+                "shorter",
+            ),
             (BGPPeerSpec { source_address: Some("2001:db8::1".into()), ..spec() }, "spec.sourceAddress", "family"),
             (
                 BGPPeerSpec {
@@ -271,7 +285,10 @@ mod tests {
                 "10ms..60s",
             ),
             (
-                BGPPeerSpec { bfd: Some(BfdSpec { enabled: Some(true), min_interval: None, multiplier: Some(0) }), ..spec() },
+                BGPPeerSpec {
+                    bfd: Some(BfdSpec { enabled: Some(true), min_interval: None, multiplier: Some(0) }),
+                    ..spec()
+                },
                 "spec.bfd.multiplier",
                 "1..255",
             ),
@@ -290,7 +307,10 @@ mod tests {
         let with_source = BGPPeerSpec { source_address: Some("192.0.2.11".into()), ..multihop_bfd };
         assert!(PeerConfig::from_spec("p", &with_source).is_ok());
         // BFD settings of a disabled BFD are not checked (they are not used).
-        let off = BGPPeerSpec { bfd: Some(BfdSpec { enabled: Some(false), multiplier: Some(0), ..BfdSpec::default() }), ..spec() };
+        let off = BGPPeerSpec {
+            bfd: Some(BfdSpec { enabled: Some(false), multiplier: Some(0), ..BfdSpec::default() }),
+            ..spec()
+        };
         assert!(PeerConfig::from_spec("p", &off).unwrap().bfd.is_none());
         let zero = BGPPeerSpec { hold_time: Some("0s".into()), ..spec() };
         assert_eq!(PeerConfig::from_spec("p", &zero).unwrap().hold_secs, 0);
@@ -306,7 +326,11 @@ mod tests {
         let attrs = RouteAttributes::from_spec("spec.remote.bgp", &ok).unwrap();
         assert_eq!(
             attrs.communities,
-            vec![Community::Standard(65_000, 100), Community::Standard(65_535, 65_281), Community::Large(4_200_000_000, 1, 2)]
+            vec![
+                Community::Standard(65_000, 100),
+                Community::Standard(65_535, 65_281),
+                Community::Large(4_200_000_000, 1, 2)
+            ]
         );
         for bad in ["70000:1", "1:2:3", "a:b", ""] {
             let spec = BgpAdvertisement { communities: vec![bad.into()], ..BgpAdvertisement::default() };

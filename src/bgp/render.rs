@@ -102,9 +102,13 @@ fn quoted(s: &str) -> String {
     format!("\"{clean}\"")
 }
 
+/// Prefix of the BIRD protocol of a BGPPeer: `peer-<name>` (a bare name could be one of BIRD's
+/// keywords, e.g. `router`, which BIRD refuses even quoted).
+pub const PROTOCOL_PREFIX: &str = "peer-";
+
 fn protocol_name(peer: &str) -> String {
     let clean: String = peer.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).collect();
-    format!("'{clean}'")
+    format!("'{PROTOCOL_PREFIX}{clean}'")
 }
 
 /// The export filter of one family for sessions of kind `ibgp`.
@@ -198,7 +202,8 @@ pub fn render(cfg: &BirdConfig) -> String {
         }
         // Routes of the session's family only (`api.md` §7).
         let own = Family::of(peer.peer_address);
-        let _ = writeln!(out, "  {} {{ import none; export filter purelb_export{}_{kind}; }};", channel(own), number(own));
+        let _ =
+            writeln!(out, "  {} {{ import none; export filter purelb_export{}_{kind}; }};", channel(own), number(own));
         out.push_str("}\n\n");
     }
     out

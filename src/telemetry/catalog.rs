@@ -87,16 +87,15 @@ catalog! {
 
 /// Families whose label values name objects that can go away (Services, addresses,
 /// interfaces, pools): kept in [`super::scoped`], so that a gone object's series goes too.
-pub const SCOPED: &[&str] =
-    &[
-        LBNODEAGENT_ANNOUNCED,
-        ENDPOINTSLICE_COUNT,
-        ADDRESS_POOL_SIZE,
-        ADDRESS_POOL_IN_USE,
-        ADDRESS_POOL_REJECTED,
-        BGP_SESSION_UP,
-        BGP_ADVERTISED_ROUTES,
-    ];
+pub const SCOPED: &[&str] = &[
+    LBNODEAGENT_ANNOUNCED,
+    ENDPOINTSLICE_COUNT,
+    ADDRESS_POOL_SIZE,
+    ADDRESS_POOL_IN_USE,
+    ADDRESS_POOL_REJECTED,
+    BGP_SESSION_UP,
+    BGP_ADVERTISED_ROUTES,
+];
 
 /// The counter series of `component` whose label values are all known at start: they are
 /// exported at 0 from the first scrape, so that `rate()` and `increase()` see their first event

@@ -278,7 +278,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 EmulatorOptions { data_dir, authorize: authorize.is_some(), version, ..EmulatorOptions::default() };
             apiserver(options, listen, &listen_netns, &tokens, kubeconfig.as_deref()).await
         }
-        Command::Up { nodes, dual_stack, place, purelb_bin, no_allocator, no_agents, ready_timeout, helm, bgp, extra } => {
+        Command::Up {
+            nodes,
+            dual_stack,
+            place,
+            purelb_bin,
+            no_allocator,
+            no_agents,
+            ready_timeout,
+            helm,
+            bgp,
+            extra,
+        } => {
             let (prefix, dir) = place.resolve();
             let mut options = LabOptions::new(&prefix, nodes)
                 .dual_stack(dual_stack)

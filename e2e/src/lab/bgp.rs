@@ -91,20 +91,22 @@ pub fn check_tools() -> Result<(), LabError> {
 /// writes the real one.
 #[must_use]
 pub fn bird_bootstrap(node: &Host) -> String {
-    format!("# Bootstrap configuration of the lab; the PureLB agent replaces it.\nrouter id {};\nprotocol device {{ }}\n", node.ipv4)
+    format!(
+        "# Bootstrap configuration of the lab; the PureLB agent replaces it.\nrouter id {};\nprotocol device {{ }}\n",
+        node.ipv4
+    )
 }
 
-/// FRR's configuration of the router: every node may open a session (`bgp listen range`),
-/// BFD on them, ECMP.
+/// FRR's configuration of the router, one file per daemon (`<daemon>.conf`): every node may
+/// open a session (`bgp listen range`), BFD on them, ECMP. (One integrated file read by each
+/// daemon does not work: a daemon that meets another's block, e.g. bgpd meeting `bfd`, fails
+/// the block and its `exit` leaves configuration mode, so the rest is lost.)
 #[must_use]
-pub fn frr_config(topology: &Topology, bfd_interval_ms: u32, bfd_multiplier: u32) -> String {
+pub fn frr_configs(topology: &Topology, bfd_interval_ms: u32, bfd_multiplier: u32) -> Vec<(&'static str, String)> {
     let router = topology.router.ipv4;
-    format!(
-        "frr defaults datacenter
-hostname {prefix}-router
-log stdout informational
-!
-bfd
+    let header = format!("frr defaults datacenter\nhostname {}-router\nlog stdout informational\n!\n", topology.prefix);
+    let bfdd = format!(
+        "{header}bfd
  profile purelb
   receive-interval {bfd_interval_ms}
   transmit-interval {bfd_interval_ms}
@@ -112,13 +114,16 @@ bfd
  exit
 exit
 !
-router bgp {ROUTER_ASN}
+"
+    );
+    let bgpd = format!(
+        "{header}router bgp {ROUTER_ASN}
  bgp router-id {router}
  no bgp ebgp-requires-policy
  no bgp default ipv4-unicast
- bgp listen range 192.0.2.0/24 peer-group nodes
  neighbor nodes peer-group
  neighbor nodes remote-as {NODE_ASN}
+ bgp listen range 192.0.2.0/24 peer-group nodes
  neighbor nodes bfd profile purelb
  neighbor nodes timers 3 9
  address-family ipv4 unicast
@@ -127,9 +132,9 @@ router bgp {ROUTER_ASN}
  exit-address-family
 exit
 !
-",
-        prefix = topology.prefix
-    )
+"
+    );
+    vec![("zebra", header), ("bfdd", bfdd), ("bgpd", bgpd)]
 }
 
 /// The lab's BGPPeer: every node peers with the router, BFD on.
@@ -208,7 +213,8 @@ pub fn fib_nexthops(router_netns: &str, addr: IpAddr) -> Result<Vec<IpAddr>, Lab
     let family = if addr.is_ipv4() { "-4" } else { "-6" };
     let routes = ip(&[family, "route", "show", "exact", &addr.to_string()])?;
     let mut gateways = Vec::new();
-    let parse = |v: &serde_json::Value| v.get("gateway").and_then(|g| g.as_str()).and_then(|g| g.parse::<IpAddr>().ok());
+    let parse =
+        |v: &serde_json::Value| v.get("gateway").and_then(|g| g.as_str()).and_then(|g| g.parse::<IpAddr>().ok());
     for route in routes.as_array().into_iter().flatten() {
         if route.get("type").and_then(|t| t.as_str()).is_some_and(|t| t != "unicast") {
             continue;
@@ -242,7 +248,9 @@ pub fn nodes_of(topology: &Topology, gateways: &[IpAddr]) -> Vec<String> {
     topology
         .nodes
         .iter()
-        .filter(|n| gateways.contains(&IpAddr::V4(n.ipv4)) || n.ipv6.is_some_and(|v6| gateways.contains(&IpAddr::V6(v6))))
+        .filter(|n| {
+            gateways.contains(&IpAddr::V4(n.ipv4)) || n.ipv6.is_some_and(|v6| gateways.contains(&IpAddr::V6(v6)))
+        })
         .map(|n| n.name.clone())
         .collect()
 }
@@ -260,7 +268,8 @@ mod tests {
     #[test]
     fn the_configurations_name_the_lab_addresses() {
         let t = Topology::new("blab", 3, false).unwrap();
-        let frr = frr_config(&t, 300, 3);
+        let configs = frr_configs(&t, 300, 3);
+        let frr: String = configs.iter().map(|(_, c)| c.as_str()).collect();
         assert!(frr.contains("bgp listen range 192.0.2.0/24 peer-group nodes"), "{frr}");
         assert!(frr.contains("neighbor nodes remote-as 64513") && frr.contains("maximum-paths 16"), "{frr}");
         assert!(frr.contains("receive-interval 300") && frr.contains("detect-multiplier 3"), "{frr}");

@@ -737,8 +737,10 @@ impl Lab {
         netns::set_sysctls(&router.netns, &[("net.ipv4.fib_multipath_hash_policy", "1")])?;
         let frr = bgp::frr_dir(&self.dir);
         std::fs::create_dir_all(&frr).map_err(file_err(&frr))?;
-        let conf = frr.join("frr.conf");
-        std::fs::write(&conf, bgp::frr_config(&self.topology, 300, 3)).map_err(file_err(&conf))?;
+        for (daemon, text) in bgp::frr_configs(&self.topology, 300, 3) {
+            let conf = frr.join(format!("{daemon}.conf"));
+            std::fs::write(&conf, text).map_err(file_err(&conf))?;
+        }
         // FRR drops to the `frr` user (the package creates it), which must own its directory.
         let chown = std::process::Command::new("chown")
             .args(["-R", "frr:frr"])
@@ -762,7 +764,7 @@ impl Lab {
                 "-P".into(),
                 "0".into(),
                 "-f".into(),
-                format!("{f}/frr.conf"),
+                format!("{f}/{daemon}.conf"),
                 "-i".into(),
                 format!("{f}/{daemon}.pid"),
                 "-z".into(),
@@ -781,13 +783,13 @@ impl Lab {
             };
             let process = ManagedProcess::start(spec, &self.topology.prefix, self.dir.join(format!("{name}.log")))?;
             processes.insert(name, process);
-            if daemon == "zebra" {
-                // bgpd and bfdd connect to zebra's socket.
-                let sock = frr.join("zserv.api");
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !sock.exists() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            // bgpd and bfdd connect to zebra's socket; BIRD's first connection should find bgpd
+            // listening (a refused one costs BIRD's error wait, 1 s doubling): wait for each
+            // daemon's vty socket, which it opens once its configuration is read.
+            let ready = if daemon == "zebra" { frr.join("zserv.api") } else { frr.join(format!("{daemon}.vty")) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ready.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         for node in &self.topology.nodes {

@@ -42,7 +42,12 @@ fn config() -> BirdConfig {
     BirdConfig {
         router_id: "198.51.100.11".parse().unwrap(),
         dummy_interface: "kube-lb0".into(),
-        peers: vec![peer("tor-a.rack1", "198.51.100.1", 64_512), PeerConfig::from_spec("tor-b", &bfd).unwrap()],
+        peers: vec![
+            peer("tor-a.rack1", "198.51.100.1", 64_512),
+            PeerConfig::from_spec("tor-b", &bfd).unwrap(),
+            // A BIRD keyword as a name.
+            peer("router", "198.51.100.3", 64_512),
+        ],
         exports: vec![
             group(
                 "routed",
@@ -76,7 +81,7 @@ fn the_configuration_has_each_peer_filter_and_attribute() {
     for needle in [
         "router id 198.51.100.11;",
         "interface \"kube-lb0\";",
-        "protocol bgp 'tor-a.rack1' {",
+        "protocol bgp 'peer-tor-a.rack1' {",
         "neighbor 198.51.100.1 port 179 as 64512;",
         "hold time 90;",
         "keepalive time 30;",
@@ -94,9 +99,11 @@ fn the_configuration_has_each_peer_filter_and_attribute() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     // local preference only on iBGP filters.
-    let ebgp = &text[text.find("filter purelb_export4_ebgp").unwrap()..text.find("filter purelb_export4_ibgp").unwrap()];
+    let ebgp =
+        &text[text.find("filter purelb_export4_ebgp").unwrap()..text.find("filter purelb_export4_ibgp").unwrap()];
     assert!(!ebgp.contains("bgp_local_pref"), "{ebgp}");
-    let ibgp = &text[text.find("filter purelb_export4_ibgp").unwrap()..text.find("filter purelb_export6_ebgp").unwrap()];
+    let ibgp =
+        &text[text.find("filter purelb_export4_ibgp").unwrap()..text.find("filter purelb_export6_ebgp").unwrap()];
     assert!(ibgp.contains("bgp_local_pref = 200;"), "{ibgp}");
     assert!(!text.contains("65535,0"), "no GRACEFUL_SHUTDOWN while advertising");
     // The same input gives the same text (no reload when nothing changed).
@@ -110,7 +117,7 @@ fn draining_tags_every_route_and_withdrawing_exports_nothing() {
     assert_eq!(drain.matches("bgp_local_pref = 0;").count(), 3, "iBGP filters only:\n{drain}");
     let withdraw = render(&BirdConfig { mode: ExportMode::Withdraw, ..config() });
     assert!(!withdraw.contains("accept;"), "{withdraw}");
-    assert!(withdraw.contains("protocol bgp 'tor-a.rack1'"), "the sessions stay:\n{withdraw}");
+    assert!(withdraw.contains("protocol bgp 'peer-tor-a.rack1'"), "the sessions stay:\n{withdraw}");
 }
 
 #[test]
@@ -120,7 +127,7 @@ fn hostile_names_cannot_break_out_of_their_strings() {
     cfg.peers[0].name = "x'; }".into();
     let text = render(&cfg);
     assert!(text.contains("interface \"kube-lb0; } protocol static {\";"), "{text}");
-    assert!(text.contains("protocol bgp 'x' {"), "{text}");
+    assert!(text.contains("protocol bgp 'peer-x' {"), "{text}");
 }
 
 #[test]
@@ -146,7 +153,7 @@ fn bird_parses_what_we_render() {
     std::fs::create_dir_all(dir.join("passwords")).unwrap();
     std::fs::write(dir.join("passwords/tor-b.conf"), "password \"s3cret\";\n").unwrap();
     for mode in [ExportMode::Advertise, ExportMode::GracefulShutdown, ExportMode::Withdraw] {
-        for peers in [0, 1, 2] {
+        for peers in [0, 1, 3] {
             let mut cfg = BirdConfig { mode, password_dir: dir.join("passwords"), ..config() };
             cfg.peers.truncate(peers);
             if peers == 0 {
