@@ -291,7 +291,7 @@ mod tests {
             parse_line("0001 BIRD 2.0.12 ready.\n", None).unwrap(),
             (ReplyLine { code: 1, text: "BIRD 2.0.12 ready.".into() }, true)
         );
-        assert_eq!(parse_line("0002-Reading", None).unwrap().1, false);
+        assert!(!parse_line("0002-Reading", None).unwrap().1);
         assert_eq!(parse_line(" more", Some(1002)).unwrap().0.code, 1002);
         assert_eq!(parse_line("0000", None).unwrap(), (ReplyLine { code: 0, text: String::new() }, true));
         for bad in ["", "abcd text", "12", "0001xtext"] {

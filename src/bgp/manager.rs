@@ -191,10 +191,10 @@ impl ExportMode {
 
 impl Task {
     async fn bird(&mut self) -> Result<&mut Bird, BirdError> {
-        if self.bird.is_none() {
-            self.bird = Some(Bird::connect(&self.settings.socket, self.settings.timeout).await?);
+        match &mut self.bird {
+            Some(bird) => Ok(bird),
+            slot @ None => Ok(slot.insert(Bird::connect(&self.settings.socket, self.settings.timeout).await?)),
         }
-        Ok(self.bird.as_mut().expect("set above"))
     }
 
     fn socket_error(&mut self, error: &BirdError, status: &watch::Sender<BgpStatus>) {

@@ -753,6 +753,19 @@ impl Lab {
                 detail: String::from_utf8_lossy(&chown.stderr).into_owned(),
             });
         }
+        self.start_routing_daemons(&frr)?;
+        self.apply_yaml(&bgp::peer_yaml("300ms", 3)).await?;
+        self.apply_yaml(&bgp::routed_group_yaml("routed", "203.0.113.10-203.0.113.19")).await?;
+        Ok(())
+    }
+
+    /// FRR's daemons on the router and BIRD on every node.
+    fn start_routing_daemons(&self, frr: &Path) -> Result<(), LabError> {
+        let file_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LabError::File { action: "write", path, source }
+        };
+        let router = &self.topology.router;
         let mut processes = self.resources.lock();
         for daemon in bgp::FRR_DAEMONS {
             let f = frr.display().to_string();
@@ -815,9 +828,6 @@ impl Lab {
             let process = ManagedProcess::start(spec, &self.topology.prefix, self.dir.join(format!("{name}.log")))?;
             processes.insert(name, process);
         }
-        drop(processes);
-        self.apply_yaml(&bgp::peer_yaml("300ms", 3)).await?;
-        self.apply_yaml(&bgp::routed_group_yaml("routed", "203.0.113.10-203.0.113.19")).await?;
         Ok(())
     }
 
