@@ -337,6 +337,20 @@ spec: {peerAddress: 300.1.2.3, peerASN: 64512, localASN: 64513, holdTime: 2s}
     .await;
     let message = event.and_then(|e| e.message).unwrap_or_default();
     assert!(message.contains("spec.peerAddress") && message.contains("300.1.2.3"), "ConfigError: {message:?}");
+    // The allocator validates BGPPeers too: Ready=False with the same message, and True for the
+    // good one (`kubectl get bgpp` shows it).
+    let peers: Api<purelb::api::BGPPeer> = Api::namespaced(lab.client(), "purelb-system");
+    let ready_of = |p: &purelb::api::BGPPeer| {
+        p.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let hostile = wait_for(Duration::from_secs(10), || async {
+        let p = peers.get("hostile").await.ok()?;
+        ready_of(&p).filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert!(hostile.is_some_and(|(_, m)| m.contains("spec.peerAddress")), "no Ready=False on BGPPeer hostile");
+    let router = peers.get(bgp::PEER_NAME).await.unwrap();
+    assert_eq!(ready_of(&router).map(|(s, _)| s), Some("True".to_owned()), "{:?}", router.status);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(lab.metric(&lab::agent_name("n3"), "purelb_bgp_config_errors_total").await, errors_before);
     assert_eq!(errors_before, Some(0.0));

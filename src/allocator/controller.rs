@@ -58,6 +58,8 @@ pub enum Work {
     Sweep,
     /// Write one ServiceGroup's status (coalesced: queued with a short delay).
     GroupStatus(String),
+    /// Validate one BGPPeer and write its status.
+    PeerStatus(String),
 }
 
 /// Workers deciding and writing in parallel (decisions are serialised by the table's lock;
@@ -151,6 +153,9 @@ struct Worker {
     services: Store<Service>,
     groups: Store<ServiceGroup>,
     leases: Store<Lease>,
+    /// BGPPeers of the install namespace (validated, status written; not waited for: a
+    /// cluster without the BGPPeer CRD allocates as before).
+    peers: Store<crate::api::BGPPeer>,
     queue: WorkQueue<Work>,
     gate: WriteGate,
     recorder: crate::events::Publisher,
@@ -193,6 +198,30 @@ where
         }
         Event::InitDone => queue.add(Work::Sweep),
         Event::Init => {}
+    })
+}
+
+/// `externalTrafficPolicy: Local` on a routed address whose group aggregates it into a wider
+/// prefix: every node holding any address of that prefix advertises all of it, so routers also
+/// send this Service's traffic to nodes without a local endpoint.
+fn wide_aggregation_warning(groups: &super::groups::GroupSet, holding: &super::table::Holding) -> Option<String> {
+    let group = groups.valid.get(&holding.group)?;
+    if group.pool_type == PoolType::Local {
+        return None;
+    }
+    holding.addresses.iter().find_map(|ip| {
+        let family = Family::of(*ip);
+        let aggregation = match &group.netbox {
+            Some(n) => crate::core::ipam::parse_aggregation("spec.netbox.aggregation", n.aggregation.as_deref(), family, family.bits()).ok()?,
+            None => group.pools.all().find(|r| r.range.contains(*ip))?.aggregation,
+        };
+        (aggregation < family.bits()).then(|| {
+            format!(
+                "externalTrafficPolicy: Local with {ip}/{aggregation} (ServiceGroup {} aggregation): every node holding an address of that prefix advertises all of it, so traffic also reaches nodes without a local endpoint; use aggregation /{} for Local Services",
+                group.name,
+                family.bits()
+            )
+        })
     })
 }
 
@@ -250,6 +279,13 @@ pub async fn run_with_netbox(
         |_| Some(Work::Announcers),
         "leases",
     );
+    let peers = reflect(
+        Api::<crate::api::BGPPeer>::namespaced(client.clone(), &settings.namespace),
+        watcher::Config::default(),
+        queue.clone(),
+        |p| Some(Work::PeerStatus(p.name_any())),
+        "bgppeers",
+    );
     for (ready, name) in [
         (services.wait_until_ready().await.is_ok(), "services"),
         (groups.wait_until_ready().await.is_ok(), "servicegroups"),
@@ -286,6 +322,7 @@ pub async fn run_with_netbox(
         services,
         groups,
         leases,
+        peers,
         queue: queue.clone(),
         gate: gate.clone(),
         recorder,
@@ -426,6 +463,9 @@ impl Worker {
             self.queue.add(Work::Service(ServiceKey::of_service(svc)));
         }
         self.queue.add(Work::Groups);
+        for peer in self.peers.state() {
+            self.queue.add(Work::PeerStatus(peer.name_any()));
+        }
     }
 
     async fn process(&self, work: Work) -> Result<(), AllocatorError> {
@@ -440,6 +480,7 @@ impl Worker {
             Work::Service(key) => self.service(&key).await,
             Work::Groups => self.groups_changed().await,
             Work::GroupStatus(name) => self.write_group_status(&name).await,
+            Work::PeerStatus(name) => self.write_peer_status(&name).await,
             Work::Announcers => {
                 for key in self.refresh_holders() {
                     self.queue.add(Work::Service(key));
@@ -548,6 +589,12 @@ impl Worker {
             note(&mut state, &mut plan, EventType::Warning, reasons::CONFIGURATION_WARNING, error.to_string());
         }
         let decision = state.table.decide(req, &self.settings.namespace);
+        if req.local_traffic
+            && let Decision::Keep { holding, .. } | Decision::Changed { holding, .. } = &decision
+            && let Some(w) = wide_aggregation_warning(&state.table.groups(), holding)
+        {
+            note(&mut state, &mut plan, EventType::Warning, reasons::CONFIGURATION_WARNING, w);
+        }
         match decision {
             Decision::NotHandled => plan.clear = req.allocated_by_us,
             Decision::Released(holding) => {
@@ -856,6 +903,70 @@ impl Worker {
                 *n as f64,
             );
         }
+    }
+
+    /// Validates a BGPPeer (the checks the agents apply before BIRD sees it) and writes its
+    /// `Ready` condition when it differs from what the cache shows; an `Invalid` Warning Event
+    /// on a new problem.
+    async fn write_peer_status(&self, name: &str) -> Result<(), AllocatorError> {
+        let ns = self.settings.namespace.clone();
+        let Some(peer) = self.peers.get(&reflector::ObjectRef::new(name).within(&ns)) else { return Ok(()) };
+        let generation = peer.metadata.generation;
+        let (ready, reason, message) = match crate::bgp::PeerConfig::from_spec(name, &peer.spec) {
+            Ok(p) => (
+                "True",
+                "Valid",
+                format!(
+                    "{} session to {} (AS {}) from AS {}{}",
+                    if p.is_ibgp() { "iBGP" } else { "eBGP" },
+                    p.peer_address,
+                    p.peer_asn,
+                    p.local_asn,
+                    if p.bfd.is_some() { ", BFD" } else { "" }
+                ),
+            ),
+            Err(message) => ("False", "Invalid", message),
+        };
+        let old = peer.status.clone().unwrap_or_default();
+        let transition = match old.conditions.iter().find(|c| c.type_ == "Ready") {
+            Some(c) if c.status == ready && c.reason == reason && c.message == message => {
+                c.last_transition_time.clone()
+            }
+            _ => Time(jiff::Timestamp::now()),
+        };
+        let status = crate::api::BGPPeerStatus {
+            conditions: vec![Condition {
+                type_: "Ready".to_owned(),
+                status: ready.to_owned(),
+                reason: reason.to_owned(),
+                message: message.clone(),
+                last_transition_time: transition,
+                observed_generation: generation,
+            }],
+            observed_generation: generation,
+        };
+        let note = {
+            let mut state = self.lock();
+            let key = (format!("bgpp/{name}"), reasons::INVALID);
+            let new = ready == "False" && state.last_note.get(&key) != Some(&message);
+            if new {
+                state.last_note.insert(key, message.clone());
+            }
+            new
+        };
+        if note {
+            self.publish_in_background(peer.object_ref(&()), vec![(EventType::Warning, reasons::INVALID, message)]);
+        }
+        if status == old {
+            return Ok(());
+        }
+        let api: Api<crate::api::BGPPeer> = Api::namespaced(self.client.clone(), &ns);
+        let mut body = json!({"status": status});
+        if let Some(version) = peer.resource_version() {
+            body["metadata"] = json!({"resourceVersion": version});
+        }
+        let object = format!("BGPPeer {ns}/{name} status");
+        self.guarded_patch(&api, name, true, &body, "update the status of", object).await.map(|_| ())
     }
 
     /// Writes a ServiceGroup's status when it differs from what the cache shows.

@@ -80,6 +80,8 @@ pub struct ServiceRequest {
     pub allocated_from: Option<String>,
     /// Malformed inputs (the request is still usable for release and keeping what is held).
     pub errors: Vec<RequestError>,
+    /// `spec.externalTrafficPolicy: Local`.
+    pub local_traffic: bool,
 }
 
 /// Parses `purelb.io/addresses`: comma-separated, whitespace tolerated, at most one per family.
@@ -218,6 +220,7 @@ impl ServiceRequest {
             allocated_by_us: annotations.get(ANNOTATION_ALLOCATED_BY).map(String::as_str) == Some(ALLOCATED_BY_VALUE),
             allocated_from: annotations.get(ANNOTATION_ALLOCATED_FROM).cloned(),
             errors,
+            local_traffic: spec.external_traffic_policy.as_deref() == Some("Local"),
         }
     }
 

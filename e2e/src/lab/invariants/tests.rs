@@ -68,20 +68,20 @@ fn two_holders_beyond_the_handover_bound_break_invariant_1() {
     }
     c.observe(ms(300), &e, &kernel(&[("n2", "eth0", A, true)]), &[]);
     assert!(c.report.violations.is_empty(), "{:?}", c.report.violations);
-    // A long one (over the 400 ms bound) is not.
-    for t in [400, 500, 700, 801, 900] {
+    // A long one (over the 600 ms bound) is not.
+    for t in [400, 500, 700, 900, 1001, 1100] {
         c.observe(ms(t), &e, &kernel(&[("n1", "eth0", A, true), ("n2", "eth0", A, true)]), &[]);
     }
-    c.observe(ms(1000), &e, &kernel(&[("n2", "eth0", A, true)]), &[]);
-    let report = c.report(ms(1100));
+    c.observe(ms(1200), &e, &kernel(&[("n2", "eth0", A, true)]), &[]);
+    let report = c.report(ms(1300));
     assert_eq!(report.count(Invariant::SingleHolder), 1, "{:?}", report.violations);
     let v = &report.violations[0];
-    assert_eq!((v.at, v.since, v.lasted), (ms(801), ms(400), Some(ms(600))));
+    assert_eq!((v.at, v.since, v.lasted), (ms(1001), ms(400), Some(ms(800))));
     assert_eq!(v.subject, A);
     assert!(v.detail.contains("n1, n2"), "{}", v.detail);
     // Both overlaps are counted for the report, the one within the bound too.
     let overlaps = &report.exempt["two holders, both agents running (a violation only over the bound)"];
-    assert_eq!(overlaps.durations(), [ms(200), ms(600)]);
+    assert_eq!(overlaps.durations(), [ms(200), ms(800)]);
     // Remote addresses on every node's dummy interface are not overlaps.
     let mut c = checker();
     let e = expect(&[("198.51.100.16", Kind::Remote, &["n1", "n2", "n3"])]);
