@@ -591,7 +591,7 @@ impl Worker {
         let decision = state.table.decide(req, &self.settings.namespace);
         if req.local_traffic
             && let Decision::Keep { holding, .. } | Decision::Changed { holding, .. } = &decision
-            && let Some(w) = wide_aggregation_warning(&state.table.groups(), holding)
+            && let Some(w) = wide_aggregation_warning(state.table.groups(), holding)
         {
             note(&mut state, &mut plan, EventType::Warning, reasons::CONFIGURATION_WARNING, w);
         }
