@@ -53,6 +53,8 @@ VALUE_SETS: dict[str, dict] = {
     "netbox-own-secret": {
         "netbox": {"enabled": True, "tokenSecret": {"name": "nb-api", "key": "api-token"}},
     },
+    "bgp": {"bgp": {"enabled": True, "passwordSecret": "bgp-passwords"}},
+    "bgp-no-passwords": {"bgp": {"enabled": True}},
     "canary": {
         "agent": {
             "canary": {
@@ -194,22 +196,33 @@ def check_restricted(name: str, spec: dict) -> None:
             fail(f"{cn}: adds capabilities")
 
 
+# The BIRD container (bgp.enabled): TCP port 179 and BFD's interface-bound sockets, nothing else.
+BIRD_CAPS = {"NET_BIND_SERVICE", "NET_RAW"}
+
+
 def check_agent(name: str, spec: dict) -> None:
-    """Restricted, except exactly: hostNetwork, root, NET_ADMIN + NET_RAW. No Secret."""
+    """Restricted, except exactly: hostNetwork, root, NET_ADMIN + NET_RAW (the BIRD container:
+    NET_BIND_SERVICE + NET_RAW). No Secret reaches a purelb container; the BGP password Secret
+    is mounted into the BIRD container only."""
     common_baseline(name, spec, allow_host_network=True)
     if not spec.get("hostNetwork"):
         fail(f"{name}: agent without hostNetwork")
+    secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v or "projected" in v}
     for c in containers(spec):
         sc = c.get("securityContext", {})
         added = set(sc.get("capabilities", {}).get("add") or [])
-        if added != {"NET_ADMIN", "NET_RAW"}:
-            fail(f"{name}/{c['name']}: capabilities added {sorted(added)}, want exactly NET_ADMIN, NET_RAW")
+        want = BIRD_CAPS if c["name"] == "bird" else {"NET_ADMIN", "NET_RAW"}
+        if added != want:
+            fail(f"{name}/{c['name']}: capabilities added {sorted(added)}, want exactly {', '.join(sorted(want))}")
         for e in c.get("env", []) + c.get("envFrom", []):
             if "secretKeyRef" in (e.get("valueFrom") or {}) or "secretRef" in e:
                 fail(f"{name}/{c['name']}: Secret in the environment")
+        mounted = {m["name"] for m in c.get("volumeMounts", [])} & secret_volumes
+        if mounted and c["name"] != "bird":
+            fail(f"{name}/{c['name']}: Secret volume {sorted(mounted)} mounted into a purelb container")
     for v in spec.get("volumes", []):
-        if "secret" in v or "projected" in v:
-            fail(f"{name}: Secret volume {v['name']} in the agent")
+        if ("secret" in v or "projected" in v) and v.get("secret", {}).get("secretName") is None:
+            fail(f"{name}: projected volume {v['name']} in the agent")
 
 
 def check_set(label: str, objs: list[dict], values: dict) -> None:
@@ -245,6 +258,23 @@ def check_set(label: str, objs: list[dict], values: dict) -> None:
                 fail(f"{label}: {name}: {var} not from the downward API ({field})")
         if env.get("PURELB_METRICS_ADDR", {}).get("value") != "$(HOST_IP):7472":
             fail(f"{label}: {name}: metrics not bound to the host IP")
+    bgp = values.get("bgp", {})
+    for name, ds in dss.items():
+        pod = ds["spec"]["template"]["spec"]
+        names = [c["name"] for c in pod["containers"]]
+        if bool(bgp.get("enabled")) != ("bird" in names):
+            fail(f"{label}: {name}: BIRD container {'missing' if bgp.get('enabled') else 'rendered while bgp is off'}")
+        if bgp.get("enabled"):
+            env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+            if env.get("PURELB_BIRD_SOCKET") != "/run/purelb-bird/bird.ctl":
+                fail(f"{label}: {name}: the agent is not told where BIRD's socket is: {env}")
+            secrets = [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
+            want = [bgp["passwordSecret"]] if bgp.get("passwordSecret") else []
+            if secrets != want:
+                fail(f"{label}: {name}: Secret volumes {secrets}, want {want}")
+            bird = next(c for c in pod["containers"] if c["name"] == "bird")
+            if "drained" not in " ".join(bird.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])):
+                fail(f"{label}: {name}: the BIRD container does not wait for the agent's drain")
     canary = values.get("agent", {}).get("canary", {})
     if canary.get("enabled"):
         main, can = dss["purelb-agent"]["spec"]["template"]["spec"], dss.get("purelb-agent-canary", {}).get("spec", {}).get("template", {}).get("spec")
@@ -420,11 +450,26 @@ def main() -> int:
     check_rbac("tampered", base, documented)
     check_set("tampered", base, defaults)
     validate("tampered", [o for o in base if o["kind"] == "Deployment"], set())
+    # BGP: the password Secret mounted into the agent container too, BIRD with NET_ADMIN.
+    bgp_values = VALUE_SETS["bgp"]
+    for o in render(helm, chart, bgp_values):
+        if o["kind"] == "DaemonSet":
+            pod = o["spec"]["template"]["spec"]
+            pod["containers"][0]["volumeMounts"].append({"name": "bird-passwords", "mountPath": "/x"})
+            pod["containers"][1]["securityContext"]["capabilities"]["add"].append("NET_ADMIN")
+            check_agent("tampered-bgp", pod)
     caught, failures, quiet = failures, kept, False
-    for what in ("RBAC ClusterRole//purelb-agent", "adds capabilities", "hostPID", "bogusField"):
+    for what in (
+        "RBAC ClusterRole//purelb-agent",
+        "adds capabilities",
+        "hostPID",
+        "bogusField",
+        "mounted into a purelb container",
+        "tampered-bgp/bird: capabilities added",
+    ):
         if not any(what in f for f in caught):
             fail(f"self-test: the checks do not catch a tampered chart ({what})")
-    print(f"== self-test: {len(caught)} expected failures caught on a tampered copy (extra verb, added capability, hostPID, unknown field)")
+    print(f"== self-test: {len(caught)} expected failures caught on a tampered copy (extra verb, added capability, hostPID, unknown field, BGP Secret in the agent, BIRD capability)")
 
     files = generated(render(helm, chart, deep_merge(defaults, INSTALL_VALUES)))
     for path, text in files.items():
