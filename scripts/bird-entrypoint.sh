@@ -6,15 +6,26 @@
 # (`password "...";`), readable by BIRD only, which a BGPPeer's passwordSecretKey includes.
 set -eu
 dir="${PURELB_BIRD_DIR:-/run/purelb-bird}"
-secrets=/etc/purelb-bird/passwords
+secrets="${PURELB_BIRD_SECRETS:-/etc/purelb-bird/passwords}"
 umask 077
 mkdir -p "$dir/passwords"
 if [ -d "$secrets" ]; then
   for f in "$secrets"/*; do
     [ -f "$f" ] || continue
     key=$(basename "$f")
-    # A BIRD string: backslashes and double quotes escaped, one line.
-    value=$(tr -d '\n' < "$f" | sed 's/\\/\\\\/g; s/"/\\"/g')
+    # A BIRD string has no escapes: a value with a double quote or a line break inside cannot
+    # be one. It is left out (the agent then reports the BGPPeer: its snippet is missing).
+    value=$(cat "$f"; printf x)
+    value=${value%x}
+    value=${value%"
+"}
+    case "$value" in
+      *'"'*|*"
+"*)
+        echo "purelb-bird: Secret key $key: a BGP password cannot contain a double quote or a line break; left out" >&2
+        rm -f "$dir/passwords/$key.conf"
+        continue ;;
+    esac
     printf 'password "%s";\n' "$value" > "$dir/passwords/$key.conf.tmp"
     mv "$dir/passwords/$key.conf.tmp" "$dir/passwords/$key.conf"
   done

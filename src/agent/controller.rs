@@ -850,6 +850,7 @@ impl Agent {
             &groups.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
             &config.dummy_interface,
             password_dir,
+            &|path| path.exists(),
         );
         let problems: BTreeMap<(&'static str, String), String> = desired
             .invalid_peers

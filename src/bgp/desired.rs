@@ -55,6 +55,7 @@ pub fn desired(
     groups: &[&ServiceGroup],
     dummy_interface: &str,
     password_dir: PathBuf,
+    password_exists: &dyn Fn(&std::path::Path) -> bool,
 ) -> Desired {
     let labels = node.map(|n| n.labels().clone()).unwrap_or_default();
     let mut invalid_peers = BTreeMap::new();
@@ -68,6 +69,20 @@ pub fn desired(
             continue;
         }
         match PeerConfig::from_spec(&name, &peer.spec) {
+            Ok(config)
+                if config
+                    .password_key
+                    .as_ref()
+                    .is_some_and(|key| !password_exists(&password_dir.join(format!("{key}.conf")))) =>
+            {
+                let key = config.password_key.unwrap_or_default();
+                invalid_peers.insert(
+                    name,
+                    format!(
+                        "spec.passwordSecretKey {key:?}: BIRD has no password snippet for it: the Secret of the chart's bgp.passwordSecret lacks that key, or its value contains a double quote or a line break (the BIRD container's log says which)"
+                    ),
+                );
+            }
             Ok(config) => {
                 if let Some(first) = by_address.get(&(config.peer_address, config.port)) {
                     invalid_peers.insert(
@@ -248,6 +263,7 @@ mod tests {
             &groups.iter().collect::<Vec<_>>(),
             "kube-lb0",
             PathBuf::from("/p"),
+            &|_| true,
         );
         assert_eq!(d.config.router_id.to_string(), "198.51.100.11");
         assert_eq!(d.config.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["tor-a"]);
@@ -259,9 +275,19 @@ mod tests {
         let nb = &d.config.exports[0].prefixes;
         assert_eq!(nb.iter().map(|p| (p.len, p.lengths)).collect::<Vec<_>>(), [(0, (32, 32)), (0, (128, 128))]);
         // Without the Node object: only peers without a selector, a router ID from the name.
-        let d = desired("n1", None, &peers.iter().collect::<Vec<_>>(), &[], "kube-lb0", PathBuf::from("/p"));
+        let d = desired("n1", None, &peers.iter().collect::<Vec<_>>(), &[], "kube-lb0", PathBuf::from("/p"), &|_| true);
         assert_eq!(d.config.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["tor-a-again"]);
         assert!(d.config.exports.is_empty());
         assert_eq!(d.config.router_id.octets()[0] & 0xf0, 0xf0);
+        // A password whose snippet the BIRD container did not write: that peer is left out.
+        let mut secret = peer("md5", "198.51.100.9", None);
+        secret.spec.password_secret_key = Some("tor".into());
+        let d = desired("n1", None, &[&secret], &[], "kube-lb0", PathBuf::from("/p"), &|p| {
+            p != std::path::Path::new("/p/tor.conf")
+        });
+        assert!(d.config.peers.is_empty());
+        assert!(d.invalid_peers["md5"].contains("spec.passwordSecretKey \"tor\""), "{:?}", d.invalid_peers);
+        let d = desired("n1", None, &[&secret], &[], "kube-lb0", PathBuf::from("/p"), &|_| true);
+        assert_eq!(d.config.peers.len(), 1);
     }
 }

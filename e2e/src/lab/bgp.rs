@@ -13,10 +13,7 @@ use std::{
     process::Command,
 };
 
-use super::{
-    LabError,
-    topology::{Host, Topology},
-};
+use super::{LabError, topology::Topology};
 
 /// The router's AS.
 pub const ROUTER_ASN: u32 = 64_512;
@@ -61,6 +58,23 @@ pub fn bird_config(lab_dir: &Path, node: &str) -> PathBuf {
     bird_dir(lab_dir, node).join("bird.conf")
 }
 
+/// The stand-in for the password Secret mounted into the BIRD containers (one file per key).
+#[must_use]
+pub fn bird_secrets(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("bird-secrets")
+}
+
+/// The key of the lab's TCP-MD5 password in that Secret.
+pub const PASSWORD_KEY: &str = "router";
+/// The lab's TCP-MD5 password (a backslash in it: BIRD's strings take it as it is).
+pub const PASSWORD: &str = "s3cr\\et";
+
+/// The BIRD image's entrypoint in this workspace.
+#[must_use]
+pub fn entrypoint() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bird-entrypoint.sh")
+}
+
 /// FRR's directory (configuration, vty sockets), owned by the `frr` user.
 #[must_use]
 pub fn frr_dir(lab_dir: &Path) -> PathBuf {
@@ -85,16 +99,6 @@ pub fn check_tools() -> Result<(), LabError> {
                 .to_owned(),
         ))
     }
-}
-
-/// BIRD's first configuration on a node: a router ID and nothing to announce, until the agent
-/// writes the real one.
-#[must_use]
-pub fn bird_bootstrap(node: &Host) -> String {
-    format!(
-        "# Bootstrap configuration of the lab; the PureLB agent replaces it.\nrouter id {};\nprotocol device {{ }}\n",
-        node.ipv4
-    )
 }
 
 /// FRR's configuration of the router, one file per daemon (`<daemon>.conf`): every node may
@@ -126,13 +130,15 @@ exit
  bgp listen range 192.0.2.0/24 peer-group nodes
  neighbor nodes bfd profile purelb
  neighbor nodes timers 3 9
+ neighbor nodes password {password}
  address-family ipv4 unicast
   neighbor nodes activate
   maximum-paths 16
  exit-address-family
 exit
 !
-"
+",
+        password = PASSWORD
     );
     vec![("zebra", header), ("bfdd", bfdd), ("bgpd", bgpd)]
 }
@@ -151,6 +157,7 @@ spec:
   peerASN: {ROUTER_ASN}
   localASN: {NODE_ASN}
   holdTime: 9s
+  passwordSecretKey: {PASSWORD_KEY}
   bfd:
     enabled: true
     minInterval: {bfd_interval}
@@ -273,7 +280,7 @@ mod tests {
         assert!(frr.contains("bgp listen range 192.0.2.0/24 peer-group nodes"), "{frr}");
         assert!(frr.contains("neighbor nodes remote-as 64513") && frr.contains("maximum-paths 16"), "{frr}");
         assert!(frr.contains("receive-interval 300") && frr.contains("detect-multiplier 3"), "{frr}");
-        assert!(bird_bootstrap(&t.nodes[1]).contains("router id 192.0.2.12;"));
+        assert!(frr.contains("neighbor nodes password s3cr"), "{frr}");
         let peer = peer_yaml("300ms", 3);
         assert!(peer.contains("peerAddress: 192.0.2.1") && peer.contains("minInterval: 300ms"), "{peer}");
         assert_eq!(nodes_of(&t, &["192.0.2.11".parse().unwrap(), "192.0.2.13".parse().unwrap()]), ["n1", "n3"]);

@@ -808,21 +808,23 @@ impl Lab {
         for node in &self.topology.nodes {
             let dir = bgp::bird_dir(&self.dir, &node.name);
             std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
-            let conf = bgp::bird_config(&self.dir, &node.name);
-            std::fs::write(&conf, bgp::bird_bootstrap(node)).map_err(file_err(&conf))?;
+            // BIRD is started by the BIRD image's own entrypoint (scripts/bird-entrypoint.sh):
+            // the bootstrap configuration and the password snippets are its work, as in a pod.
+            let secrets = bgp::bird_secrets(&self.dir);
+            std::fs::create_dir_all(&secrets).map_err(file_err(&secrets))?;
+            let password = secrets.join(bgp::PASSWORD_KEY);
+            std::fs::write(&password, bgp::PASSWORD).map_err(file_err(&password))?;
             let name = bgp::bird_name(&node.name);
             let spec = ProcessSpec {
                 name: name.clone(),
                 netns: Some(node.netns.clone()),
-                program: PathBuf::from("bird"),
+                program: PathBuf::from("env"),
                 args: vec![
-                    "-f".into(),
-                    "-c".into(),
-                    conf.display().to_string(),
-                    "-s".into(),
-                    bgp::bird_socket(&self.dir, &node.name).display().to_string(),
-                    "-P".into(),
-                    dir.join("bird.pid").display().to_string(),
+                    format!("PURELB_BIRD_DIR={}", dir.display()),
+                    format!("PURELB_BIRD_SECRETS={}", secrets.display()),
+                    format!("HOST_IP={}", node.ipv4),
+                    "sh".into(),
+                    bgp::entrypoint().display().to_string(),
                 ],
             };
             let process = ManagedProcess::start(spec, &self.topology.prefix, self.dir.join(format!("{name}.log")))?;
