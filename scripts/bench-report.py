@@ -613,6 +613,53 @@ def parse_agent_tests(out: str) -> Report:
     return r
 
 
+def parse_bgp(out: str) -> Report:
+    """BGP with BIRD and an FRR router (e2e/benches/bgp_lab.rs)."""
+    r = Report()
+    s = Scan(out, r"MEASURE bgp")
+    t = r.table("measurement", "result")
+    issue = "#17 BGP"
+    for label, key in [("status seen → route with 3 next hops in the router's FIB", "status seen -> route with 3 next hops"),
+                       ("Service deleted → route gone from the router's FIB", "Service deleted -> route gone")]:
+        m = s.find(rf"MEASURE bgp {re.escape(key)}: n=(?P<n>\d+) p50 (?P<p50>{DUR}) p99 (?P<p99>{DUR}) max (?P<max>{DUR})$")
+        if m:
+            t.rows.append([label, f"n={m['n']}: p50 {fmt_dur(parse_dur(m['p50']))}, p99 {fmt_dur(parse_dur(m['p99']))}, "
+                                  f"max {fmt_dur(parse_dur(m['max']))}"])
+            if "status" in key:
+                p99 = parse_dur(m["p99"])
+                r.target(issue, "status write → route on the router within 1 s (p99)", p99, lambda v: v <= 1.0,
+                         f"p99 {fmt_dur(p99)}")
+        else:
+            r.not_parsed(t, label)
+    m = s.find(r"MEASURE bgp 300 connections over 3 next hops: (?P<d>\{.*\})$")
+    if m:
+        counts = [int(x) for x in re.findall(r": (\d+)", m["d"])]
+        t.rows.append(["300 new connections from the client, by serving node", m["d"]])
+        r.target(issue, "300 connections reach all 3 next hops", float(len(counts)), lambda v: v == 3, m["d"])
+    else:
+        r.not_parsed(t, "300 connections")
+    runs = {}
+    for label, key in [("bfd", "BFD 3 x 300 ms"), ("hold", "no BFD (hold time 9 s)")]:
+        m = s.find(rf"MEASURE bgp node frozen -> route withdrawn, {re.escape(key)}: \[(?P<list>.*)\]$")
+        if m:
+            values = [parse_dur(x) for x in m["list"].split(",")]
+            runs[label] = values
+            t.rows.append([f"node frozen (BIRD, agent, server SIGSTOPped) → route withdrawn, {key}",
+                           ", ".join(fmt_dur(v) for v in values)])
+        else:
+            r.not_parsed(t, key)
+    if "bfd" in runs:
+        worst = max(runs["bfd"])
+        r.target(issue, "node crash → route withdrawn ≤ 1.5 s with BFD 3 × 300 ms", worst, lambda v: v <= 1.5,
+                 f"max {fmt_dur(worst)}")
+    if "bfd" in runs and "hold" in runs:
+        ratio = (sum(runs["hold"]) / len(runs["hold"])) / (sum(runs["bfd"]) / len(runs["bfd"]))
+        r.baselines.append(f"the same crash without BFD (hold time 9 s): mean {fmt_dur(sum(runs['hold']) / len(runs['hold']))} "
+                           f"vs {fmt_dur(sum(runs['bfd']) / len(runs['bfd']))} with BFD = {fmt_ratio(ratio)} faster")
+    r.unparsed = s.leftovers()
+    return r
+
+
 def parse_upgrades(out: str) -> Report:
     """The correctness runs of issue 16: an agent rolled in place, a cordoned node, a paused and a
     late-writing allocator leader (`MEASURE` lines of e2e/tests/agent.rs and allocator_lab.rs)."""
@@ -802,6 +849,14 @@ BENCHES: list[Bench] = [
           "Lab runs (3 nodes, real `purelb` processes, debug build, 2 s leases; two allocator replicas for the "
           "leader runs). The agent tests keep a client busy with a new request every 20 ms and one kept-open "
           "connection; the leader runs watch every Service's address for duplicates and changes.",
+          prepare=[CARGO_DEBUG_PURELB], needs_root=True),
+    Bench("bgp", "BGP with BIRD 2 and an FRR router", "#17 BGP",
+          ["cargo", "bench", "--locked", "--profile", "dev", "-p", "purelb-e2e", "--bench", "bgp_lab"], parse_bgp,
+          "3 nodes with BIRD 2 managed by real `purelb agent` processes (debug build, 2 s leases), FRR on the "
+          "router (one session per node, BFD 3 × 300 ms, ECMP, `fib_multipath_hash_policy=1`), the real "
+          "allocator; the router's kernel FIB and the API are polled every 5 ms. Drain (0 failed requests, the "
+          "route leaves the FIB before the address leaves the node) is asserted by `e2e/tests/bgp.rs`.",
+          baseline="the same crash without BFD (BGP hold time 9 s)",
           prepare=[CARGO_DEBUG_PURELB], needs_root=True),
     Bench("decide", "Decision pass over 5,000 Services", "#6 agent",
           ["cargo", "test", "--locked", "--release", "-p", "purelb", "--lib", "five_thousand_services_are_decided_quickly",
@@ -1539,6 +1594,13 @@ MEASURE paused leader: frozen for 5.001s
 MEASURE paused leader: 40 Services, 0 duplicate addresses, 0 changed addresses
 MEASURE late writes: 40 Services (3 deleted), 52 late writes, 0 duplicate addresses, 0 changed addresses
 """,
+    "bgp": """\
+MEASURE bgp status seen -> route with 3 next hops: n=30 p50 66.884981ms p99 86.084061ms max 86.084061ms
+MEASURE bgp Service deleted -> route gone: n=30 p50 74.959364ms p99 87.777516ms max 87.777516ms
+MEASURE bgp 300 connections over 3 next hops: {"n1": 96, "n2": 96, "n3": 108}
+MEASURE bgp node frozen -> route withdrawn, BFD 3 x 300 ms: [831.057257ms, 960.051525ms, 922.835725ms]
+MEASURE bgp node frozen -> route withdrawn, no BFD (hold time 9 s): [6.984999659s, 9.018080284s, 9.017974339s]
+""",
     "decide": """\
 running 1 test
 MEASURE decide 5000 Services x 50 members: 17.2ms (2500 wanted)
@@ -1614,6 +1676,9 @@ def self_test() -> int:
     check(target(r, "agent rolled in place: zero address moves").met is True, "upgrades: in place moves")
     check(target(r, "cordoned node").met is True, "upgrades: cordoned")
     check(all(t.met is True for t in r.targets) and len(r.targets) == 5, f"upgrades targets {r.targets}")
+    r = reports["bgp"]
+    check(all(t.met is True for t in r.targets) and len(r.targets) == 3, f"bgp targets {r.targets}")
+    check(len(r.baselines) == 1 and "9.22×" in r.baselines[0], f"bgp baseline {r.baselines}")
     r = reports["queue"]
     check(len(r.tables[0].rows) == 5 and r.tables[0].rows[0][1] == "4.8 M items/s", f"queue rows {r.tables[0].rows[:1]}")
     check(any("adds/s" in row[2] and "66.7 M" in row[2] for row in r.tables[0].rows), "queue de-dup adds/s")
