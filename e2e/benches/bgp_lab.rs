@@ -85,7 +85,8 @@ async fn main() {
     }
     let samples: usize = std::env::var("BGP_LAB_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let purelb = lab::built_binary("purelb", &["debug"]).expect("cargo build -p purelb --bin purelb first");
-    let lab_bin = lab::built_binary("purelb-lab", &["debug", "release"]).expect("cargo build -p purelb-e2e --bins first");
+    let lab_bin =
+        lab::built_binary("purelb-lab", &["debug", "release"]).expect("cargo build -p purelb-e2e --bins first");
     let mut options = LabOptions::new(&lab::test_prefix("bgpb", "x"), 3)
         .lab_bin(lab_bin)
         .purelb_bin(purelb)

@@ -372,6 +372,12 @@ fn wanted_spec(
             if o.no_prefix_route {
                 spec = spec.noprefixroute();
             }
+            // No duplicate address detection on the dummy interface: nobody else is on it, and
+            // on a link without carrier (a bridge standing in for it) an IPv6 address would stay
+            // tentative, which routing daemons (BIRD's `direct`) do not export.
+            if wanted.ip.is_ipv6() {
+                spec = spec.nodad();
+            }
             spec
         }
     }

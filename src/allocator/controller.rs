@@ -1095,3 +1095,51 @@ fn count_f64(c: crate::core::ipam::AddressCount) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     c.to_u128().map_or(f64::MAX, |n| n as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::api::ServiceGroup;
+
+    fn group(name: &str, spec: Value) -> ServiceGroup {
+        let mut g: ServiceGroup = serde_json::from_value(json!({
+            "apiVersion": "purelb.io/v2", "kind": "ServiceGroup",
+            "metadata": {"name": name, "namespace": "purelb-system"}, "spec": spec
+        }))
+        .unwrap();
+        g.metadata.generation = Some(1);
+        g
+    }
+
+    fn holding(group: &str, pool_type: PoolType, ip: &str) -> super::super::table::Holding {
+        super::super::table::Holding {
+            group: group.to_owned(),
+            pool_type,
+            addresses: vec![ip.parse().unwrap()],
+            sharing_key: None,
+            ports: BTreeSet::new(),
+        }
+    }
+
+    /// `externalTrafficPolicy: Local` with a routed address aggregated into a wider prefix is
+    /// warned about (every node would advertise the prefix); host routes and local groups are not.
+    #[test]
+    fn local_traffic_with_a_wide_aggregation_is_warned_about() {
+        let groups = [
+            group("wide", json!({"remote": {"v4pool": {"pool": "203.0.113.0/28", "subnet": "203.0.113.0/24"}}})),
+            group(
+                "host",
+                json!({"remote": {"v6pool": {"pool": "2001:db8:5::/124", "subnet": "2001:db8:5::/64", "aggregation": "/128"}}}),
+            ),
+            group("lan", json!({"local": {"v4pool": {"pool": "192.0.2.240/28", "subnet": "192.0.2.0/24"}}})),
+        ];
+        let set = super::super::groups::GroupSet::build(groups.iter(), "purelb-system");
+        let w = wide_aggregation_warning(&set, &holding("wide", PoolType::Remote, "203.0.113.3")).unwrap();
+        assert!(w.contains("203.0.113.3/24") && w.contains("ServiceGroup wide") && w.contains("/32"), "{w}");
+        assert_eq!(wide_aggregation_warning(&set, &holding("host", PoolType::Remote, "2001:db8:5::3")), None);
+        assert_eq!(wide_aggregation_warning(&set, &holding("lan", PoolType::Local, "192.0.2.241")), None);
+        assert_eq!(wide_aggregation_warning(&set, &holding("gone", PoolType::Remote, "203.0.113.3")), None);
+    }
+}

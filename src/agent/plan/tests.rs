@@ -492,6 +492,36 @@ fn an_address_yielded_to_another_claimer_is_not_claimed_again_within_one_lease_d
     assert!(plan.timers.yielded.is_empty());
 }
 
+/// A remote IPv6 address goes on the dummy interface without duplicate address detection (on a
+/// link without carrier it would stay tentative and BIRD would not export it); IPv4 has no DAD.
+#[test]
+fn remote_ipv6_addresses_are_added_without_dad() {
+    let v6 = ip("2001:db8:5::11");
+    let v4 = ip("198.51.100.18");
+    let mut world = World::new(vec![service("web", "remote", &[v4, v6], false)], all_live(), kernel(&[]));
+    let remote6 = PoolSpec {
+        v6pool: Some(AddressPool {
+            pool: "2001:db8:5::10/124".into(),
+            subnet: "2001:db8:5::/64".into(),
+            aggregation: Some("/128".into()),
+        }),
+        ..PoolSpec::default()
+    };
+    let mut both = world.groups["remote"].clone();
+    both.v6 = parse_pool_spec("spec.remote", &remote6).unwrap().v6;
+    world.groups.insert("remote".to_owned(), both);
+    let plan = world.plan(&Timers::default());
+    let specs: Vec<(IpAddr, bool)> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Add { spec, .. } => Some((spec.ip, spec.flags.nodad)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(specs, vec![(v4, false), (v6, true)], "{:?}", plan.actions);
+}
+
 #[test]
 fn a_remote_address_whose_local_endpoint_went_away_settles_before_it_is_withdrawn() {
     let addr = ip("198.51.100.17");
