@@ -639,7 +639,7 @@ def parse_bgp(out: str) -> Report:
     else:
         r.not_parsed(t, "300 connections")
     runs = {}
-    for label, key in [("bfd", "BFD 3 x 300 ms"), ("hold", "no BFD (hold time 9 s)")]:
+    for label, key in [("bfd", "BFD 3 x 300 ms"), ("hold", "no BFD (hold time 9 s)"), ("fast", "BFD 3 x 100 ms")]:
         m = s.find(rf"MEASURE bgp node frozen -> route withdrawn, {re.escape(key)}: \[(?P<list>.*)\]$")
         if m:
             values = [parse_dur(x) for x in m["list"].split(",")]
@@ -1600,6 +1600,7 @@ MEASURE bgp Service deleted -> route gone: n=30 p50 74.959364ms p99 87.777516ms 
 MEASURE bgp 300 connections over 3 next hops: {"n1": 96, "n2": 96, "n3": 108}
 MEASURE bgp node frozen -> route withdrawn, BFD 3 x 300 ms: [831.057257ms, 960.051525ms, 922.835725ms]
 MEASURE bgp node frozen -> route withdrawn, no BFD (hold time 9 s): [6.984999659s, 9.018080284s, 9.017974339s]
+MEASURE bgp node frozen -> route withdrawn, BFD 3 x 100 ms: [336.79974ms, 330.987912ms, 346.023661ms]
 """,
     "decide": """\
 running 1 test
@@ -1679,6 +1680,7 @@ def self_test() -> int:
     r = reports["bgp"]
     check(all(t.met is True for t in r.targets) and len(r.targets) == 3, f"bgp targets {r.targets}")
     check(len(r.baselines) == 1 and "9.22×" in r.baselines[0], f"bgp baseline {r.baselines}")
+    check(any("3 x 100 ms" in row[0] and "331 ms" in row[1] for row in r.tables[0].rows), f"bgp 100 ms row {r.tables[0].rows}")
     r = reports["queue"]
     check(len(r.tables[0].rows) == 5 and r.tables[0].rows[0][1] == "4.8 M items/s", f"queue rows {r.tables[0].rows[:1]}")
     check(any("adds/s" in row[2] and "66.7 M" in row[2] for row in r.tables[0].rows), "queue de-dup adds/s")

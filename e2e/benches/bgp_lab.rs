@@ -182,5 +182,17 @@ async fn main() {
         without.push(freeze_n1(&lab, ip).await);
     }
     println!("MEASURE bgp node frozen -> route withdrawn, no BFD (hold time 9 s): {without:?}");
+
+    // BFD 3 × 100 ms: the router's profile and the BGPPeer.
+    lab.vtysh_config(&["bfd", "profile purelb", "receive-interval 100", "transmit-interval 100"]).unwrap();
+    lab.apply_yaml(&bgp::peer_yaml("100ms", 3)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    routed_to(&lab, ip, &["n1", "n2", "n3"], Duration::from_secs(60)).await.unwrap();
+    let mut fast = Vec::new();
+    for _ in 0..3 {
+        bfd_up(&lab).await;
+        fast.push(freeze_n1(&lab, ip).await);
+    }
+    println!("MEASURE bgp node frozen -> route withdrawn, BFD 3 x 100 ms: {fast:?}");
     drop(lab);
 }

@@ -451,3 +451,72 @@ async fn a_drained_node_leaves_the_router_before_its_addresses_go_and_no_request
     let agent_log = std::fs::read_to_string(lab.dir().join(format!("{}.log", lab::agent_name("n1")))).unwrap();
     assert!(agent_log.contains("routes tagged GRACEFUL_SHUTDOWN"), "{agent_log}");
 }
+
+/// A dual-stack lab: IPv4 routes over the IPv4 sessions, IPv6 routes over the IPv6 sessions
+/// (`api.md` §7), both spread over every node; the client reaches the IPv6 address too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_addresses_are_routed_over_the_session_of_their_family() {
+    let mut options = LabOptions::new(&lab::test_prefix("bgp", "dual"), 3)
+        .lab_bin(LAB_BIN)
+        .purelb_bin(purelb_bin())
+        .bgp(true)
+        .dual_stack(true)
+        .ready_timeout(Duration::from_secs(30));
+    options.agent_args = ["--lease-duration=2s", "--renew-interval=500ms"].iter().map(|s| (*s).to_owned()).collect();
+    let lab = Lab::start(options).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(lab.client(), "purelb-system");
+    let up = wait_for(Duration::from_secs(30), || async {
+        for node in lab.node_names() {
+            let lease = leases.get(&contract::node_lease_name(&node)).await.ok()?;
+            let bgp = lease.annotations().get(contract::LEASE_ANNOTATION_BGP)?.clone();
+            (bgp == "router=Established,router6=Established").then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    assert!(up.is_some(), "sessions not Established:\n{}", lab.vtysh("show bgp summary").unwrap_or_default());
+    serve_on(&lab, &["n1", "n2", "n3"]).await;
+    endpoints(&lab, "web", &[Backend::ready("n1"), Backend::ready("n2"), Backend::ready("n3")]).await;
+    lab.apply_yaml(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  annotations: {purelb.io/service-group: routed}
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 80}
+",
+    )
+    .await
+    .unwrap();
+    let services: Api<Service> = Api::namespaced(lab.client(), "default");
+    let ips: Vec<IpAddr> = wait_for(Duration::from_secs(20), || async {
+        let svc = services.get("web").await.ok()?;
+        let ips: Vec<IpAddr> =
+            svc.status?.load_balancer?.ingress?.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect();
+        (ips.len() == 2).then_some(ips)
+    })
+    .await
+    .expect("no dual-stack addresses");
+    for ip in &ips {
+        wait_routed(&lab, *ip, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    }
+    let v6 = ips.iter().find(|ip| ip.is_ipv6()).copied().unwrap();
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..60 {
+        let reply = lab.http_get("client", SocketAddr::new(v6, 80), "/").await.unwrap();
+        *served.entry(reply.node.unwrap_or_default()).or_default() += 1;
+    }
+    eprintln!("MEASURE 60 IPv6 connections over 3 next hops: {served:?}");
+    assert_eq!(served.len(), 3, "{served:?}");
+    // Each family's routes only over the session of that family.
+    let summary = lab.vtysh("show bgp ipv6 unicast summary").unwrap();
+    assert!(summary.contains("2001:db8::11"), "{summary}");
+    assert!(!lab.vtysh("show bgp ipv4 unicast 2001:db8:f::10/128").unwrap_or_default().contains("2001:db8:f::10/128 "));
+}

@@ -120,8 +120,39 @@ exit
 !
 "
     );
+    let v6 = topology.dual_stack;
+    // IPv6 sessions (dual-stack labs): their own peer group; next hops as the nodes' global
+    // addresses (BIRD also sends its link-local one, which FRR would otherwise prefer).
+    let (v6_group, v6_family, v6_map) = if v6 {
+        (
+            format!(
+                " neighbor nodes6 peer-group
+ neighbor nodes6 remote-as {NODE_ASN}
+ bgp listen range 2001:db8::/64 peer-group nodes6
+ neighbor nodes6 bfd profile purelb
+ neighbor nodes6 timers 3 9
+ neighbor nodes6 password {PASSWORD}
+"
+            ),
+            " address-family ipv6 unicast
+  neighbor nodes6 activate
+  neighbor nodes6 route-map global-next-hop in
+  maximum-paths 16
+ exit-address-family
+"
+            .to_owned(),
+            "route-map global-next-hop permit 10
+ set ipv6 next-hop prefer-global
+exit
+!
+"
+            .to_owned(),
+        )
+    } else {
+        (String::new(), String::new(), String::new())
+    };
     let bgpd = format!(
-        "{header}router bgp {ROUTER_ASN}
+        "{header}{v6_map}router bgp {ROUTER_ASN}
  bgp router-id {router}
  no bgp ebgp-requires-policy
  no bgp default ipv4-unicast
@@ -131,11 +162,11 @@ exit
  neighbor nodes bfd profile purelb
  neighbor nodes timers 3 9
  neighbor nodes password {password}
- address-family ipv4 unicast
+{v6_group} address-family ipv4 unicast
   neighbor nodes activate
   maximum-paths 16
  exit-address-family
-exit
+{v6_family}exit
 !
 ",
         password = PASSWORD
@@ -168,6 +199,22 @@ spec:
     )
 }
 
+/// The name of the IPv6 BGPPeer of a dual-stack lab.
+pub const PEER_NAME_V6: &str = "router6";
+/// The range routed IPv6 Service addresses of the lab come from (no host is on it).
+pub const ROUTED_SUBNET_V6: &str = "2001:db8:f::/64";
+
+/// The IPv6 session of a dual-stack lab (routes of a family go over a session of that family).
+#[must_use]
+pub fn peer_v6_yaml(bfd_interval: &str, bfd_multiplier: u32) -> String {
+    peer_yaml(bfd_interval, bfd_multiplier)
+        .replace(&format!("name: {PEER_NAME}\n"), &format!("name: {PEER_NAME_V6}\n"))
+        .replace(
+            &format!("peerAddress: {}", super::topology::router_ipv4()),
+            &format!("peerAddress: {}", super::topology::router_ipv6()),
+        )
+}
+
 /// A remote ServiceGroup `name` with routed addresses `pool` (in [`ROUTED_SUBNET`]),
 /// advertised as host routes.
 #[must_use]
@@ -186,6 +233,20 @@ spec:
       aggregation: /32
 ",
         ns = super::INSTALL_NAMESPACE,
+    )
+}
+
+/// The lab's routed ServiceGroup of a dual-stack lab: `pool` IPv4 and `pool6` IPv6 addresses,
+/// host routes.
+#[must_use]
+pub fn routed_dual_group_yaml(name: &str, pool: &str, pool6: &str) -> String {
+    format!(
+        "{}    v6pools:
+    - pool: {pool6}
+      subnet: {ROUTED_SUBNET_V6}
+      aggregation: /128
+",
+        routed_group_yaml(name, pool)
     )
 }
 
@@ -281,6 +342,21 @@ mod tests {
         assert!(frr.contains("neighbor nodes remote-as 64513") && frr.contains("maximum-paths 16"), "{frr}");
         assert!(frr.contains("receive-interval 300") && frr.contains("detect-multiplier 3"), "{frr}");
         assert!(frr.contains("neighbor nodes password s3cr"), "{frr}");
+        let configs6 = frr_configs(&Topology::new("blab", 3, true).unwrap(), 300, 3);
+        let bgpd6 = &configs6[2].1;
+        assert!(
+            bgpd6.contains("bgp listen range 2001:db8::/64 peer-group nodes6") && bgpd6.contains("prefer-global"),
+            "{bgpd6}"
+        );
+        assert!(!frr.contains("nodes6"), "{frr}");
+        assert!(
+            peer_v6_yaml("300ms", 3).contains("peerAddress: 2001:db8::1")
+                && peer_v6_yaml("300ms", 3).contains("name: router6")
+        );
+        assert!(
+            routed_dual_group_yaml("r", "203.0.113.10-203.0.113.19", "2001:db8:f::10-2001:db8:f::1f")
+                .contains("subnet: 2001:db8:f::/64")
+        );
         let peer = peer_yaml("300ms", 3);
         assert!(peer.contains("peerAddress: 192.0.2.1") && peer.contains("minInterval: 300ms"), "{peer}");
         assert_eq!(nodes_of(&t, &["192.0.2.11".parse().unwrap(), "192.0.2.13".parse().unwrap()]), ["n1", "n3"]);

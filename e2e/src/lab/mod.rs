@@ -735,6 +735,9 @@ impl Lab {
         };
         let router = &self.topology.router;
         netns::set_sysctls(&router.netns, &[("net.ipv4.fib_multipath_hash_policy", "1")])?;
+        if self.topology.dual_stack {
+            netns::set_sysctls(&router.netns, &[("net.ipv6.fib_multipath_hash_policy", "1")])?;
+        }
         let frr = bgp::frr_dir(&self.dir);
         std::fs::create_dir_all(&frr).map_err(file_err(&frr))?;
         for (daemon, text) in bgp::frr_configs(&self.topology, 300, 3) {
@@ -755,7 +758,17 @@ impl Lab {
         }
         self.start_routing_daemons(&frr)?;
         self.apply_yaml(&bgp::peer_yaml("300ms", 3)).await?;
-        self.apply_yaml(&bgp::routed_group_yaml("routed", "203.0.113.10-203.0.113.19")).await?;
+        if self.topology.dual_stack {
+            self.apply_yaml(&bgp::peer_v6_yaml("300ms", 3)).await?;
+            self.apply_yaml(&bgp::routed_dual_group_yaml(
+                "routed",
+                "203.0.113.10-203.0.113.19",
+                "2001:db8:f::10-2001:db8:f::1f",
+            ))
+            .await?;
+        } else {
+            self.apply_yaml(&bgp::routed_group_yaml("routed", "203.0.113.10-203.0.113.19")).await?;
+        }
         Ok(())
     }
 
@@ -849,6 +862,28 @@ impl Lab {
         if !out.status.success() {
             return Err(LabError::Command {
                 command: format!("vtysh -c {command:?}"),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `configure terminal` and then `lines` on the router's FRR.
+    ///
+    /// # Errors
+    ///
+    /// vtysh fails.
+    pub fn vtysh_config(&self, lines: &[&str]) -> Result<String, LabError> {
+        let frr = bgp::frr_dir(&self.dir);
+        let mut command = std::process::Command::new("vtysh");
+        command.arg("--vty_socket").arg(&frr).args(["-c", "configure terminal"]);
+        for line in lines {
+            command.args(["-c", line]);
+        }
+        let out = command.output().map_err(|source| LabError::Spawn { command: format!("vtysh {lines:?}"), source })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: format!("vtysh {lines:?}"),
                 detail: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
