@@ -713,3 +713,25 @@ fn cli_demo_with_the_real_purelb_runs_every_step() {
     assert_clean(&p);
     let _ = std::fs::remove_dir_all(dir_for(&p));
 }
+
+/// `purelb-lab demo --bgp` (issue 17): FRR on the router, BIRD on the nodes; every step works:
+/// sessions, the ECMP route, connections over every node, the BFD failover.
+#[test]
+fn cli_demo_with_bgp_runs_every_step() {
+    let p = prefix("bdemo");
+    let _down = DownOnDrop(p.clone());
+    let out = cli(&["demo", "--bgp", "--nodes", "2", "--prefix", &p], Duration::from_secs(180));
+    let printed = text(&out);
+    eprintln!("{printed}");
+    assert_eq!(out.status.code(), Some(0), "the demo failed:\n{printed}");
+    for step in [
+        "ok    the router's FIB sends",
+        "through the router: n1:",
+        "ok    BFD (3 × 300 ms) took n1's route out",
+        "demo: every step worked",
+    ] {
+        assert!(printed.contains(step), "{step:?} missing:\n{printed}");
+    }
+    assert_clean(&p);
+    let _ = std::fs::remove_dir_all(dir_for(&p));
+}

@@ -155,6 +155,10 @@ enum Command {
         /// The `purelb` binary.
         #[arg(long)]
         purelb_bin: Option<PathBuf>,
+        /// Routed addresses over BGP instead: FRR on the router, BIRD on every node; shows the
+        /// router's ECMP route, the spread of connections and a BFD failover (docs/bgp.md).
+        #[arg(long)]
+        bgp: bool,
         #[command(flatten)]
         extra: ExtraArgs,
     },
@@ -317,8 +321,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { nodes, prefix, dir, purelb_bin, extra } => {
-            let mut options = extra.apply(LabOptions::new(&prefix, nodes).dual_stack(true));
+        Command::Demo { nodes, prefix, dir, purelb_bin, bgp, extra } => {
+            let mut options = extra.apply(LabOptions::new(&prefix, nodes).dual_stack(true).bgp(bgp));
             options.dir = dir;
             options.purelb_bin = purelb_bin;
             let mut stdout = std::io::stdout();

@@ -192,6 +192,7 @@ fn show_services(lab: &Lab, p: &mut Printer<'_>) {
 pub async fn run(options: LabOptions, timeouts: DemoTimeouts, out: &mut dyn Write) -> DemoReport {
     let mut p = Printer { out, report: DemoReport::default() };
     let nodes = options.nodes;
+    let bgp = options.bgp;
     p.line(&format!(
         "purelb-lab demo: {nodes} nodes, a client and a router in network namespaces {}-*",
         options.prefix
@@ -228,7 +229,16 @@ pub async fn run(options: LabOptions, timeouts: DemoTimeouts, out: &mut dyn Writ
     let agents_run = statuses.iter().any(|(n, s)| n.starts_with("agent-") && s.is_running());
 
     let checked = Instant::now();
-    let killed = run_steps(&lab, &mut p, timeouts, allocator_runs, agents_run).await;
+    let killed = if bgp {
+        if allocator_runs && agents_run {
+            bgp_steps(&lab, &mut p, timeouts).await;
+        } else {
+            p.skip("routed addresses over BGP", "the allocator or the agents are not running (see below)");
+        }
+        None
+    } else {
+        run_steps(&lab, &mut p, timeouts, allocator_runs, agents_run).await
+    };
     // A process that crashed at any point fails the demo, even if every step still worked.
     let down = crashed(&lab, killed.as_deref());
     if down.is_empty() {
@@ -275,6 +285,128 @@ pub async fn run(options: LabOptions, timeouts: DemoTimeouts, out: &mut dyn Writ
         _ => "demo: FAILED",
     });
     p.report
+}
+
+/// The BGP demo (`demo --bgp`): a Service of the lab's routed group, its ECMP route on the
+/// router, connections spread over the nodes, and a node frozen until BFD takes its route out.
+async fn bgp_steps(lab: &Lab, p: &mut Printer<'_>, timeouts: DemoTimeouts) {
+    let router = lab.topology().router.netns.clone();
+    let started = Instant::now();
+    let sessions = wait_for(Duration::from_secs(30), || async {
+        let out = lab.vtysh("show bfd peers brief").ok()?;
+        // The IPv4 sessions (a dual-stack lab has IPv6 ones too).
+        let up = out.lines().filter(|l| l.contains(" 192.0.2.") && l.trim_end().ends_with(" up")).count();
+        (up == lab.node_names().len()).then_some(())
+    })
+    .await;
+    if sessions.is_none() {
+        return p.step(
+            "BGP and BFD sessions from every node's BIRD to the router's FRR",
+            Outcome::Failed(lab.vtysh("show bgp summary").unwrap_or_default()),
+            started.elapsed(),
+        );
+    }
+    p.step("BGP and BFD sessions from every node's BIRD to the router's FRR", Outcome::Ok, started.elapsed());
+    p.time("lab up -> every BGP and BFD session up", started.elapsed());
+    let started = Instant::now();
+    let mut backends = ServiceBackends::new("default", "web").port_name("http");
+    for node in lab.node_names() {
+        if let Err(error) = lab.serve(&node, 80).await {
+            return p.step("start the HTTP servers", Outcome::Failed(error.to_string()), started.elapsed());
+        }
+        backends = backends.backend(Backend::ready(&node));
+    }
+    if let Err(error) = lab.set_endpoints(&backends).await {
+        return p.step("write the EndpointSlices", Outcome::Failed(error.to_string()), started.elapsed());
+    }
+    p.step("serve HTTP on every node and write the EndpointSlices of default/web", Outcome::Ok, started.elapsed());
+    let applied_at = Instant::now();
+    if let Err(error) = lab
+        .apply_yaml(&SERVICE_YAML.replace("purelb.io/service-group: default", "purelb.io/service-group: routed"))
+        .await
+    {
+        return p.step("apply the Service", Outcome::Failed(error.to_string()), applied_at.elapsed());
+    }
+    let Some(address) = wait_for(timeouts.address, || service_address(lab)).await else {
+        return p.step(
+            "wait for the address",
+            Outcome::Failed(format!("none within {:?}", timeouts.address)),
+            applied_at.elapsed(),
+        );
+    };
+    p.step(
+        &format!("the allocator assigned {address} (ServiceGroup routed) to default/web"),
+        Outcome::Ok,
+        applied_at.elapsed(),
+    );
+    show_services(lab, p);
+    let nodes = lab.node_names();
+    let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let routed = wait_for(timeouts.announce, || async { (lab.routed_via(address).ok()? == all).then_some(()) }).await;
+    if routed.is_none() {
+        return p.step(
+            "the router's FIB has a route to the address via every node",
+            Outcome::Failed(format!("routed via {:?}", lab.routed_via(address).unwrap_or_default())),
+            applied_at.elapsed(),
+        );
+    }
+    p.step(
+        &format!("the router's FIB sends {address} to {} (ECMP; `ip -n {router} route`)", all.join(", ")),
+        Outcome::Ok,
+        applied_at.elapsed(),
+    );
+    p.time("Service applied -> route via every node", applied_at.elapsed());
+    let target = SocketAddr::new(address, 80);
+    let started = Instant::now();
+    let mut served: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        match lab.http_get("client", target, "/").await {
+            Ok(reply) if reply.status == 200 => *served.entry(reply.node.unwrap_or_default()).or_default() += 1,
+            Ok(reply) => {
+                return p.step("fetch pages", Outcome::Failed(format!("HTTP {}", reply.status)), started.elapsed());
+            }
+            Err(error) => return p.step("fetch pages", Outcome::Failed(error.to_string()), started.elapsed()),
+        }
+    }
+    let spread: Vec<String> = served.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+    let outcome =
+        if served.len() == nodes.len() { Outcome::Ok } else { Outcome::Failed("not every node served".into()) };
+    p.step(
+        &format!("60 new connections from the client through the router: {}", spread.join(", ")),
+        outcome,
+        started.elapsed(),
+    );
+    let Some(first) = nodes.first().cloned() else { return };
+    let frozen: Vec<String> = vec![super::bgp::bird_name(&first), agent_name(&first), super::serve_name(&first)];
+    let frozen_at = Instant::now();
+    for name in &frozen {
+        if let Err(error) = lab.pause(name) {
+            return p.step("freeze a node", Outcome::Failed(error.to_string()), frozen_at.elapsed());
+        }
+    }
+    p.line(&format!("      froze {first}: its BIRD, agent and HTTP server (SIGSTOP)"));
+    let rest: Vec<&str> = all.iter().copied().filter(|n| *n != first).collect();
+    let withdrawn =
+        wait_for(Duration::from_secs(20), || async { (lab.routed_via(address).ok()? == rest).then_some(()) }).await;
+    let took = frozen_at.elapsed();
+    let outcome = match withdrawn {
+        Some(()) => Outcome::Ok,
+        None => Outcome::Failed(format!("still routed via {:?}", lab.routed_via(address).unwrap_or_default())),
+    };
+    p.step(&format!("BFD (3 × 300 ms) took {first}'s route out of the router"), outcome, took);
+    p.time("node frozen -> route withdrawn (BFD)", took);
+    let started = Instant::now();
+    let reply = lab.http_get("client", target, "/").await;
+    for name in &frozen {
+        let _ = lab.resume(name);
+    }
+    match reply {
+        Ok(reply) if reply.status == 200 => {
+            p.step(&format!("client fetched again: {}", reply.body.trim()), Outcome::Ok, started.elapsed())
+        }
+        Ok(reply) => p.step("fetch again", Outcome::Failed(format!("HTTP {}", reply.status)), started.elapsed()),
+        Err(error) => p.step("fetch again", Outcome::Failed(error.to_string()), started.elapsed()),
+    }
 }
 
 /// The steps after "build the lab" that can be skipped.
