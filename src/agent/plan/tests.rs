@@ -511,15 +511,49 @@ fn remote_ipv6_addresses_are_added_without_dad() {
     both.v6 = parse_pool_spec("spec.remote", &remote6).unwrap().v6;
     world.groups.insert("remote".to_owned(), both);
     let plan = world.plan(&Timers::default());
-    let specs: Vec<(IpAddr, bool)> = plan
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Add { spec, .. } => Some((spec.ip, spec.flags.nodad)),
-            _ => None,
-        })
-        .collect();
+    let specs: Vec<(IpAddr, bool)> = plan.additions().map(|spec| (spec.ip, spec.flags.nodad)).collect();
     assert_eq!(specs, vec![(v4, false), (v6, true)], "{:?}", plan.actions);
+}
+
+/// A local IPv6 address of a group with `skipIPv6DAD` is added without DAD; without it, with.
+#[test]
+fn local_ipv6_addresses_skip_dad_only_when_their_group_says_so() {
+    // An address of the pool this node wins (the test is about the spec, not the election).
+    let v6 = (0xf1..=0xff_u16)
+        .map(|last| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, last]))
+        .find(|a| elect(NODES, *a) == Some(ME))
+        .unwrap();
+    for skip in [false, true] {
+        // Every node is on the IPv6 subnet too.
+        let leases: Vec<Lease> = NODES
+            .map(|n| {
+                let mut l = lease(n, &[], false);
+                if let Some(a) = l.metadata.annotations.as_mut() {
+                    a.insert(contract::LEASE_ANNOTATION_SUBNETS.to_owned(), "192.0.2.0/24,2001:db8::/64".to_owned());
+                }
+                l
+            })
+            .to_vec();
+        let mut svc = service("web6", "local", &[v6], false);
+        if let Some(a) = svc.metadata.annotations.as_mut() {
+            a.insert(contract::ANNOTATION_ALLOCATED_FROM.to_owned(), "local6".to_owned());
+        }
+        let mut world = World::new(vec![svc], members(&leases), kernel(&[]));
+        let spec = PoolSpec {
+            v6pool: Some(AddressPool {
+                pool: "2001:db8::f0/124".into(),
+                subnet: "2001:db8::/64".into(),
+                aggregation: None,
+            }),
+            skip_ipv6_dad: Some(skip),
+            ..PoolSpec::default()
+        };
+        world.groups.insert("local6".to_owned(), parse_pool_spec("spec.local", &spec).unwrap());
+        world.kernel.addresses.push(address(2, "eth0", ip("2001:db8::11"), 64, false));
+        let plan = world.plan(&Timers::default());
+        let specs: Vec<(IpAddr, bool)> = plan.additions().map(|spec| (spec.ip, spec.flags.nodad)).collect();
+        assert_eq!(specs, vec![(v6, skip)], "skipIPv6DAD {skip}: {:?} {:?}", plan.actions, plan.decision);
+    }
 }
 
 #[test]
