@@ -648,6 +648,16 @@ def parse_bgp(out: str) -> Report:
                            ", ".join(fmt_dur(v) for v in values)])
         else:
             r.not_parsed(t, key)
+    m = s.find(rf"MEASURE bgp drain \(--drain-time=1s\): route left the FIB after (?P<r>{DUR}), address left the node after "
+               rf"(?P<a>{DUR}), (?P<n>\d+) requests, (?P<f>\d+) failed$")
+    if m:
+        t.rows.append(["drain (cordon, SIGTERM; `--drain-time=1s`): route out of the FIB / address off the node",
+                       f"{fmt_dur(parse_dur(m['r']))} / {fmt_dur(parse_dur(m['a']))}; {m['n']} new connections, {m['f']} failed"])
+        r.target(issue, "drain: zero failed new connections, the route leaves before the address",
+                 float(m["f"]) if parse_dur(m["r"]) < parse_dur(m["a"]) else 1.0, lambda v: v == 0,
+                 f"{m['f']} failed; route {fmt_dur(parse_dur(m['r']))} before address {fmt_dur(parse_dur(m['a']))}")
+    else:
+        r.not_parsed(t, "drain")
     if "bfd" in runs:
         worst = max(runs["bfd"])
         r.target(issue, "node crash → route withdrawn ≤ 1.5 s with BFD 3 × 300 ms", worst, lambda v: v <= 1.5,
@@ -1601,6 +1611,7 @@ MEASURE bgp 300 connections over 3 next hops: {"n1": 96, "n2": 96, "n3": 108}
 MEASURE bgp node frozen -> route withdrawn, BFD 3 x 300 ms: [831.057257ms, 960.051525ms, 922.835725ms]
 MEASURE bgp node frozen -> route withdrawn, no BFD (hold time 9 s): [6.984999659s, 9.018080284s, 9.017974339s]
 MEASURE bgp node frozen -> route withdrawn, BFD 3 x 100 ms: [336.79974ms, 330.987912ms, 346.023661ms]
+MEASURE bgp drain (--drain-time=1s): route left the FIB after 90.313089ms, address left the node after 1.047139592s, 144 requests, 0 failed
 """,
     "decide": """\
 running 1 test
@@ -1678,7 +1689,7 @@ def self_test() -> int:
     check(target(r, "cordoned node").met is True, "upgrades: cordoned")
     check(all(t.met is True for t in r.targets) and len(r.targets) == 5, f"upgrades targets {r.targets}")
     r = reports["bgp"]
-    check(all(t.met is True for t in r.targets) and len(r.targets) == 3, f"bgp targets {r.targets}")
+    check(all(t.met is True for t in r.targets) and len(r.targets) == 4, f"bgp targets {r.targets}")
     check(len(r.baselines) == 1 and "9.22×" in r.baselines[0], f"bgp baseline {r.baselines}")
     check(any("3 x 100 ms" in row[0] and "331 ms" in row[1] for row in r.tables[0].rows), f"bgp 100 ms row {r.tables[0].rows}")
     r = reports["queue"]

@@ -2,13 +2,14 @@
 # Chaos soaks in the network-namespace lab (issue 9; needs root, ip, and a kernel with network
 # namespaces). See e2e/README.md, "Soak".
 #
-#   scripts/soak.sh                    CI: a 3-minute soak with a fixed seed and, side by side,
-#                                      one with a random seed (printed first, so a failure can
-#                                      be rerun)
+#   scripts/soak.sh                    CI: two 3-minute soaks side by side, with two fixed seeds
+#                                      (random seeds run weekly, 30 minutes: a random seed in the
+#                                      gate made CI fail on an open bug it had not introduced;
+#                                      TESTING.md, "CI and the soak's timing bounds")
 #   scripts/soak.sh DURATION [SEED]    one soak (DURATION in seconds or e.g. 30m; SEED random
 #                                      when omitted); `just soak` runs this
 #
-# Environment: SOAK_FIXED_SEED (default 1), SOAK_BUILD=release|debug (default release),
+# Environment: SOAK_FIXED_SEED (default 1), SOAK_SECOND_SEED (default 376867715), SOAK_BUILD=release|debug (default release),
 # SOAK_NODES=3|4 (default 4), SOAK_OUT (JSON reports, default target/soak),
 # SOAK_AVOID_OPEN_BUGS=0|1 (default 0: every fault; 1 passes --avoid-open-bugs, which leaves out
 # agent cut-offs by hanging connections, see e2e/README.md, "Soak").
@@ -46,8 +47,8 @@ if [ $# -ge 1 ]; then
 fi
 
 # The two CI soaks run side by side (separate labs), each into its own log, printed after.
-seed="$(random_seed)"
-echo "soak random seed: $seed (rerun: SOAK_AVOID_OPEN_BUGS=${SOAK_AVOID_OPEN_BUGS:-0} scripts/soak.sh 180 $seed)"
+seed="${SOAK_SECOND_SEED:-376867715}"
+echo "soak seeds: ${SOAK_FIXED_SEED:-1} and $seed (rerun one: SOAK_AVOID_OPEN_BUGS=${SOAK_AVOID_OPEN_BUGS:-0} scripts/soak.sh 180 SEED)"
 one 180 "${SOAK_FIXED_SEED:-1}" "fixed" > "$out/fixed.log" 2>&1 &
 fixed=$!
 one 180 "$seed" "random" > "$out/random.log" 2>&1 &

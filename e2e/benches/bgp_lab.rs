@@ -10,6 +10,9 @@
 //! - node frozen (its BIRD, agent and HTTP server SIGSTOPped) → the router's FIB drops it,
 //!   with BFD 3 × 300 ms, and without BFD (hold time 9 s); 3 runs each.
 //! - the spread of 300 new connections over the 3 next hops.
+//! - BFD 3 × 100 ms (the router's profile and the BGPPeer changed at run time), 3 runs.
+//! - drain: a cordoned node's agent stopped; when its route leaves the router's FIB, when its
+//!   address leaves the node, and the failed new connections meanwhile.
 //!
 //! Prints `MEASURE` lines for `scripts/bench-report.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_precision_loss)]
@@ -194,5 +197,51 @@ async fn main() {
         fast.push(freeze_n1(&lab, ip).await);
     }
     println!("MEASURE bgp node frozen -> route withdrawn, BFD 3 x 100 ms: {fast:?}");
+
+    // Drain: n1 cordoned, then its agent stopped (SIGTERM) while the client opens a new
+    // connection every 20 ms; when the route leaves the FIB, when the address leaves n1.
+    lab::workload::install(&lab.client(), &lab.node_names()).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client_ns = lab.host("client").unwrap().netns.clone();
+    let flag = stop.clone();
+    let traffic = std::thread::spawn(move || {
+        let (mut sent, mut failed) = (0_usize, 0_usize);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            sent += 1;
+            if lab::http::get_blocking(&client_ns, SocketAddr::new(ip, 80), "/", Duration::from_secs(3)).is_err() {
+                failed += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (sent, failed)
+    });
+    lab::workload::cordon(&lab.client(), "n1", true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    let (route_gone, address_gone) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let term = scope.spawn(|| lab.terminate_agent("n1", Duration::from_secs(20)).unwrap());
+            let (mut route_gone, mut address_gone) = (None, None);
+            while stopping.elapsed() < Duration::from_secs(15) && (route_gone.is_none() || address_gone.is_none()) {
+                if route_gone.is_none() && !lab.routed_via(ip).unwrap().contains(&"n1".to_owned()) {
+                    route_gone = Some(stopping.elapsed());
+                }
+                if address_gone.is_none() && !lab.holders(ip).unwrap().contains(&"n1".to_owned()) {
+                    address_gone = Some(stopping.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            term.join().unwrap();
+            (route_gone, address_gone)
+        })
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = traffic.join().unwrap();
+    println!(
+        "MEASURE bgp drain (--drain-time=1s): route left the FIB after {:?}, address left the node after {:?}, {sent} requests, {failed} failed",
+        route_gone.expect("the route never left"),
+        address_gone.expect("the address never left")
+    );
     drop(lab);
 }
