@@ -236,6 +236,8 @@ struct World {
     draining: bool,
     drain_started: Option<Instant>,
     now: Instant,
+    /// Address options of the local and the dummy interface.
+    options: (AddressOptions, AddressOptions),
 }
 
 impl World {
@@ -254,12 +256,13 @@ impl World {
             draining: false,
             drain_started: None,
             now: Instant::now(),
+            options: options(),
         }
     }
 
     fn plan(&self, timers: &Timers) -> Plan {
         let services: Vec<&Service> = self.services.iter().collect();
-        let (local_options, dummy_options) = options();
+        let (local_options, dummy_options) = self.options;
         plan(
             &Snapshot {
                 node: ME,
@@ -337,6 +340,60 @@ fn held_local(addr: IpAddr) -> HeldState {
         quiet_takeover: None,
         force_nodad: false,
     }
+}
+
+/// A held address with a lifetime is added again (renewed) once less than half of it is left,
+/// and a pass is scheduled every third of the lifetime; one whose flags differ from the spec is added
+/// again with the right ones; an announced address present in the kernel is not announced again.
+#[test]
+fn held_addresses_are_renewed_at_half_their_lifetime_and_re_added_when_their_flags_differ() {
+    let (won, _) = won_and_lost();
+    let addr = won[0];
+    let lifetime = AddressOptions { valid_lifetime: 300, preferred_lifetime: 300, no_prefix_route: true };
+    let mut held = held_local(addr);
+    held.spec = held.spec.lifetimes(300, 300);
+    let timers = Timers { held: BTreeMap::from([(addr, held)]), ..Timers::default() };
+    for (left, renew) in [(Some(149), true), (Some(150), false), (Some(151), false), (None, true)] {
+        let mut present = on_eth0(addr);
+        present.valid_lifetime = left;
+        let mut world = World::new(vec![service("web", "local", &[addr], false)], all_live(), kernel(&[present]));
+        world.options.0 = lifetime;
+        let plan = world.plan(&timers);
+        let want = if renew { vec![(addr, "eth0".to_owned(), AddWhy::Renew)] } else { Vec::new() };
+        assert_eq!(adds(&plan), want, "{left:?} s left of 300");
+        assert!(announces(&plan).is_empty(), "an announced address is announced again: {:?}", plan.actions);
+        // A pass every third of the lifetime finds each address before half of it is gone.
+        assert_eq!(plan.wake_after, Some(Duration::from_secs(100)), "the renewal is scheduled");
+    }
+    // Permanent addresses: nothing to renew, no wake-up for it.
+    let world = World::new(vec![service("web", "local", &[addr], false)], all_live(), kernel(&[on_eth0(addr)]));
+    let plan = world.plan(&Timers { held: BTreeMap::from([(addr, held_local(addr))]), ..Timers::default() });
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.wake_after, None);
+    // Flags that differ (no noprefixroute in the kernel): added again with them.
+    let mut present = on_eth0(addr);
+    present.flags = AddressFlags::default();
+    let world = World::new(vec![service("web", "local", &[addr], false)], all_live(), kernel(&[present]));
+    let plan = world.plan(&Timers { held: BTreeMap::from([(addr, held_local(addr))]), ..Timers::default() });
+    assert_eq!(adds(&plan), vec![(addr, "eth0".to_owned(), AddWhy::Flags)]);
+}
+
+/// The dummy interface is ensured once per plan, before the first remote addition, and not for
+/// local ones.
+#[test]
+fn the_dummy_interface_is_ensured_once_and_only_for_remote_additions() {
+    let (won, _) = won_and_lost();
+    let remote = [ip("198.51.100.17"), ip("198.51.100.18")];
+    let services = vec![service("web", "remote", &remote, false), service("lan", "local", &won[..1], false)];
+    let world = World::new(services, all_live(), kernel(&[]));
+    let plan = world.plan(&Timers::default());
+    let ensures = plan.actions.iter().filter(|a| matches!(a, Action::EnsureDummy(_))).count();
+    assert_eq!(ensures, 1, "{:?}", plan.actions);
+    let first_remote = plan.actions.iter().position(|a| matches!(a, Action::Add { kind: Kind::Remote, .. })).unwrap();
+    let ensure = plan.actions.iter().position(|a| matches!(a, Action::EnsureDummy(_))).unwrap();
+    assert!(ensure < first_remote, "{:?}", plan.actions);
+    let local_only = World::new(vec![service("lan", "local", &won[..1], false)], all_live(), kernel(&[]));
+    assert!(!local_only.plan(&Timers::default()).actions.iter().any(|a| matches!(a, Action::EnsureDummy(_))));
 }
 
 #[test]
