@@ -58,11 +58,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn bfd_up(lab: &Lab) {
-    let up = wait_for(Duration::from_secs(60), || async {
-        let out = lab.vtysh("show bfd peers brief").ok()?;
-        (out.lines().filter(|l| l.trim_end().ends_with(" up")).count() == 3).then_some(())
-    })
-    .await;
+    let up = wait_for(Duration::from_secs(60), || async { (lab.bfd_sessions_up().ok()? == 3).then_some(()) }).await;
     assert!(up.is_some(), "BFD not up:\n{}", lab.vtysh("show bfd peers brief").unwrap_or_default());
 }
 

@@ -369,11 +369,7 @@ async fn a_frozen_node_leaves_the_router_within_bfd_time() {
     wait_routed(&lab, ip, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
     // BFD comes up after the BGP session (the router starts it for a dynamic neighbour once
     // established): wait until the router has it up with every node.
-    let bfd = wait_for(Duration::from_secs(30), || async {
-        let out = lab.vtysh("show bfd peers brief").ok()?;
-        (out.lines().filter(|l| l.trim_end().ends_with(" up")).count() == 3).then_some(())
-    })
-    .await;
+    let bfd = wait_for(Duration::from_secs(30), || async { (lab.bfd_sessions_up().ok()? == 3).then_some(()) }).await;
     assert!(bfd.is_some(), "BFD not up with every node:\n{}", lab.vtysh("show bfd peers brief").unwrap_or_default());
     let traffic = Traffic::start(&lab, ip);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -287,16 +287,41 @@ pub async fn run(options: LabOptions, timeouts: DemoTimeouts, out: &mut dyn Writ
     p.report
 }
 
+/// Serves HTTP on every node and writes the EndpointSlices of default/web; whether it worked
+/// (the step is reported either way).
+async fn serve_everywhere(lab: &Lab, p: &mut Printer<'_>) -> bool {
+    let started = Instant::now();
+    let mut backends = ServiceBackends::new("default", "web").port_name("http");
+    for node in lab.node_names() {
+        if let Err(error) = lab.serve(&node, 80).await {
+            p.step("start the HTTP servers", Outcome::Failed(error.to_string()), started.elapsed());
+            return false;
+        }
+        backends = backends.backend(Backend::ready(&node));
+    }
+    match lab.set_endpoints(&backends).await {
+        Ok(()) => {
+            p.step(
+                "serve HTTP on every node and write the EndpointSlices of default/web",
+                Outcome::Ok,
+                started.elapsed(),
+            );
+            true
+        }
+        Err(error) => {
+            p.step("write the EndpointSlices", Outcome::Failed(error.to_string()), started.elapsed());
+            false
+        }
+    }
+}
+
 /// The BGP demo (`demo --bgp`): a Service of the lab's routed group, its ECMP route on the
 /// router, connections spread over the nodes, and a node frozen until BFD takes its route out.
 async fn bgp_steps(lab: &Lab, p: &mut Printer<'_>, timeouts: DemoTimeouts) {
     let router = lab.topology().router.netns.clone();
     let started = Instant::now();
     let sessions = wait_for(Duration::from_secs(30), || async {
-        let out = lab.vtysh("show bfd peers brief").ok()?;
-        // The IPv4 sessions (a dual-stack lab has IPv6 ones too).
-        let up = out.lines().filter(|l| l.contains(" 192.0.2.") && l.trim_end().ends_with(" up")).count();
-        (up == lab.node_names().len()).then_some(())
+        (lab.bfd_sessions_up().ok()? == lab.node_names().len()).then_some(())
     })
     .await;
     if sessions.is_none() {
@@ -308,18 +333,9 @@ async fn bgp_steps(lab: &Lab, p: &mut Printer<'_>, timeouts: DemoTimeouts) {
     }
     p.step("BGP and BFD sessions from every node's BIRD to the router's FRR", Outcome::Ok, started.elapsed());
     p.time("lab up -> every BGP and BFD session up", started.elapsed());
-    let started = Instant::now();
-    let mut backends = ServiceBackends::new("default", "web").port_name("http");
-    for node in lab.node_names() {
-        if let Err(error) = lab.serve(&node, 80).await {
-            return p.step("start the HTTP servers", Outcome::Failed(error.to_string()), started.elapsed());
-        }
-        backends = backends.backend(Backend::ready(&node));
+    if !serve_everywhere(lab, p).await {
+        return;
     }
-    if let Err(error) = lab.set_endpoints(&backends).await {
-        return p.step("write the EndpointSlices", Outcome::Failed(error.to_string()), started.elapsed());
-    }
-    p.step("serve HTTP on every node and write the EndpointSlices of default/web", Outcome::Ok, started.elapsed());
     let applied_at = Instant::now();
     if let Err(error) = lab
         .apply_yaml(&SERVICE_YAML.replace("purelb.io/service-group: default", "purelb.io/service-group: routed"))
@@ -450,21 +466,8 @@ async fn steps(
         Err(error) => return p.step("apply the ServiceGroup", Outcome::Failed(error.to_string()), started.elapsed()),
     }
 
-    let started = Instant::now();
-    let mut backends = ServiceBackends::new("default", "web").port_name("http");
-    for node in lab.node_names() {
-        if let Err(error) = lab.serve(&node, 80).await {
-            return p.step("start the HTTP servers", Outcome::Failed(error.to_string()), started.elapsed());
-        }
-        backends = backends.backend(Backend::ready(&node));
-    }
-    match lab.set_endpoints(&backends).await {
-        Ok(()) => p.step(
-            "serve HTTP on every node and write the EndpointSlices of default/web",
-            Outcome::Ok,
-            started.elapsed(),
-        ),
-        Err(error) => return p.step("write the EndpointSlices", Outcome::Failed(error.to_string()), started.elapsed()),
+    if !serve_everywhere(lab, p).await {
+        return;
     }
 
     let applied_at = Instant::now();

@@ -852,20 +852,7 @@ impl Lab {
     ///
     /// vtysh fails.
     pub fn vtysh(&self, command: &str) -> Result<String, LabError> {
-        let frr = bgp::frr_dir(&self.dir);
-        let out = std::process::Command::new("vtysh")
-            .arg("--vty_socket")
-            .arg(&frr)
-            .args(["-c", command])
-            .output()
-            .map_err(|source| LabError::Spawn { command: format!("vtysh -c {command:?}"), source })?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                command: format!("vtysh -c {command:?}"),
-                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.vtysh_run(&[command])
     }
 
     /// Runs `configure terminal` and then `lines` on the router's FRR.
@@ -874,20 +861,37 @@ impl Lab {
     ///
     /// vtysh fails.
     pub fn vtysh_config(&self, lines: &[&str]) -> Result<String, LabError> {
-        let frr = bgp::frr_dir(&self.dir);
+        let mut commands = vec!["configure terminal"];
+        commands.extend_from_slice(lines);
+        self.vtysh_run(&commands)
+    }
+
+    /// One vtysh call with `-c` per command.
+    fn vtysh_run(&self, commands: &[&str]) -> Result<String, LabError> {
         let mut command = std::process::Command::new("vtysh");
-        command.arg("--vty_socket").arg(&frr).args(["-c", "configure terminal"]);
-        for line in lines {
-            command.args(["-c", line]);
+        command.arg("--vty_socket").arg(bgp::frr_dir(&self.dir));
+        for c in commands {
+            command.args(["-c", c]);
         }
-        let out = command.output().map_err(|source| LabError::Spawn { command: format!("vtysh {lines:?}"), source })?;
+        let shown = format!("vtysh {commands:?}");
+        let out = command.output().map_err(|source| LabError::Spawn { command: shown.clone(), source })?;
         if !out.status.success() {
             return Err(LabError::Command {
-                command: format!("vtysh {lines:?}"),
+                command: shown,
                 detail: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The router's BFD sessions that are up with nodes' IPv4 addresses.
+    ///
+    /// # Errors
+    ///
+    /// vtysh fails.
+    pub fn bfd_sessions_up(&self) -> Result<usize, LabError> {
+        let out = self.vtysh("show bfd peers brief")?;
+        Ok(out.lines().filter(|l| l.contains(" 192.0.2.") && l.trim_end().ends_with(" up")).count())
     }
 
     /// The nodes the router's FIB sends `addr` to (ECMP next hops), by name.
