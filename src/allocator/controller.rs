@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
+    conditions,
     groups::GroupSet,
     request::{ServiceKey, ServiceRequest},
     table::{Allocator, Decision, Failure, Holding},
@@ -175,6 +176,8 @@ struct State {
     last_note: HashMap<(String, &'static str), String>,
     /// Holders per address, from the node Leases.
     holders: HashMap<IpAddr, Vec<(String, String)>>,
+    /// The live members of the election (for the `purelb.io/Announced` condition).
+    members: election::Members,
     /// The table has been rebuilt since this replica took the lead.
     ready: bool,
 }
@@ -428,6 +431,8 @@ struct Plan {
     group_status: Vec<String>,
     retry_failed: bool,
     announcing: [Option<String>; 2],
+    /// The Service's conditions (`api.md` §9); empty when PureLB does not handle it.
+    conditions: Vec<conditions::Wanted>,
 }
 
 impl Worker {
@@ -544,6 +549,16 @@ impl Worker {
             holders.iter().filter(|(ip, list)| state.holders.get(*ip) != Some(*list)).map(|(ip, _)| *ip).collect();
         changed.extend(state.holders.keys().filter(|ip| !holders.contains_key(*ip)));
         state.holders = holders;
+        // Who may announce changed (a node came, went, drains or has other subnets): every
+        // Service's Announced condition may have another reason.
+        let shape = |m: &election::Members| -> Vec<(String, Vec<crate::core::ipam::Subnet>, bool)> {
+            m.iter().map(|m| (m.node.clone(), m.subnets.clone(), m.draining)).collect()
+        };
+        let members_changed = shape(&state.members) != shape(&live);
+        state.members = live;
+        if members_changed {
+            return state.table.holders().map(|(k, _)| k.clone()).collect();
+        }
         changed.into_iter().flat_map(|ip| state.table.users_of(ip)).collect()
     }
 
@@ -652,6 +667,19 @@ impl Worker {
             plan.announcing =
                 [announcing_value(&state.holders, h, Family::V4), announcing_value(&state.holders, h, Family::V6)];
         }
+        if req.handled && !plan.clear {
+            let allocated = conditions::allocated(plan.ensure.as_ref(), plan.failure.as_ref());
+            let announced = match &plan.ensure {
+                Some(h) => conditions::announced(h, &state.members, req.local_traffic),
+                None => conditions::Wanted {
+                    kind: conditions::ANNOUNCED,
+                    status: false,
+                    reason: conditions::reason::PENDING,
+                    message: "the Service has no address yet (see the purelb.io/Allocated condition)".to_owned(),
+                },
+            };
+            plan.conditions = vec![allocated, announced];
+        }
         let _ = svc;
         plan
     }
@@ -692,9 +720,9 @@ impl Worker {
             self.queue.add_after(Work::GroupStatus(group.clone()), GROUP_STATUS_DELAY);
         }
         let result = match (&plan.ensure, plan.clear) {
-            (Some(holding), _) => self.ensure_service(&svc, holding, &plan.announcing).await,
+            (Some(holding), _) => self.ensure_service(&svc, holding, &plan.announcing, &plan.conditions).await,
             (None, true) => self.clear_service(&svc).await,
-            (None, false) => Ok(()),
+            (None, false) => self.write_status(&svc, svc.resource_version(), None, &plan.conditions).await,
         };
         if result.is_ok() {
             // The status no longer shows what the Service gave up: only now may others get it.
@@ -713,6 +741,7 @@ impl Worker {
         svc: &Service,
         holding: &Holding,
         announcing: &[Option<String>; 2],
+        wanted: &[conditions::Wanted],
     ) -> Result<(), AllocatorError> {
         let pool_type = match holding.pool_type {
             PoolType::Local => "local",
@@ -756,8 +785,31 @@ impl Worker {
         if !patch.is_empty() {
             version = Some(self.write(svc, version, false, json!({"metadata": {"annotations": patch}})).await?);
         }
-        if status_differs {
-            self.write(svc, version, true, json!({"status": {"loadBalancer": {"ingress": ingress}}})).await?;
+        self.write_status(svc, version, status_differs.then_some(ingress), wanted).await
+    }
+
+    /// Writes the Service's status where it differs: the ingress list (`Some`: replaced) and the
+    /// conditions that changed, in one strategic merge patch (conditions merge by `type`, so
+    /// other controllers' conditions stay; the ingress list is atomic).
+    async fn write_status(
+        &self,
+        svc: &Service,
+        version: Option<String>,
+        ingress: Option<Vec<Value>>,
+        wanted: &[conditions::Wanted],
+    ) -> Result<(), AllocatorError> {
+        let existing = svc.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+        let changed = conditions::changes(existing, wanted, svc.metadata.generation, &now.to_string());
+        let mut status = serde_json::Map::new();
+        if let Some(ingress) = ingress {
+            status.insert("loadBalancer".to_owned(), json!({"ingress": ingress}));
+        }
+        if !changed.is_empty() {
+            status.insert("conditions".to_owned(), Value::Array(changed));
+        }
+        if !status.is_empty() {
+            self.write(svc, version, true, json!({"status": status})).await?;
         }
         Ok(())
     }
@@ -786,8 +838,17 @@ impl Worker {
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref())
             .is_some_and(|i| !i.is_empty());
+        let existing = svc.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        let removals = conditions::removals(existing);
+        let mut status = serde_json::Map::new();
         if had_ours && has_ingress {
-            self.write(svc, version, true, json!({"status": {"loadBalancer": {"ingress": null}}})).await?;
+            status.insert("loadBalancer".to_owned(), json!({"ingress": null}));
+        }
+        if !removals.is_empty() {
+            status.insert("conditions".to_owned(), Value::Array(removals));
+        }
+        if !status.is_empty() {
+            self.write(svc, version, true, json!({"status": status})).await?;
         }
         Ok(())
     }
@@ -810,7 +871,9 @@ impl Worker {
         }
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
         let action = if status { "update the status of" } else { "update the annotations of" };
-        let written = self.guarded_patch(&api, &key.name, status, &body, action, object).await?;
+        // A Service's status is written with a strategic merge patch: its conditions merge by
+        // `type` (a merge patch would replace the whole list, other controllers' entries too).
+        let written = self.guarded_patch(&api, &key.name, status, status, &body, action, object).await?;
         Ok(written.resource_version().unwrap_or_default())
     }
 
@@ -822,6 +885,7 @@ impl Worker {
         api: &Api<K>,
         name: &str,
         status: bool,
+        strategic: bool,
         body: &Value,
         action: &'static str,
         object: String,
@@ -838,11 +902,8 @@ impl Worker {
         }
         let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
         let call = async {
-            if status {
-                api.patch_status(name, &pp, &Patch::Merge(body)).await
-            } else {
-                api.patch(name, &pp, &Patch::Merge(body)).await
-            }
+            let patch = if strategic { Patch::Strategic(body) } else { Patch::Merge(body) };
+            if status { api.patch_status(name, &pp, &patch).await } else { api.patch(name, &pp, &patch).await }
         };
         metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
         let result = tokio::time::timeout(timeout, call).await;
@@ -966,7 +1027,7 @@ impl Worker {
             body["metadata"] = json!({"resourceVersion": version});
         }
         let object = format!("BGPPeer {ns}/{name} status");
-        self.guarded_patch(&api, name, true, &body, "update the status of", object).await.map(|_| ())
+        self.guarded_patch(&api, name, true, false, &body, "update the status of", object).await.map(|_| ())
     }
 
     /// Writes a ServiceGroup's status when it differs from what the cache shows.
@@ -1066,7 +1127,7 @@ impl Worker {
             body["metadata"] = json!({"resourceVersion": version});
         }
         let object = format!("ServiceGroup {ns}/{name} status");
-        self.guarded_patch(&api, name, true, &body, "update the status of", object).await.map(|_| ())
+        self.guarded_patch(&api, name, true, false, &body, "update the status of", object).await.map(|_| ())
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`request`] (what a Service asks for), [`table`] (the allocation table and decisions);
 //! [`netbox`] talks to NetBox for netbox groups.
 
+pub mod conditions;
 pub mod controller;
 pub mod groups;
 pub mod netbox;
