@@ -631,3 +631,101 @@ async fn announcing_names_only_nodes_with_a_live_lease() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// The Service's `purelb.io/*` conditions, as (type, status, reason, message).
+async fn purelb_conditions(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String, String)> {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let svc = api.get(name).await.unwrap();
+    svc.status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, c.status, c.reason, c.message))
+        .collect()
+}
+
+async fn node_lease(client: &Client, node: &str, subnets: &str, announcing: &str) {
+    use purelb::k8s_openapi::api::coordination::v1::Lease;
+    let api: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let now = purelb::k8s_openapi::jiff::Timestamp::now();
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": format!("purelb-node-{node}"),
+            "labels": {"app.kubernetes.io/name": "purelb", "app.kubernetes.io/component": "agent"},
+            "annotations": {
+            "purelb.io/subnets": subnets, "purelb.io/announcing": announcing}},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 60, "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()}
+    }))
+    .unwrap();
+    api.patch(&lease.name_any(), &PatchParams::apply("test").force(), &Patch::Apply(&lease)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_conditions_follow_allocation_and_announcement_and_keep_other_conditions() {
+    let (_emu, client) = setup().await;
+    group(&client, "default", local("192.0.2.240/31")).await;
+    let (_task, _stop) = start_allocator(client.clone());
+    create_svc(&client, "web", "a", json!({}), json!({})).await;
+    addresses_of(&client, "web", "a", 1).await;
+    let conditions =
+        async |name: &str, kind: &str| purelb_conditions(&client, "web", name).await.into_iter().find(|c| c.0 == kind);
+    let allocated =
+        wait_for("Allocated", async || conditions("a", "purelb.io/Allocated").await.filter(|c| c.1 == "True")).await;
+    assert_eq!(allocated.2, "Allocated");
+    assert!(allocated.3.contains("192.0.2.240 from ServiceGroup default"), "{allocated:?}");
+    let no_agent = wait_for("Announced NoAgent", async || conditions("a", "purelb.io/Announced").await).await;
+    assert_eq!((no_agent.1.as_str(), no_agent.2.as_str()), ("False", "NoAgent"), "{no_agent:?}");
+
+    // Another controller's condition survives PureLB's writes.
+    let api: Api<Service> = Api::namespaced(client.clone(), "web");
+    api.patch_status(
+        "a",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"status": {"conditions": [{"type": "example.com/Checked", "status": "True",
+            "reason": "Fine", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})),
+    )
+    .await
+    .unwrap();
+
+    // An agent on another subnet: no candidate. On the right subnet, not yet holding: pending.
+    node_lease(&client, "n1", "198.51.100.0/24", "").await;
+    let c = wait_for("NoCandidateNode", async || {
+        conditions("a", "purelb.io/Announced").await.filter(|c| c.2 == "NoCandidateNode")
+    })
+    .await;
+    assert!(c.3.contains("192.0.2.240"), "{c:?}");
+    node_lease(&client, "n2", "192.0.2.0/24", "").await;
+    wait_for("Pending", async || conditions("a", "purelb.io/Announced").await.filter(|c| c.2 == "Pending")).await;
+    node_lease(&client, "n2", "192.0.2.0/24", "192.0.2.240%eth0").await;
+    let c =
+        wait_for("Announced", async || conditions("a", "purelb.io/Announced").await.filter(|c| c.1 == "True")).await;
+    assert_eq!((c.2.as_str(), c.3.as_str()), ("Announced", "192.0.2.240 on n2 (eth0)"));
+
+    // The group is full: the next Service is not allocated, and says why.
+    create_svc(&client, "web", "b", json!({}), json!({})).await;
+    create_svc(&client, "web", "c", json!({}), json!({})).await;
+    let full = wait_for("PoolExhausted", async || {
+        for name in ["b", "c"] {
+            if let Some(c) = conditions(name, "purelb.io/Allocated").await.filter(|c| c.1 == "False") {
+                return Some(c);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(full.2, "PoolExhausted", "{full:?}");
+
+    let all = purelb_conditions(&client, "web", "a").await;
+    assert!(all.iter().any(|c| c.0 == "example.com/Checked"), "{all:?}");
+
+    // No longer PureLB's: its conditions go, the other controller's stays.
+    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"loadBalancerClass": "example.com/other"}})))
+        .await
+        .unwrap();
+    let left = wait_for("PureLB's conditions removed", async || {
+        let all = purelb_conditions(&client, "web", "a").await;
+        (!all.iter().any(|c| c.0.starts_with("purelb.io/"))).then_some(all)
+    })
+    .await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "example.com/Checked");
+}

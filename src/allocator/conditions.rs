@@ -150,13 +150,14 @@ pub fn announced(holding: &Holding, members: &Members, local_traffic: bool) -> W
 fn not_held(ip: IpAddr, pool_type: PoolType, members: &Members, local_traffic: bool) -> Wanted {
     let local = pool_type == PoolType::Local;
     if local && members.candidates(ip).next().is_none() {
-        let draining: Vec<&str> =
-            members.iter().filter(|m| m.draining).map(|m| m.node.as_str()).collect();
+        let draining: Vec<&str> = members.iter().filter(|m| m.draining).map(|m| m.node.as_str()).collect();
         let mut message = format!("no live agent has a subnet containing {ip}");
         if !draining.is_empty() {
             message.push_str(&format!(" (draining, not candidates: {})", draining.join(", ")));
         }
-        message.push_str(": put the address on a subnet of the nodes' interfaces, or check the LBNodeAgent's localInterface");
+        message.push_str(
+            ": put the address on a subnet of the nodes' interfaces, or check the LBNodeAgent's localInterface",
+        );
         return Wanted::new(ANNOUNCED, false, reason::NO_CANDIDATE_NODE, message);
     }
     if local_traffic {

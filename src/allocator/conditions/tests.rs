@@ -147,10 +147,8 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str, generation: 
 
 #[test]
 fn only_changed_conditions_are_written_and_transition_times_move_with_the_status() {
-    let want = [
-        Wanted::new(ALLOCATED, true, "Allocated", "a".into()),
-        Wanted::new(ANNOUNCED, false, "Pending", "p".into()),
-    ];
+    let want =
+        [Wanted::new(ALLOCATED, true, "Allocated", "a".into()), Wanted::new(ANNOUNCED, false, "Pending", "p".into())];
     let now = "2027-01-01T00:00:00Z";
     // Nothing there: both, with the time now.
     let all = changes(&[], &want, Some(3), now);
@@ -186,11 +184,5 @@ fn removals_touch_only_purelb_conditions() {
         condition(ANNOUNCED, "True", "Announced", "a", None),
     ];
     let r = removals(&existing);
-    assert_eq!(
-        r,
-        vec![
-            json!({"$patch": "delete", "type": ALLOCATED}),
-            json!({"$patch": "delete", "type": ANNOUNCED})
-        ]
-    );
+    assert_eq!(r, vec![json!({"$patch": "delete", "type": ALLOCATED}), json!({"$patch": "delete", "type": ANNOUNCED})]);
 }
