@@ -26,6 +26,12 @@ pub enum Command {
     Agent(AgentArgs),
     /// Remove PureLB-owned addresses this node should not hold, once, then exit.
     Reconcile(ReconcileArgs),
+    /// One screen about the installation: allocator, agents, ServiceGroups, Services; OK / WARNING / FAIL (exit 0 / 1 / 2).
+    Status(StatusArgs),
+    /// Explain how a Service's addresses were chosen and which node announces each, and why.
+    Explain(ExplainArgs),
+    /// Check PureLB's configuration: manifests before they are applied (-f), or what is in the cluster.
+    Validate(ValidateArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types, as YAML.
     Crds,
     /// Print the version.
@@ -349,4 +355,89 @@ mod tests {
         let message = check_lease_flags("allocator", s(15), s(10)).unwrap_err();
         assert!(message.contains("--renew-interval 10s") && message.contains("--lease-duration 15s"), "{message}");
     }
+}
+
+/// How the operator commands reach the cluster (kubectl's flags).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file; without it, $KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace PureLB is installed in (not the Service's: that is part of NAMESPACE/NAME).
+    #[arg(short = 'n', long, env = "PURELB_NAMESPACE", default_value = contract::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// spec.loadBalancerClass the allocator handles (its --lb-class).
+    #[arg(long, env = "PURELB_LB_CLASS", default_value = contract::DEFAULT_LB_CLASS)]
+    pub lb_class: String,
+}
+
+impl ClusterArgs {
+    /// The connection target.
+    #[must_use]
+    pub fn target(&self) -> crate::ops::snapshot::Target {
+        crate::ops::snapshot::Target { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() }
+    }
+}
+
+/// `purelb status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Cluster flags.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::ops::output::Format::Text)]
+    pub output: crate::ops::output::Format,
+    /// Print the report again whenever it changes (until interrupted).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// How often --watch reads the cluster.
+    #[arg(long, value_parser = duration_arg, default_value = "2s")]
+    pub interval: Duration,
+}
+
+/// `purelb explain`.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// What to explain.
+    #[command(subcommand)]
+    pub what: ExplainWhat,
+}
+
+/// The objects `explain` explains.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ExplainWhat {
+    /// A LoadBalancer Service, as NAMESPACE/NAME.
+    Service {
+        /// NAMESPACE/NAME of the Service.
+        #[arg(value_name = "NAMESPACE/NAME")]
+        name: String,
+        /// Cluster flags.
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::ops::output::Format::Text)]
+        output: crate::ops::output::Format,
+    },
+}
+
+/// `purelb validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Manifest files or directories to check offline (YAML or JSON, several documents each;
+    /// a directory: its .yaml, .yml and .json files; `-`: standard input); none: check the cluster.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    pub strict: bool,
+    /// Cluster flags (also the namespace objects without one are taken to be in).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = crate::ops::output::Format::Text)]
+    pub output: crate::ops::output::Format,
 }

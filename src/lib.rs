@@ -15,6 +15,7 @@ pub mod duration;
 pub mod events;
 pub mod leader;
 pub mod netbox;
+pub mod ops;
 pub mod process;
 pub mod reconcile;
 pub mod telemetry;

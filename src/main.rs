@@ -6,7 +6,7 @@ use clap::Parser;
 use purelb::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     // Combinations clap cannot see: exit 2 with clap's usage, before anything starts.
     let checked = match &cli.command {
         Command::Agent(args) => args.check().map_err(|m| ("agent", m)),
@@ -29,8 +29,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line. Started as `kubectl-purelb` (a kubectl plugin: `kubectl purelb status`),
+/// the binary is the same `purelb`; only its help says `kubectl purelb`.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let plugin = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("kubectl-purelb"));
+    if !plugin {
+        return Cli::parse();
+    }
+    let matches = Cli::command().bin_name("kubectl purelb").name("kubectl-purelb").get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Status(args) => ops::status(&args),
+        Command::Explain(args) => ops::explain(&args),
+        Command::Validate(args) => ops::validate(&args),
         Command::Crds => {
             let yaml = purelb::api::crd_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
@@ -189,4 +208,105 @@ fn run_reconcile(args: &purelb::cli::ReconcileArgs) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The operator commands: read, judge, print; exit codes per `api.md` §8.
+mod ops {
+    use std::{io::Read as _, process::ExitCode};
+
+    use anyhow::Context as _;
+    use purelb::{
+        cli::{ClusterArgs, ExplainArgs, ExplainWhat, StatusArgs, ValidateArgs},
+        ops::{explain, model::Handling, output, snapshot, status, validate},
+    };
+
+    fn handling(cluster: &ClusterArgs) -> Handling {
+        Handling { lb_class: cluster.lb_class.clone(), default_announcer: true }
+    }
+
+    fn print(text: &str) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+
+    pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+        super::runtime()?.block_on(async {
+            let client = snapshot::client(&args.cluster.target()).await?;
+            let mut last = String::new();
+            loop {
+                let snap = snapshot::Snapshot::read(&client, &args.cluster.namespace).await?;
+                let report = status::report(&snap, &handling(&args.cluster));
+                let text = output::render(args.output, &report, status::Report::text).map_err(anyhow::Error::msg)?;
+                if !args.watch {
+                    print(&text);
+                    return Ok(ExitCode::from(report.verdict.exit_code()));
+                }
+                if text != last {
+                    if !last.is_empty() && args.output == output::Format::Text {
+                        print("\n");
+                    }
+                    print(&text);
+                    last = text;
+                }
+                tokio::time::sleep(args.interval).await;
+            }
+        })
+    }
+
+    pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+        let ExplainWhat::Service { name, cluster, output: format } = &args.what;
+        let key = explain::parse_key(name)?;
+        super::runtime()?.block_on(async {
+            let client = snapshot::client(&cluster.target()).await?;
+            let mut snap = snapshot::Snapshot::read(&client, &cluster.namespace).await?;
+            for sharer in explain::sharers(&snap, &key) {
+                let more = snapshot::Snapshot::read_slices(&client, &sharer).await?;
+                snap.slices.extend(more);
+            }
+            let explanation = explain::explain(&snap, &handling(cluster), &key)?;
+            print(&output::render(*format, &explanation, explain::Explanation::text).map_err(anyhow::Error::msg)?);
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+
+    pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+        let report = if args.files.is_empty() {
+            super::runtime()?.block_on(async {
+                let client = snapshot::client(&args.cluster.target()).await?;
+                let snap = snapshot::Snapshot::read(&client, &args.cluster.namespace).await?;
+                anyhow::Ok(validate::validate_cluster(&snap, &args.cluster.lb_class))
+            })?
+        } else {
+            let mut files = Vec::new();
+            let mut paths = Vec::new();
+            for path in &args.files {
+                if path.is_dir() {
+                    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                        .with_context(|| format!("cannot read directory {}", path.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+                        .collect();
+                    found.sort();
+                    paths.extend(found);
+                } else {
+                    paths.push(path.clone());
+                }
+            }
+            for path in &paths {
+                let text = if path.as_os_str() == "-" {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+                    text
+                } else {
+                    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+                };
+                files.push((path.display().to_string(), text));
+            }
+            validate::validate_files(&files, &args.cluster.namespace, &args.cluster.lb_class)
+        };
+        print(&output::render(args.output, &report, validate::Report::text).map_err(anyhow::Error::msg)?);
+        Ok(ExitCode::from(report.exit_code(args.strict)))
+    }
 }

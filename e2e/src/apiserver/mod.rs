@@ -15,7 +15,7 @@ mod registry;
 mod selectors;
 mod store;
 mod table;
-mod validation;
+use purelb::ops::schema as validation;
 
 use std::{
     convert::Infallible,
