@@ -421,6 +421,17 @@ fn age_key(svc: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
     (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(svc))
 }
 
+/// What a leader's patch writes.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// The object (merge patch).
+    Object,
+    /// A custom resource's status (merge patch: CRDs take no strategic merge patches).
+    Status,
+    /// A Service's status (strategic merge patch: its conditions merge by `type`).
+    ServiceStatus,
+}
+
 /// Writes and Events a decision calls for, computed under the lock and carried out after it.
 #[derive(Default)]
 struct Plan {
@@ -873,7 +884,8 @@ impl Worker {
         let action = if status { "update the status of" } else { "update the annotations of" };
         // A Service's status is written with a strategic merge patch: its conditions merge by
         // `type` (a merge patch would replace the whole list, other controllers' entries too).
-        let written = self.guarded_patch(&api, &key.name, status, status, &body, action, object).await?;
+        let target = if status { Target::ServiceStatus } else { Target::Object };
+        let written = self.guarded_patch(&api, &key.name, target, &body, action, object).await?;
         Ok(written.resource_version().unwrap_or_default())
     }
 
@@ -884,8 +896,7 @@ impl Worker {
         &self,
         api: &Api<K>,
         name: &str,
-        status: bool,
-        strategic: bool,
+        target: Target,
         body: &Value,
         action: &'static str,
         object: String,
@@ -902,8 +913,11 @@ impl Worker {
         }
         let pp = PatchParams { field_manager: Some(contract::MANAGER_ALLOCATOR.to_owned()), ..PatchParams::default() };
         let call = async {
-            let patch = if strategic { Patch::Strategic(body) } else { Patch::Merge(body) };
-            if status { api.patch_status(name, &pp, &patch).await } else { api.patch(name, &pp, &patch).await }
+            match target {
+                Target::Object => api.patch(name, &pp, &Patch::Merge(body)).await,
+                Target::Status => api.patch_status(name, &pp, &Patch::Merge(body)).await,
+                Target::ServiceStatus => api.patch_status(name, &pp, &Patch::Strategic(body)).await,
+            }
         };
         metrics::counter!(catalog::K8S_CLIENT_UPDATES).increment(1);
         let result = tokio::time::timeout(timeout, call).await;
@@ -1027,7 +1041,7 @@ impl Worker {
             body["metadata"] = json!({"resourceVersion": version});
         }
         let object = format!("BGPPeer {ns}/{name} status");
-        self.guarded_patch(&api, name, true, false, &body, "update the status of", object).await.map(|_| ())
+        self.guarded_patch(&api, name, Target::Status, &body, "update the status of", object).await.map(|_| ())
     }
 
     /// Writes a ServiceGroup's status when it differs from what the cache shows.
@@ -1127,7 +1141,7 @@ impl Worker {
             body["metadata"] = json!({"resourceVersion": version});
         }
         let object = format!("ServiceGroup {ns}/{name} status");
-        self.guarded_patch(&api, name, true, false, &body, "update the status of", object).await.map(|_| ())
+        self.guarded_patch(&api, name, Target::Status, &body, "update the status of", object).await.map(|_| ())
     }
 }
 

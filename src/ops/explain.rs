@@ -321,7 +321,7 @@ pub fn explain(snapshot: &Snapshot, handling: &Handling, key: &ServiceKey) -> Re
         let local = effective == Some(Kind::Local);
         let mut candidates: Vec<(String, [u8; 32])> =
             model.members.candidates(ip).map(|m| (m.node.clone(), election_key(&m.node, ip))).collect();
-        candidates.sort_by(|a, b| a.1.cmp(&b.1));
+        candidates.sort_by_key(|c| c.1);
         let mut nodes = Vec::new();
         for node in &lease_nodes {
             let member = model.members.get(node);
