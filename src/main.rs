@@ -243,12 +243,16 @@ mod ops {
                     print(&text);
                     return Ok(ExitCode::from(report.verdict.exit_code()));
                 }
-                if text != last {
+                // Printed again when something changed, not because a Lease was renewed.
+                let mut steady = report.clone();
+                steady.allocator.renewed_seconds_ago = None;
+                let key = serde_json::to_string(&steady).unwrap_or_default();
+                if key != last {
                     if !last.is_empty() && args.output == output::Format::Text {
                         print("\n");
                     }
                     print(&text);
-                    last = text;
+                    last = key;
                 }
                 tokio::time::sleep(args.interval).await;
             }

@@ -325,3 +325,59 @@ async fn status_warns_fails_and_runs_as_a_kubectl_plugin_and_kubectl_waits_for_a
     assert!(!failed["allocator"]["live"].as_bool().unwrap());
     assert!(strings(&failed["reasons"]).iter().any(|r| r.contains("the allocator is down")), "{failed}");
 }
+
+/// The operator commands with read-only credentials: a user in the group the shipped
+/// `manifests/rbac-viewer.yaml` binds can run status, explain and validate; without it the
+/// error says which permission is missing and where the manifest is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_credentials_from_rbac_viewer_yaml_suffice() {
+    use purelb::kube::CustomResourceExt;
+    use purelb_e2e::apiserver::{Emulator, EmulatorOptions, write_kubeconfig};
+
+    let emulator = Emulator::start(EmulatorOptions { authorize: true, ..EmulatorOptions::default() }).unwrap();
+    let server = emulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let admin = emulator.client(None);
+    let mut crds = String::new();
+    for crd in [purelb::api::ServiceGroup::crd(), purelb::api::LBNodeAgent::crd(), purelb::api::BGPPeer::crd()] {
+        crds.push_str("---\n");
+        crds.push_str(&serde_yaml_ng::to_string(&crd).unwrap());
+    }
+    lab::cluster::apply_yaml(&admin, &crds).await.unwrap();
+    lab::cluster::apply_yaml(&admin, "apiVersion: v1\nkind: Namespace\nmetadata: {name: purelb-system}\n")
+        .await
+        .unwrap();
+    lab::cluster::apply_yaml(&admin, LOCAL_GROUP).await.unwrap();
+    lab::cluster::apply_yaml(&admin, &service_yaml("web", "", "Cluster", 80)).await.unwrap();
+    let viewer =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/rbac-viewer.yaml")).unwrap();
+    lab::cluster::apply_yaml(&admin, &viewer).await.unwrap();
+    emulator.add_token_in_groups("viewer-token", "jane", &["purelb-viewers"]);
+    emulator.add_token("stranger-token", "joe");
+
+    let dir = std::env::temp_dir().join(format!("purelb-viewer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |token: &str, args: &[&str]| {
+        let kubeconfig = dir.join(format!("{token}.kubeconfig"));
+        write_kubeconfig(&kubeconfig, &server.url(), Some(token), "default").unwrap();
+        let out = Command::new(purelb_bin()).args(args).arg("--kubeconfig").arg(&kubeconfig).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // No allocator runs: status reads everything and says FAIL (exit 2), not "forbidden".
+    let (code, out) = run("viewer-token", &["status"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the allocator is down"), "{out}");
+    let (code, out) = run("viewer-token", &["explain", "service", "default/web"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Service default/web"), "{out}");
+    let (code, out) = run("viewer-token", &["validate"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS  ServiceGroup purelb-system/default"), "{out}");
+    // Someone without the binding: told what is missing and what to apply.
+    let (code, out) = run("stranger-token", &["status"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("403") && out.contains("manifests/rbac-viewer.yaml"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -457,7 +457,7 @@ impl Explanation {
         let _ = writeln!(out, "  Allocator:  {}", self.allocator);
         for a in &self.addresses {
             let _ = writeln!(out);
-            let range = a.range.as_ref().map_or(String::new(), |r| format!(" from range {r}"));
+            let range = a.range.as_ref().map_or(String::new(), |r| format!(", from range {r}"));
             let _ = writeln!(out, "Address {} ({}{range})", a.address, a.kind);
             let rows = a
                 .nodes

@@ -194,7 +194,11 @@ fn check_object(doc: &Document, namespace: &str, report: &mut Report, typed: &mu
     let mut object = doc.object.clone();
     let (ns, name) = name_of(&object, namespace);
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let label = format!("{kind} {ns}/{name} ({})", doc.origin);
+    let label = if doc.origin.is_empty() {
+        format!("{kind} {ns}/{name}")
+    } else {
+        format!("{kind} {ns}/{name} ({})", doc.origin)
+    };
     if let Some(kind) = purelb_kind(&object).map(str::to_owned) {
         let kind = kind.as_str();
         let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -267,7 +271,8 @@ fn check_object(doc: &Document, namespace: &str, report: &mut Report, typed: &mu
 }
 
 /// Checks the typed objects together (what needs more than one object).
-fn check_set(typed: &Typed, namespace: &str, lb_class: &str, report: &mut Report) {
+fn check_set(typed: &Typed, namespace: &str, lb_class: &str, report: &mut Report, cluster: bool) {
+    let among = if cluster { format!("in namespace {namespace}") } else { "among the checked objects".to_owned() };
     let mine: Vec<&ServiceGroup> = typed
         .groups
         .iter()
@@ -349,10 +354,7 @@ fn check_set(typed: &Typed, namespace: &str, lb_class: &str, report: &mut Report
             report.push(
                 Level::Fail,
                 label,
-                format!(
-                    "annotation {}: no ServiceGroup {group} among the checked objects",
-                    contract::ANNOTATION_SERVICE_GROUP
-                ),
+                format!("annotation {}: no ServiceGroup {group} {among}", contract::ANNOTATION_SERVICE_GROUP),
             );
         }
         if !typed.groups.is_empty() {
@@ -389,7 +391,7 @@ pub fn validate_files(files: &[(String, String)], namespace: &str, lb_class: &st
             Err(e) => report.push(Level::Fail, path, e),
         }
     }
-    check_set(&typed, namespace, lb_class, &mut report);
+    check_set(&typed, namespace, lb_class, &mut report, false);
     report
 }
 
@@ -405,7 +407,7 @@ fn as_document<K: Serialize + kube::Resource<DynamicType = ()>>(object: &K) -> D
         }
         map.remove("status");
     }
-    Document { origin: "cluster".to_owned(), object: value }
+    Document { origin: String::new(), object: value }
 }
 
 /// Validates what is in the cluster.
@@ -425,7 +427,7 @@ pub fn validate_cluster(snapshot: &Snapshot, lb_class: &str) -> Report {
     for doc in &docs {
         check_object(doc, namespace, &mut report, &mut typed);
     }
-    check_set(&typed, namespace, lb_class, &mut report);
+    check_set(&typed, namespace, lb_class, &mut report, true);
 
     let members = Members::from_leases(&snapshot.leases, snapshot.now());
     let set = GroupSet::build(&snapshot.groups, namespace);

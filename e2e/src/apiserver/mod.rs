@@ -126,6 +126,13 @@ impl Emulator {
         self.server.add_token(token, Identity::from_user(user));
     }
 
+    /// Maps a bearer token to a user who is also in `groups` (besides `system:authenticated`).
+    pub fn add_token_in_groups(&self, token: &str, user: &str, groups: &[&str]) {
+        let mut identity = Identity::from_user(user);
+        identity.groups.extend(groups.iter().map(|g| (*g).to_owned()));
+        self.server.add_token(token, identity);
+    }
+
     /// The current cluster-wide revision.
     #[must_use]
     pub fn revision(&self) -> u64 {
