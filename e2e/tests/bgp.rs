@@ -213,6 +213,28 @@ async fn routes_follow_the_nodes_holding_the_address_and_the_router_spreads_flow
     lab.apply_yaml(&service_yaml("local", "Local")).await.unwrap();
     let (lip, _) = address_of(&lab, "local").await;
     wait_routed(&lab, lip, &["n1", "n2"], Duration::from_secs(10)).await;
+
+    // `purelb explain` names the nodes that advertise each routed address: those the router
+    // routes it to.
+    for (name, addr) in [("web", ip), ("local", lip)] {
+        let routed = lab.routed_via(addr).unwrap();
+        let explained = wait_for(Duration::from_secs(10), || async {
+            let out = std::process::Command::new(purelb_bin())
+                .args(["explain", "service", &format!("default/{name}"), "-o", "json", "--kubeconfig"])
+                .arg(lab.kubeconfig())
+                .output()
+                .ok()?;
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let advertised: Vec<String> = report["addresses"][0]["advertisedBy"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            (advertised == routed && report["addresses"][0]["agrees"] == true).then_some(advertised)
+        })
+        .await;
+        assert!(explained.is_some(), "{name}: explain does not say it is advertised by {routed:?}");
+    }
     let moved = Instant::now();
     endpoints(&lab, "local", &[Backend::ready("n2"), Backend::ready("n3")]).await;
     let took = wait_routed(&lab, lip, &["n2", "n3"], Duration::from_secs(10)).await;

@@ -375,6 +375,33 @@ async fn read_only_credentials_from_rbac_viewer_yaml_suffice() {
     let (code, out) = run("viewer-token", &["validate"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("PASS  ServiceGroup purelb-system/default"), "{out}");
+    // --watch prints the report again when something changes, and only then.
+    let kubeconfig = dir.join("viewer-token.kubeconfig");
+    let mut child = Command::new(purelb_bin())
+        .args(["status", "--watch", "--interval", "200ms", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for doc in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
+            let Ok(doc) = doc else { break };
+            if tx.send(doc).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("a first report");
+    assert_eq!(first["services"].as_array().unwrap().len(), 1, "{first}");
+    assert!(rx.recv_timeout(Duration::from_secs(1)).is_err(), "printed again without a change");
+    lab::cluster::apply_yaml(&admin, &service_yaml("second", "", "Cluster", 80)).await.unwrap();
+    let second = rx.recv_timeout(Duration::from_secs(10)).expect("a report after the change");
+    assert_eq!(second["services"].as_array().unwrap().len(), 2, "{second}");
+    let _ = child.kill();
+    let _ = child.wait();
+
     // Someone without the binding: told what is missing and what to apply.
     let (code, out) = run("stranger-token", &["status"]);
     assert_eq!(code, 1, "{out}");
