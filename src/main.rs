@@ -231,7 +231,20 @@ mod ops {
         let _ = out.flush();
     }
 
+    /// A status or cluster validation that cannot read the cluster cannot say OK: it exits 2
+    /// (FAIL), so that scripts reading the exit code do not take it for a WARNING.
+    fn or_fail(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+        result.or_else(|error| {
+            eprintln!("purelb: error: {error:#}");
+            Ok(ExitCode::from(2))
+        })
+    }
+
     pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+        or_fail(status_inner(args))
+    }
+
+    fn status_inner(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         super::runtime()?.block_on(async {
             let client = snapshot::client(&args.cluster.target()).await?;
             let mut last = String::new();
@@ -277,11 +290,17 @@ mod ops {
 
     pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         let report = if args.files.is_empty() {
-            super::runtime()?.block_on(async {
-                let client = snapshot::client(&args.cluster.target()).await?;
-                let snap = snapshot::Snapshot::read(&client, &args.cluster.namespace).await?;
-                anyhow::Ok(validate::validate_cluster(&snap, &args.cluster.lb_class))
-            })?
+            let read = super::runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let client = snapshot::client(&args.cluster.target()).await?;
+                    let snap = snapshot::Snapshot::read(&client, &args.cluster.namespace).await?;
+                    anyhow::Ok(validate::validate_cluster(&snap, &args.cluster.lb_class))
+                })
+            });
+            match read {
+                Ok(report) => report,
+                Err(error) => return or_fail(Err(error)),
+            }
         } else {
             let mut files = Vec::new();
             let mut paths = Vec::new();

@@ -404,7 +404,7 @@ async fn read_only_credentials_from_rbac_viewer_yaml_suffice() {
 
     // Someone without the binding: told what is missing and what to apply.
     let (code, out) = run("stranger-token", &["status"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 2, "a status that cannot read the cluster is a FAIL: {out}");
     assert!(out.contains("403") && out.contains("manifests/rbac-viewer.yaml"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
