@@ -188,6 +188,34 @@ fn show_services(lab: &Lab, p: &mut Printer<'_>) {
     }
 }
 
+/// Runs an operator command (`purelb explain ...`, `purelb status`) against the lab and prints
+/// its output; the step works when the output contains both `needles`.
+fn operator_tool(lab: &Lab, p: &mut Printer<'_>, args: &[&str], needle: &str, also: &str) {
+    let name = format!("purelb {}", args.join(" "));
+    let Some(bin) = lab.purelb_bin() else {
+        return p.skip(&name, "no purelb binary");
+    };
+    let started = Instant::now();
+    match std::process::Command::new(bin).args(args).arg("--kubeconfig").arg(lab.kubeconfig()).output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            for line in text.lines() {
+                if line.is_empty() { p.line("") } else { p.line(&format!("      {line}")) }
+            }
+            let outcome = if text.contains(needle) && text.contains(also) {
+                Outcome::Ok
+            } else {
+                Outcome::Failed(format!(
+                    "expected {needle:?} and {also:?}; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            };
+            p.step(&name, outcome, started.elapsed());
+        }
+        Err(error) => p.step(&name, Outcome::Failed(error.to_string()), started.elapsed()),
+    }
+}
+
 /// Runs the demo, printing as it goes, and tears the lab down at the end.
 pub async fn run(options: LabOptions, timeouts: DemoTimeouts, out: &mut dyn Write) -> DemoReport {
     let mut p = Printer { out, report: DemoReport::default() };
@@ -513,6 +541,7 @@ async fn steps(
     let netns = lab.host(&holder).map(|h| h.netns.clone()).unwrap_or_default();
     p.step(&format!("{holder} holds {address} (seen with `ip -n {netns} addr`)"), Outcome::Ok, applied_at.elapsed());
     p.time("Service applied -> address on a node", applied_at.elapsed());
+    operator_tool(lab, p, &["explain", "service", "default/web"], &format!("Held by:    {holder} "), "(as predicted)");
 
     let target = SocketAddr::new(address, 80);
     let started = Instant::now();
@@ -565,6 +594,13 @@ async fn steps(
                 ms(killed_at.elapsed())
             ));
             p.time("agent killed -> page served by the new node", killed_at.elapsed());
+            operator_tool(
+                lab,
+                p,
+                &["status"],
+                &format!("the agent of node {holder} is not live"),
+                "PureLB in namespace purelb-system: WARNING",
+            );
         }
         None => p.step(
             LATER_STEPS[3],
