@@ -109,3 +109,121 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
     let report = validate_files(&[("s.yaml".into(), text.into())], "purelb-system", contract::DEFAULT_LB_CLASS);
     assert!(report.findings.is_empty(), "{}", report.text());
 }
+
+mod cluster {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::{
+        api::{
+            coordination::v1::{Lease, LeaseSpec},
+            core::v1::Node,
+        },
+        apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+        jiff::Timestamp,
+    };
+
+    use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn lease(node: &str, annotations: &[(&str, &str)]) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(format!("purelb-node-{node}")),
+                annotations: Some(annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(node.into()),
+                lease_duration_seconds: Some(10),
+                renew_time: Some(MicroTime(now())),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(yaml: &str) -> K {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn what_only_the_cluster_shows_is_warned_about() {
+        let snapshot = Snapshot {
+            namespace: "purelb-system".into(),
+            now: Some(now()),
+            leases: vec![lease(
+                "n1",
+                &[
+                    ("purelb.io/subnets", "192.0.2.0/24"),
+                    ("purelb.io/announcing", "192.0.2.10%eth0"),
+                    ("purelb.io/bgp", "router=Established"),
+                ],
+            )],
+            groups: vec![
+                object(
+                    "apiVersion: purelb.io/v2\nkind: ServiceGroup\nmetadata: {name: here, namespace: purelb-system}\nspec: {local: {v4pool: {subnet: 192.0.2.0/24, pool: 192.0.2.10-192.0.2.20}}}",
+                ),
+                object(
+                    "apiVersion: purelb.io/v2\nkind: ServiceGroup\nmetadata: {name: elsewhere, namespace: purelb-system}\nspec: {local: {v4pool: {subnet: 203.0.113.0/24, pool: 203.0.113.10-203.0.113.20}}}",
+                ),
+                object(
+                    "apiVersion: purelb.io/v2\nkind: ServiceGroup\nmetadata: {name: routed, namespace: purelb-system}\nspec: {remote: {v4pool: {subnet: 198.51.100.0/24, pool: 198.51.100.10-198.51.100.20}}}",
+                ),
+            ],
+            agents: vec![object(
+                "apiVersion: purelb.io/v2\nkind: LBNodeAgent\nmetadata: {name: default, namespace: purelb-system}\nspec: {nodeSelector: {matchLabels: {role: lb}}, local: {localInterface: 'enp.*'}}",
+            )],
+            nodes: vec![Node {
+                metadata: ObjectMeta {
+                    name: Some("n1".into()),
+                    labels: Some(BTreeMap::from([("role".to_owned(), "worker".to_owned())])),
+                    ..ObjectMeta::default()
+                },
+                ..Node::default()
+            }],
+            ..Snapshot::default()
+        };
+        let report = validate_cluster(&snapshot, contract::DEFAULT_LB_CLASS);
+        let warns: Vec<(String, String)> = report
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Warn)
+            .map(|f| (f.object.clone(), f.message.clone()))
+            .collect();
+        let has = |object: &str, text: &str| warns.iter().any(|(o, m)| o == object && m.contains(text));
+        assert!(
+            has("ServiceGroup purelb-system/elsewhere", "is on no live agent's subnet (192.0.2.0/24)"),
+            "{warns:#?}"
+        );
+        assert!(!warns.iter().any(|(o, _)| o == "ServiceGroup purelb-system/here"), "{warns:#?}");
+        assert!(
+            has(
+                "LBNodeAgent purelb-system/default",
+                "matches none of the interfaces the agents hold addresses on (eth0)"
+            ),
+            "{warns:#?}"
+        );
+        assert!(has("LBNodeAgent purelb-system/default", "spec.nodeSelector matches no Node"), "{warns:#?}");
+        assert!(has("ServiceGroup purelb-system/routed", "there is no BGPPeer"), "{warns:#?}");
+        assert_eq!(report.exit_code(false), 0);
+        assert_eq!(report.exit_code(true), 1);
+
+        // A BGPPeer that selects no node.
+        let mut with_peer = snapshot.clone();
+        with_peer.peers = vec![object(
+            "apiVersion: purelb.io/v2\nkind: BGPPeer\nmetadata: {name: router, namespace: purelb-system}\nspec: {peerAddress: 192.0.2.1, peerASN: 65000, localASN: 65001, nodeSelector: {matchLabels: {role: lb}}}",
+        )];
+        let report = validate_cluster(&with_peer, contract::DEFAULT_LB_CLASS);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.object == "BGPPeer purelb-system/router" && f.message.contains("matches no Node")),
+            "{}",
+            report.text()
+        );
+        assert!(!report.findings.iter().any(|f| f.message.contains("there is no BGPPeer")), "{}", report.text());
+    }
+}
