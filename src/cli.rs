@@ -32,6 +32,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Check PureLB's configuration: manifests before they are applied (-f), or what is in the cluster.
     Validate(ValidateArgs),
+    /// Convert MetalLB's or the Go PureLB's configuration to PureLB's without any Service address changing.
+    Migrate(MigrateArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types, as YAML.
     Crds,
     /// Print the version.
@@ -440,4 +442,50 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = crate::ops::output::Format::Text)]
     pub output: crate::ops::output::Format,
+}
+
+/// `purelb migrate -o`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum MigrateFormat {
+    /// YAML documents (PureLB objects, then partial Services with the annotations).
+    #[default]
+    Yaml,
+    /// One JSON `List`.
+    Json,
+}
+
+/// `purelb migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// What to migrate from.
+    #[arg(long, value_enum)]
+    pub from: crate::migrate::Source,
+    /// Read the source configuration from files or directories (YAML/JSON; `-`: standard input) instead of the cluster.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Output format of the converted objects.
+    #[arg(short = 'o', long, value_enum, default_value_t = MigrateFormat::Yaml)]
+    pub output: MigrateFormat,
+    /// Write the objects and the Service annotations to the cluster (server-side apply, field manager purelb-migrate; idempotent).
+    #[arg(long)]
+    pub apply: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Apply even when a Service's address is at risk or the report has errors.
+    #[arg(long)]
+    pub allow_changes: bool,
+    /// Namespace of the source's objects (default: metallb-system, or purelb for the Go PureLB).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub source_namespace: Option<String>,
+    /// The nodes' LAN subnet (repeatable), when the Nodes' addresses do not tell the prefix length.
+    #[arg(long = "subnet", value_name = "CIDR", value_parser = subnet_arg)]
+    pub subnets: Vec<crate::core::ipam::Subnet>,
+    /// Cluster flags (--namespace: PureLB's install namespace, where the objects go).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+fn subnet_arg(text: &str) -> Result<crate::core::ipam::Subnet, String> {
+    crate::core::ipam::Subnet::parse(text).map_err(|e| format!("{text:?} is not a CIDR: {e:?}"))
 }

@@ -14,6 +14,7 @@ pub mod core;
 pub mod duration;
 pub mod events;
 pub mod leader;
+pub mod migrate;
 pub mod netbox;
 pub mod ops;
 pub mod process;

@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => ops::status(&args),
         Command::Explain(args) => ops::explain(&args),
         Command::Validate(args) => ops::validate(&args),
+        Command::Migrate(args) => ops::migrate(&args),
         Command::Crds => {
             let yaml = purelb::api::crd_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
@@ -216,7 +217,7 @@ mod ops {
 
     use anyhow::Context as _;
     use purelb::{
-        cli::{ClusterArgs, ExplainArgs, ExplainWhat, StatusArgs, ValidateArgs},
+        cli::{ClusterArgs, ExplainArgs, ExplainWhat, MigrateArgs, StatusArgs, ValidateArgs},
         ops::{explain, model::Handling, output, snapshot, status, validate},
     };
 
@@ -288,6 +289,126 @@ mod ops {
         })
     }
 
+    fn read_inputs(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+        let mut expanded = Vec::new();
+        for path in paths {
+            if path.is_dir() {
+                let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                    .with_context(|| format!("cannot read directory {}", path.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+                    .collect();
+                found.sort();
+                expanded.extend(found);
+            } else {
+                expanded.push(path.clone());
+            }
+        }
+        let mut files = Vec::new();
+        for path in &expanded {
+            let text = if path.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+                text
+            } else {
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+            };
+            files.push((path.display().to_string(), text));
+        }
+        Ok(files)
+    }
+
+    /// Exit code of `migrate` when Services are at risk or the input has errors and the user did
+    /// not pass --allow-changes: nothing was applied.
+    const REFUSED: u8 = 3;
+
+    pub fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+        use purelb::migrate::{self, Input, Options, cluster};
+        let options = Options {
+            namespace: args.cluster.namespace.clone(),
+            subnets: args.subnets.clone(),
+            lb_class: args.cluster.lb_class.clone(),
+        };
+        let source_ns = args.source_namespace.clone().unwrap_or_else(|| args.from.default_namespace().to_owned());
+        let mut input = Input::default();
+        for (path, text) in read_inputs(&args.files)? {
+            for doc in validate::parse_documents(&path, &text).map_err(|e| anyhow::anyhow!("{path}: {e}"))? {
+                match doc.object.get("kind").and_then(serde_json::Value::as_str) {
+                    Some("Service") => input.services.push(
+                        serde_json::from_value(doc.object).with_context(|| format!("{}: not a Service", doc.origin))?,
+                    ),
+                    Some("Node") => input.nodes.push(
+                        serde_json::from_value(doc.object).with_context(|| format!("{}: not a Node", doc.origin))?,
+                    ),
+                    _ => input.objects.push(doc.object),
+                }
+            }
+        }
+        let runtime = super::runtime()?;
+        let needs_cluster = args.files.is_empty() || args.apply;
+        let client =
+            if needs_cluster { Some(runtime.block_on(snapshot::client(&args.cluster.target()))?) } else { None };
+        if let Some(client) = &client {
+            runtime.block_on(async {
+                if args.files.is_empty() {
+                    input.objects = cluster::read_source(client, args.from, &source_ns).await?;
+                }
+                if input.services.is_empty() && input.nodes.is_empty() {
+                    let (services, nodes) = cluster::read_cluster(client).await?;
+                    input.services = services;
+                    input.nodes = nodes;
+                }
+                anyhow::Ok(())
+            })?;
+        }
+        let mut plan = migrate::convert(args.from, &input, &options);
+        if input.services.is_empty() {
+            plan.report.findings.push(migrate::Finding::new(
+                migrate::report::Level::Warning,
+                "Services",
+                "none read: the report cannot say which addresses are kept (run against the cluster, or add the Services to the files: kubectl get svc -A -o yaml)",
+            ));
+        }
+        if let Some(path) = &args.report {
+            let json = serde_json::to_string_pretty(&plan.report)?;
+            std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        eprint!("{}", plan.report.text());
+        let blocked = plan.report.at_risk() > 0 || plan.report.errors() > 0;
+        if !args.apply {
+            let docs = plan.documents();
+            let text = match args.output {
+                purelb::cli::MigrateFormat::Yaml => docs
+                    .iter()
+                    .map(|d| serde_yaml_ng::to_string(d).map(|y| format!("---\n{y}")))
+                    .collect::<Result<String, _>>()?,
+                purelb::cli::MigrateFormat::Json => {
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}),
+                    )? + "\n"
+                }
+            };
+            print(&text);
+            return Ok(ExitCode::from(if blocked && !args.allow_changes { REFUSED } else { 0 }));
+        }
+        if blocked && !args.allow_changes {
+            eprintln!(
+                "purelb migrate: nothing applied: {} Service(s) at risk, {} error(s); fix them, or pass --allow-changes to apply anyway",
+                plan.report.at_risk(),
+                plan.report.errors()
+            );
+            return Ok(ExitCode::from(REFUSED));
+        }
+        let Some(client) = client else { anyhow::bail!("--apply needs a cluster") };
+        let applied = runtime.block_on(cluster::apply(&client, &plan, &options.namespace))?;
+        let changed = applied.iter().filter(|a| a.changed).count();
+        for a in &applied {
+            println!("{} {}", if a.changed { "applied  " } else { "unchanged" }, a.object);
+        }
+        println!("{changed} changed, {} unchanged", applied.len() - changed);
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         let report = if args.files.is_empty() {
             let read = super::runtime().and_then(|rt| {
@@ -302,31 +423,7 @@ mod ops {
                 Err(error) => return or_fail(Err(error)),
             }
         } else {
-            let mut files = Vec::new();
-            let mut paths = Vec::new();
-            for path in &args.files {
-                if path.is_dir() {
-                    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(path)
-                        .with_context(|| format!("cannot read directory {}", path.display()))?
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-                        .collect();
-                    found.sort();
-                    paths.extend(found);
-                } else {
-                    paths.push(path.clone());
-                }
-            }
-            for path in &paths {
-                let text = if path.as_os_str() == "-" {
-                    let mut text = String::new();
-                    std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
-                    text
-                } else {
-                    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
-                };
-                files.push((path.display().to_string(), text));
-            }
+            let files = read_inputs(&args.files)?;
             validate::validate_files(&files, &args.cluster.namespace, &args.cluster.lb_class)
         };
         print(&output::render(args.output, &report, validate::Report::text).map_err(anyhow::Error::msg)?);
