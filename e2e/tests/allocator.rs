@@ -718,9 +718,14 @@ async fn service_conditions_follow_allocation_and_announcement_and_keep_other_co
     assert!(all.iter().any(|c| c.0 == "example.com/Checked"), "{all:?}");
 
     // No longer PureLB's: its conditions go, the other controller's stays.
-    api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"loadBalancerClass": "example.com/other"}})))
-        .await
-        .unwrap();
+    // (Its class is immutable, as on a real server: it stops being a LoadBalancer instead.)
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"type": "ClusterIP", "externalTrafficPolicy": null}})),
+    )
+    .await
+    .unwrap();
     let left = wait_for("PureLB's conditions removed", async || {
         let all = purelb_conditions(&client, "web", "a").await;
         (!all.iter().any(|c| c.0.starts_with("purelb.io/"))).then_some(all)

@@ -76,6 +76,37 @@ pub fn check(group: &str, plural: &str, object: &mut Value, minor: u32) -> Resul
     Ok(checked)
 }
 
+/// What a real server checks when a Service changes (`ValidateServiceUpdate`):
+/// `spec.loadBalancerClass` may not change while the Service stays of type LoadBalancer, and
+/// is only allowed on type LoadBalancer.
+#[must_use]
+pub fn service_update(old: Option<&Value>, new: &Value) -> Vec<(String, String, &'static str)> {
+    let is_lb = |v: &Value| v["spec"]["type"].as_str() == Some("LoadBalancer");
+    let class = |v: &Value| v["spec"]["loadBalancerClass"].as_str().map(str::to_owned);
+    let shown = |c: &Option<String>| c.as_ref().map_or_else(|| "null".to_owned(), |c| format!("{c:?}"));
+    let field = "spec.loadBalancerClass".to_owned();
+    let mut errors = Vec::new();
+    if let Some(old) = old
+        && is_lb(old)
+        && is_lb(new)
+        && class(old) != class(new)
+    {
+        errors.push((
+            field.clone(),
+            format!("{field}: Invalid value: {}: may not change once set", shown(&class(new))),
+            "FieldValueInvalid",
+        ));
+    }
+    if !is_lb(new) && class(new).is_some() {
+        errors.push((
+            field.clone(),
+            format!("{field}: Invalid value: {}: may only be used when `type` is 'LoadBalancer'", shown(&class(new))),
+            "FieldValueInvalid",
+        ));
+    }
+    errors
+}
+
 fn roundtrip<T: DeserializeOwned + Serialize>(object: &Value) -> Result<Value, String> {
     // Nulls mean "unset" to a real server; they are not unknown fields.
     let mut cleaned = object.clone();
@@ -286,6 +317,28 @@ mod tests {
         let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
             "spec": {"ports": [{"port": "eighty"}]}});
         assert!(check("", "services", &mut svc, 33).is_err());
+    }
+
+    #[test]
+    fn load_balancer_class_is_immutable_like_on_a_real_server() {
+        let svc = |t: &str, class: Option<&str>| json!({"spec": {"type": t, "loadBalancerClass": class}});
+        let lb = svc("LoadBalancer", Some("a"));
+        assert!(service_update(Some(&lb), &lb).is_empty());
+        assert!(service_update(None, &lb).is_empty());
+        let changed = service_update(Some(&lb), &svc("LoadBalancer", Some("b")));
+        assert_eq!(changed[0].1, "spec.loadBalancerClass: Invalid value: \"b\": may not change once set");
+        assert_eq!(
+            service_update(Some(&lb), &svc("LoadBalancer", None))[0].1,
+            "spec.loadBalancerClass: Invalid value: null: may not change once set"
+        );
+        // Set when it becomes a LoadBalancer: allowed; kept on a ClusterIP: refused.
+        assert!(service_update(Some(&svc("ClusterIP", None)), &lb).is_empty());
+        assert!(
+            service_update(Some(&lb), &svc("ClusterIP", Some("a")))[0]
+                .1
+                .contains("may only be used when `type` is 'LoadBalancer'")
+        );
+        assert!(service_update(Some(&lb), &svc("ClusterIP", None)).is_empty());
     }
 
     #[test]

@@ -758,7 +758,11 @@ impl Server {
                     ),
                 )
             })?;
-            (out.unknown, out.errors)
+            let mut errors = out.errors;
+            if (target.def.group.as_str(), target.def.plural.as_str()) == ("", "services") {
+                errors.extend(builtin::service_update(old, object));
+            }
+            (out.unknown, errors)
         };
         if mode == FieldValidation::Strict && !pruned.is_empty() {
             let unknown: Vec<String> = pruned.iter().map(|f| format!("unknown field \"{f}\"")).collect();
