@@ -351,3 +351,54 @@ async fn go_purelb_v017_services_keep_their_addresses_through_migrate_apply() {
     let backup = lab.dir().join("go-purelb-v2.yaml");
     check_takeover(&lab, &want, &["--from", "purelb", "-f", backup.to_str().unwrap(), "--apply"]).await;
 }
+
+/// Bad input: each problem is a report line, nothing is applied (exit 3) unless forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_reported_and_nothing_is_applied() {
+    use purelb::kube::CustomResourceExt;
+    use purelb_e2e::apiserver::{Emulator, EmulatorOptions, write_kubeconfig};
+
+    let emulator = Emulator::start(EmulatorOptions::default()).unwrap();
+    let server = emulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let admin = emulator.client(None);
+    for crd in [purelb::api::ServiceGroup::crd(), purelb::api::LBNodeAgent::crd(), purelb::api::BGPPeer::crd()] {
+        apply_value(&admin, serde_json::to_value(crd).unwrap()).await.unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("purelb-migrate-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &server.url(), None, "default").unwrap();
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/migrate/metallb/17-bad-input/input.yaml");
+    let run = |extra: &[&str]| {
+        let out = Command::new(purelb_bin())
+            .args(["migrate", "--from", "metallb", "-f", input, "--apply", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, Some(3), "{err}\n{out}");
+    for line in [
+        "ERROR IPAddressPool broken: spec.addresses[0]",
+        "overlaps",
+        "ERROR Service default/lost: address-pool: names pool \"nonexistent\"",
+        "nothing applied: 1 Service(s) at risk, 4 error(s)",
+    ] {
+        assert!(err.contains(line), "{line:?} missing:\n{err}");
+    }
+    let groups = emulator.objects("purelb.io", "servicegroups", None);
+    assert!(groups.is_empty(), "something was applied: {groups:?}");
+    // Forced: written as converted (the allocator then marks the broken groups Invalid, with
+    // the same messages as the report).
+    let (code, out, err) = run(&["--allow-changes"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("applied   ServiceGroup purelb-system/b"), "{out}");
+    assert_eq!(emulator.objects("purelb.io", "servicegroups", None).len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
