@@ -24,6 +24,7 @@ cargo run --locked --quiet --bin purelb -- crds | diff -u manifests/crds/purelb.
   || { echo "manifests/crds/purelb.yaml is stale: run 'just crds'"; exit 1; }
 for version in 1.25.0 1.33.0; do
   kubernetes-validate --quiet --strict -k "$version" manifests/crds/purelb.yaml
+  kubernetes-validate --quiet --strict -k "$version" manifests/rbac-viewer.yaml
 done
 
 echo "== The emulator's protobuf field table is current (k8s-pb, k8s-openapi)"
