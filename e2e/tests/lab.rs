@@ -710,6 +710,10 @@ fn cli_demo_with_the_real_purelb_runs_every_step() {
         printed.contains("demo: every step worked") && printed.contains("ok    no purelb process crashed"),
         "{printed}"
     );
+    // The operator tools ran as steps (the real binary has them).
+    for step in ["ok    purelb explain service default/web", "ok    purelb status"] {
+        assert!(printed.contains(step), "{step:?} missing:\n{printed}");
+    }
     assert_clean(&p);
     let _ = std::fs::remove_dir_all(dir_for(&p));
 }
