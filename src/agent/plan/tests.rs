@@ -535,6 +535,23 @@ fn a_takeover_from_a_draining_holder_is_quiet_until_it_lets_go_or_the_bound_pass
 }
 
 #[test]
+fn a_takeover_from_a_holder_that_is_not_draining_is_announced_at_once() {
+    // n1 wins; n2 still lists the address but is not draining (it lost the election, e.g. to a
+    // node that came back): nothing to wait for, the clients move at once.
+    let (won, _) = won_and_lost();
+    let addr = won[0];
+    let world = World::new(
+        vec![service("web", "local", &[addr], false)],
+        members(&[lease(ME, &[], false), lease("n2", &[addr], false), lease("n3", &[], false)]),
+        kernel(&[]),
+    );
+    let plan = world.plan(&Timers::default());
+    assert_eq!(adds(&plan).len(), 1);
+    assert_eq!(announces(&plan), vec![addr], "a holder that is not draining is not waited for");
+    assert!(plan.timers.held[&addr].quiet_takeover.is_none());
+}
+
+#[test]
 fn an_address_yielded_to_another_claimer_is_not_claimed_again_within_one_lease_duration() {
     let (won, _) = won_and_lost();
     let mut world = World::new(vec![service("web", "local", &[won[0]], false)], all_live(), kernel(&[]));
