@@ -418,6 +418,37 @@ fn a_won_local_address_is_added_and_announced_and_an_owned_one_no_service_uses_i
     assert_eq!(again.kept.len(), 1);
 }
 
+/// Each removal and whether it stops the address's announcements (GARP refresh, BGP).
+fn stops(plan: &Plan) -> Vec<(IpAddr, String, bool)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove { address, stop_announcing, .. } => {
+                Some((address.ip, address.ifname.clone(), *stop_announcing))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_orphan_stops_being_announced_unless_the_address_is_held_at_another_place() {
+    let (won, lost) = won_and_lost();
+    // lost[0]: owned, on eth0, wanted nowhere here. won[0]: wanted on eth0, and a stray owned
+    // copy sits on kube-lb0.
+    let world = World::new(
+        vec![service("web", "local", &[won[0]], false)],
+        all_live(),
+        kernel(&[on_eth0(lost[0]), on_dummy(won[0])]),
+    );
+    let plan = world.plan(&Timers::default());
+    let mut got = stops(&plan);
+    got.sort();
+    let mut want = vec![(lost[0], "eth0".to_owned(), true), (won[0], "kube-lb0".to_owned(), false)];
+    want.sort();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn a_held_address_someone_removed_is_added_back_as_a_repair_and_announced_again() {
     let (won, _) = won_and_lost();
