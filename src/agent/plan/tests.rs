@@ -538,6 +538,36 @@ fn a_draining_node_claims_nothing_new_and_lets_go_quietly_once_its_successor_hol
 }
 
 #[test]
+fn another_draining_holder_is_neither_a_successor_nor_a_winner_holding_the_address() {
+    let (won, lost) = won_and_lost();
+    // This node drains and holds won[0]; n2 lists it too but drains as well: not a successor,
+    // so the address is kept (until one comes, or the handover timeout).
+    let addr = won[0];
+    let mut world = World::new(
+        vec![service("web", "local", &[addr], false)],
+        members(&[lease(ME, &[addr], true), lease("n2", &[addr], true), lease("n3", &[], false)]),
+        kernel(&[on_eth0(addr)]),
+    );
+    world.draining = true;
+    world.drain_started = Some(world.now);
+    let timers = Timers { held: BTreeMap::from([(addr, held_local(addr))]), ..Timers::default() };
+    let plan = world.plan(&timers);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    // This node (not draining) lost lost[0] to its winner; the only other node listing it is
+    // draining, not the winner: kept until the winner holds it or the bound passes.
+    let winner = elect(NODES, lost[0]).unwrap();
+    let other = NODES.iter().copied().find(|n| *n != ME && *n != winner).unwrap();
+    let mut leases = vec![lease(ME, &[lost[0]], false), lease(winner, &[], false)];
+    leases.push(lease(other, &[lost[0]], true));
+    let world =
+        World::new(vec![service("web", "local", &[lost[0]], false)], members(&leases), kernel(&[on_eth0(lost[0])]));
+    let timers = Timers { held: BTreeMap::from([(lost[0], held_local(lost[0]))]), ..Timers::default() };
+    let plan = world.plan(&timers);
+    assert!(removes(&plan).is_empty(), "{:?}", plan.actions);
+    assert!(plan.timers.losing.contains_key(&lost[0]));
+}
+
+#[test]
 fn a_takeover_from_a_draining_holder_is_quiet_until_it_lets_go_or_the_bound_passes() {
     let (won, _) = won_and_lost();
     // n1 wins won[0] among live candidates; n2 holds it and drains.
@@ -659,6 +689,28 @@ fn local_ipv6_addresses_skip_dad_only_when_their_group_says_so() {
         let specs: Vec<(IpAddr, bool)> = plan.additions().map(|spec| (spec.ip, spec.flags.nodad)).collect();
         assert_eq!(specs, vec![(v6, skip)], "skipIPv6DAD {skip}: {:?} {:?}", plan.actions, plan.decision);
     }
+}
+
+#[test]
+fn a_remote_address_that_became_local_elsewhere_goes_at_once_without_settling() {
+    // Held on kube-lb0 for a remote Service; now only a local Service uses it, and no node of
+    // this lab is a candidate for it (other subnet): the dummy copy goes at once (settling is
+    // for endpoints that flap, not for an address that changed kind).
+    let addr = ip("198.51.100.17");
+    let world = World::new(vec![service("web", "local", &[addr], false)], all_live(), kernel(&[on_dummy(addr)]));
+    let held = HeldState {
+        spec: AddressSpec::new("kube-lb0", addr, 32).noprefixroute(),
+        ifname: "kube-lb0".to_owned(),
+        kind: Kind::Remote,
+        services: vec![ServiceKey::new("default", "web")],
+        announced: true,
+        quiet_takeover: None,
+        force_nodad: false,
+    };
+    let timers = Timers { held: BTreeMap::from([(addr, held)]), ..Timers::default() };
+    let plan = world.plan(&timers);
+    assert_eq!(removes(&plan).iter().map(|r| (r.0, r.1.as_str())).collect::<Vec<_>>(), vec![(addr, "kube-lb0")]);
+    assert!(plan.timers.settling.is_empty());
 }
 
 #[test]
