@@ -568,6 +568,21 @@ fn another_draining_holder_is_neither_a_successor_nor_a_winner_holding_the_addre
 }
 
 #[test]
+fn a_held_local_address_whose_service_is_gone_is_removed_at_once() {
+    // Nobody won it (no Service uses it any more): nothing to wait for.
+    let (won, _) = won_and_lost();
+    let world = World::new(
+        vec![],
+        members(&[lease(ME, &[won[0]], false), lease("n2", &[], false)]),
+        kernel(&[on_eth0(won[0])]),
+    );
+    let timers = Timers { held: BTreeMap::from([(won[0], held_local(won[0]))]), ..Timers::default() };
+    let plan = world.plan(&timers);
+    assert_eq!(removes(&plan), vec![(won[0], "eth0".to_owned(), Reason::ServiceDeleted)]);
+    assert!(plan.timers.losing.is_empty());
+}
+
+#[test]
 fn a_takeover_from_a_draining_holder_is_quiet_until_it_lets_go_or_the_bound_passes() {
     let (won, _) = won_and_lost();
     // n1 wins won[0] among live candidates; n2 holds it and drains.
