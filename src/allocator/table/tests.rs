@@ -415,3 +415,40 @@ fn balance_pools_spreads_allocations() {
 }
 
 mod netbox;
+
+#[test]
+fn failure_labels_are_the_metric_label_values() {
+    let labels: Vec<&str> = FailReason::ALL.iter().map(|r| r.label()).collect();
+    assert_eq!(
+        labels,
+        [
+            "full",
+            "port_conflict",
+            "sharing_conflict",
+            "namespace_denied",
+            "unknown_group",
+            "invalid_group",
+            "outside_pools",
+            "reserved",
+            "malformed",
+            "family",
+            "netbox"
+        ]
+    );
+}
+
+#[test]
+fn the_table_shows_its_groups_holders_and_outside_addresses_per_family() {
+    let mut a = alloc(&[sg("default", local("192.0.2.240/30", Some("2001:db8::f0/124")))]);
+    assert!(a.groups().contains("default"));
+    assert!(!a.groups().contains("other"));
+    assert_eq!(a.holders().count(), 0);
+    // An adopted IPv4 address outside the group's ranges counts for IPv4 only.
+    a.adopt(&svc("web", "old").status(&["198.51.100.5"], "default").req()).unwrap();
+    let holders: Vec<String> = a.holders().map(|(k, h)| format!("{k} {}", h.group)).collect();
+    assert_eq!(holders, ["web/old default"]);
+    let stats = a.stats("default");
+    assert_eq!(stats.outside, 1);
+    assert_eq!(stats.allocated.get(&Family::V4), Some(&1));
+    assert_eq!(stats.allocated.get(&Family::V6), Some(&0));
+}
