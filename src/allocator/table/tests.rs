@@ -242,6 +242,8 @@ fn sharing_and_its_conflicts() {
     assert_eq!(failure(&f).reason, FailReason::SharingConflict);
     let f = a.decide(&svc("n", "other-key").share("web").pin(&one[0].to_string()).port(9).req(), NS);
     assert_eq!(failure(&f).reason, FailReason::SharingConflict);
+    // Another key: the message names the key in use, so the user knows which value shares it.
+    assert!(failure(&f).message.contains("with sharing key \"dns\""), "{f:?}");
     // The address is freed only when the last user goes.
     a.forget(&ServiceKey::new("n", "dns-tcp"));
     assert_eq!(a.users_of(one[0]), [ServiceKey::new("n", "dns-udp")]);
