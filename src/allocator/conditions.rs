@@ -15,7 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::{Value, json};
 
 use super::table::{FailReason, Failure, Holding};
-use crate::{api::PoolType, core::election::Members};
+use crate::{
+    api::PoolType,
+    core::election::{self, Members},
+};
 
 /// Condition type: the Service has its addresses.
 pub const ALLOCATED: &str = "purelb.io/Allocated";
@@ -135,13 +138,7 @@ pub fn announced(holding: &Holding, members: &Members, local_traffic: bool) -> W
         if holders.is_empty() {
             return not_held(ip, holding.pool_type, members, local_traffic);
         }
-        let nodes: Vec<String> = holders
-            .iter()
-            .map(|h| match &h.interface {
-                Some(i) if !i.is_empty() => format!("{} ({i})", h.node),
-                _ => h.node.clone(),
-            })
-            .collect();
+        let nodes: Vec<String> = holders.iter().map(election::Holder::describe).collect();
         held.push(format!("{ip} on {}", nodes.join(", ")));
     }
     Wanted::new(ANNOUNCED, true, reason::ANNOUNCED, held.join("; "))

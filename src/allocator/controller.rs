@@ -417,10 +417,6 @@ pub async fn run_with_netbox(
     Ok(())
 }
 
-fn age_key(svc: &Service) -> (Option<jiff::Timestamp>, ServiceKey) {
-    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(svc))
-}
-
 /// What a leader's patch writes.
 #[derive(Clone, Copy, Debug)]
 enum Target {
@@ -461,7 +457,7 @@ impl Worker {
         let mut table =
             Allocator::new(GroupSet::build(self.groups.state().iter().map(AsRef::as_ref), &self.settings.namespace));
         let mut services = self.services.state();
-        services.sort_by_key(|s| age_key(s));
+        services.sort_by_key(|s| super::request::age_key(s));
         for svc in &services {
             let req = self.request(svc);
             if let Err(failure) = table.adopt(&req) {

@@ -230,3 +230,11 @@ impl ServiceRequest {
         self.pinned.iter().copied().find(|ip| Family::of(*ip) == family)
     }
 }
+
+/// The order in which Services claim addresses when a table is rebuilt (allocator start, a new
+/// leader, `purelb status`, `purelb migrate`): oldest first, then by namespace/name, so that the
+/// older of two Services claiming one address keeps it.
+#[must_use]
+pub fn age_key(svc: &Service) -> (Option<k8s_openapi::jiff::Timestamp>, ServiceKey) {
+    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(svc))
+}

@@ -282,6 +282,17 @@ pub struct Holder {
     pub draining: bool,
 }
 
+impl Holder {
+    /// `node (interface)`, or `node` when the Lease names no interface (for people).
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match &self.interface {
+            Some(i) if !i.is_empty() => format!("{} ({i})", self.node),
+            _ => self.node.clone(),
+        }
+    }
+}
+
 /// The live members of the election at one instant, built from the node Leases.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members {

@@ -150,10 +150,6 @@ impl Report {
     }
 }
 
-fn age(svc: &Service) -> (Option<k8s_openapi::jiff::Timestamp>, ServiceKey) {
-    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(svc))
-}
-
 /// Adds the PureLB annotations the allocator adopts from, checks the converted objects as
 /// `purelb validate` would, and computes every Service's verdict with the allocator's table.
 #[must_use]
@@ -182,7 +178,7 @@ pub fn finish(converted: Converted, input: &Input, options: &Options) -> Plan {
     // The Services as they will be: the converter's annotations, then allocated-by and
     // allocated-from for those with addresses (the allocator's adoption path).
     let mut services: Vec<Service> = input.services.clone();
-    services.sort_by_key(age);
+    services.sort_by_key(crate::allocator::request::age_key);
     let mut changes: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
     for svc in &mut services {
         let key = ServiceKey::of_service(svc);

@@ -26,7 +26,11 @@ use crate::{
         table::{Decision, Holding},
     },
     api::contract,
-    core::{election::election_key, endpoints::EndpointIndex, ipam::Family},
+    core::{
+        election::{self, election_key},
+        endpoints::EndpointIndex,
+        ipam::Family,
+    },
 };
 
 /// One node's part in the election of one address.
@@ -366,13 +370,7 @@ pub fn explain(snapshot: &Snapshot, handling: &Handling, key: &ServiceKey) -> Re
             "every live node (remote address: on the dummy interface, routed)".to_owned()
         };
         let holders = model.members.holders_of(ip);
-        let held_by: Vec<String> = holders
-            .iter()
-            .map(|h| match &h.interface {
-                Some(i) => format!("{} ({i})", h.node),
-                None => h.node.clone(),
-            })
-            .collect();
+        let held_by: Vec<String> = holders.iter().map(election::Holder::describe).collect();
         let held_nodes: BTreeSet<&str> = holders.iter().map(|h| h.node.as_str()).collect();
         let predicted_nodes: BTreeSet<&str> = predicted.iter().map(String::as_str).collect();
         let agrees = held_nodes == predicted_nodes;

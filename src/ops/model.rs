@@ -57,7 +57,7 @@ impl Model {
         let groups = GroupSet::build(&snapshot.groups, &snapshot.namespace);
         let mut table = Allocator::new(groups.clone());
         let mut services: Vec<&Service> = snapshot.services.iter().collect();
-        services.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(s)));
+        services.sort_by_key(|s| crate::allocator::request::age_key(s));
         let mut requests = BTreeMap::new();
         let mut unadoptable = BTreeMap::new();
         for svc in services {

@@ -329,10 +329,7 @@ fn service_status(snapshot: &Snapshot, model: &Model) -> Vec<ServiceStatus> {
         }
         for ip in &addresses {
             for holder in model.members.holders_of(*ip) {
-                let text = match &holder.interface {
-                    Some(i) => format!("{} ({i})", holder.node),
-                    None => holder.node.clone(),
-                };
+                let text = holder.describe();
                 if !status.announced_by.contains(&text) {
                     status.announced_by.push(text);
                 }
