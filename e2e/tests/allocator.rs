@@ -734,3 +734,60 @@ async fn service_conditions_follow_allocation_and_announcement_and_keep_other_co
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].0, "example.com/Checked");
 }
+
+/// Every revision of a Service that moves to a group of the other kind (and back) pairs its
+/// addresses with the group they came from: the agents read the kind from the annotations and
+/// the addresses from the status, two writes, and see each revision in between. Found by the
+/// soak: `pool-type: remote` with the old local address put that address on every node's
+/// dummy interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_change_never_shows_old_addresses_under_the_new_group() {
+    use futures::{StreamExt, TryStreamExt};
+    use purelb::kube::api::{WatchEvent, WatchParams};
+    let (_emulator, client) = setup().await;
+    group(&client, "lan", local("192.0.2.240/29")).await;
+    group(
+        &client,
+        "routed",
+        json!({"remote": {"v4pool": {"pool": "198.51.100.0/29", "subnet": "198.51.100.0/24", "aggregation": "/32"}}}),
+    )
+    .await;
+    let (_task, _stop) = start_allocator(client.clone());
+    create_svc(&client, "web", "moving", json!({"purelb.io/service-group": "lan"}), json!({})).await;
+    let first = addresses_of(&client, "web", "moving", 1).await;
+    assert!(first[0].starts_with("192.0.2."), "{first:?}");
+    let api: Api<Service> = Api::namespaced(client.clone(), "web");
+    let version = api.get("moving").await.unwrap().resource_version().unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default().fields("metadata.name=moving"), &version)
+        .await
+        .unwrap()
+        .boxed();
+    let mut revisions: Vec<(Option<String>, Vec<String>)> = Vec::new();
+    for (to, prefix) in [("routed", "198.51.100."), ("lan", "192.0.2.")] {
+        let patch = json!({"metadata": {"annotations": {"purelb.io/service-group": to}}});
+        api.patch("moving", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let event = tokio::time::timeout_at(deadline, stream.try_next())
+                .await
+                .unwrap_or_else(|_| panic!("no new address from {to} within 30 s: {revisions:?}"))
+                .unwrap();
+            let Some(WatchEvent::Modified(svc)) = event else { continue };
+            let from = svc.annotations().get("purelb.io/allocated-from").cloned();
+            let ips = ingress(&svc);
+            revisions.push((from.clone(), ips.clone()));
+            if from.as_deref() == Some(to) && ips.first().is_some_and(|ip| ip.starts_with(prefix)) {
+                break;
+            }
+        }
+    }
+    for (from, ips) in &revisions {
+        let prefix = match from.as_deref() {
+            Some("lan") => "192.0.2.",
+            Some("routed") => "198.51.100.",
+            other => panic!("unexpected group {other:?}: {revisions:?}"),
+        };
+        assert!(ips.iter().all(|ip| ip.starts_with(prefix)), "addresses under the wrong group: {revisions:?}");
+    }
+}

@@ -789,6 +789,19 @@ impl Worker {
         // One after the other: each write is conditional on the resourceVersion it was computed
         // from, and the first changes it.
         let mut version = svc.resource_version();
+        // The agents read an address's kind and group from the annotations, the address from
+        // the status: two writes, so a watcher sees every revision between them. When the
+        // group (or the pool type) changes with the addresses, the old addresses go first, so
+        // that no revision pairs them with the new group: a local address under
+        // `pool-type: remote` was put on every node's dummy interface by the soak (docs/design.md,
+        // "Allocator").
+        let regrouped = [contract::ANNOTATION_ALLOCATED_FROM, contract::ANNOTATION_POOL_TYPE]
+            .iter()
+            .any(|k| patch.contains_key(*k) && have.contains_key(*k));
+        if regrouped && status_differs && current.as_array().is_some_and(|a| !a.is_empty()) {
+            let body = json!({"status": {"loadBalancer": {"ingress": null}}});
+            version = Some(self.write(svc, version, true, body).await?);
+        }
         if !patch.is_empty() {
             version = Some(self.write(svc, version, false, json!({"metadata": {"annotations": patch}})).await?);
         }
