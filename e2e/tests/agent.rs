@@ -1576,3 +1576,45 @@ async fn a_restarted_agent_decides_nothing_before_its_endpointslices_are_listed(
     let log = lab.log_tail(&lab::agent_name("n1"), 400).unwrap_or_default();
     assert!(log.contains("endpointslices"), "{log}");
 }
+
+/// A slow API server is not an outage: with every request answered 300 ms late (renewals every
+/// 500 ms, "current" for 750 ms), the agents keep renewing on time and keep claiming. Renewing
+/// an interval after each answer made the gap between renewals 800 ms, every renewal looked
+/// like the end of an outage, and the agents froze for good (found by the soak on a loaded
+/// machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_server_is_not_an_outage() {
+    let lab = start("slowapi").await;
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    winner_holds(&lab, ip).await;
+    lab.api_latency(Duration::from_millis(300)).await.unwrap();
+    let marks: Vec<(String, usize)> = lab
+        .node_names()
+        .iter()
+        .map(|n| {
+            let name = lab::agent_name(n);
+            let count = lab.log_tail(&name, 100_000).unwrap_or_default().matches("after an outage").count();
+            (name, count)
+        })
+        .collect();
+    // Long enough for a dozen renewals each.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    lab.apply_yaml(&service_yaml("shop", "local")).await.unwrap();
+    let shop = address_of(&lab, "shop").await;
+    let names = lab.node_names();
+    let winner = election::elect(names.iter().map(String::as_str), shop).unwrap().to_owned();
+    wait_holders(&lab, shop, &[winner.as_str()], Duration::from_secs(15)).await;
+    lab.api_latency(Duration::ZERO).await.unwrap();
+    for (name, before) in marks {
+        let log = lab.log_tail(&name, 100_000).unwrap_or_default();
+        let after = log.matches("after an outage").count();
+        assert_eq!(
+            after,
+            before,
+            "{name} took the slow API server for an outage:\n{}",
+            lab.log_tail(&name, 30).unwrap()
+        );
+    }
+}

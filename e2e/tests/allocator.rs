@@ -758,11 +758,7 @@ async fn a_group_change_never_shows_old_addresses_under_the_new_group() {
     assert!(first[0].starts_with("192.0.2."), "{first:?}");
     let api: Api<Service> = Api::namespaced(client.clone(), "web");
     let version = api.get("moving").await.unwrap().resource_version().unwrap();
-    let mut stream = api
-        .watch(&WatchParams::default().fields("metadata.name=moving"), &version)
-        .await
-        .unwrap()
-        .boxed();
+    let mut stream = api.watch(&WatchParams::default().fields("metadata.name=moving"), &version).await.unwrap().boxed();
     let mut revisions: Vec<(Option<String>, Vec<String>)> = Vec::new();
     for (to, prefix) in [("routed", "198.51.100."), ("lan", "192.0.2.")] {
         let patch = json!({"metadata": {"annotations": {"purelb.io/service-group": to}}});

@@ -633,7 +633,10 @@ impl Agent {
                     let window = (self.settings.renew_interval + self.settings.renew_interval / 2)
                         .min(self.settings.lease_duration);
                     let mut shared = self.shared();
-                    if shared.renewed_at.is_some_and(|t| t.elapsed() >= window) {
+                    // Measured between send times: a renewal answered late but sent on time
+                    // is no gap (measured at the answer, every renewal of a slow server looked
+                    // like the end of an outage and restarted every watch).
+                    if shared.renewed_at.is_some_and(|t| sent.saturating_duration_since(t) >= window) {
                         tracing::info!("this node's Lease is renewed again after an outage");
                         shared.recovering_until = Some(sent + self.settings.lease_duration);
                         // A watch whose connection hung through the outage would stay stale
@@ -680,8 +683,13 @@ impl Agent {
                 }
             }
             was_healthy = healthy;
+            // A fixed cadence from the send time, not an interval after the answer: a slow API
+            // (a loaded server, 250 ms per write) would otherwise stretch the gap between
+            // renewals to an interval plus the latency, past the 1.5 intervals that count as an
+            // outage, and the agent would freeze for a lease duration without any outage (found
+            // by the soak on a loaded machine).
             tokio::select! {
-                () = tokio::time::sleep(self.settings.renew_interval) => {}
+                () = tokio::time::sleep_until((sent + self.settings.renew_interval).into()) => {}
                 () = self.kick_lease.notified() => {}
             }
         }

@@ -1358,6 +1358,16 @@ impl Lab {
         self.with_process(name, ManagedProcess::resume)
     }
 
+    /// Makes the emulator answer every request `delay` late (`Duration::ZERO` ends it).
+    ///
+    /// # Errors
+    ///
+    /// The emulator refuses.
+    pub async fn api_latency(&self, delay: Duration) -> Result<(), LabError> {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.post_fault(serde_json::json!({"action": "latency", "millis": millis})).await
+    }
+
     /// Makes the emulator hold every write of `process` for `delay` before applying it, also
     /// when the process gave up waiting (`Duration::ZERO` ends it).
     ///
