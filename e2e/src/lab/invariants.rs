@@ -35,7 +35,12 @@ use std::{
     time::Duration,
 };
 
-use purelb::{api::contract, core::ipam::Family, k8s_openapi::api::core::v1::Service, kube::ResourceExt};
+use purelb::{
+    api::contract,
+    core::ipam::Family,
+    k8s_openapi::{api::core::v1::Service, jiff::Timestamp},
+    kube::ResourceExt,
+};
 use serde::Serialize;
 
 pub use super::oracle::{Expectation, Expected, Kind, World, expectation};
@@ -181,7 +186,8 @@ pub struct Bounds {
     /// (1) Longest time two nodes may hold one local address: a make-before-break handover
     /// holds it twice for ~200 ms, longer when a connection raced the withdrawal and the
     /// address was put back for it, or when a rolling update of every agent loads a 2-core
-    /// machine (489 ms seen on 2026-12-03): 600 ms (`docs/agent.md`, "Graceful handover").
+    /// machine (489 ms seen on 2026-12-03, 688 ms with two soaks side by side in CI): 1 s
+    /// (`docs/agent.md`, "Graceful handover").
     pub handover_overlap: Duration,
     /// (2) Longest time from a change (of the Services, Leases, endpoints) until the elected
     /// nodes hold the address, and until a new Service has its addresses.
@@ -201,18 +207,28 @@ pub struct Bounds {
     /// (2) While the API is down, an address held when it went down may be missing from its
     /// node for at most this long (nothing should withdraw it at all).
     pub outage_withdrawal: Duration,
+    /// (2)/(3) An agent's own Lease is current while its last renewal is younger than this (1.5
+    /// renew intervals): a node whose `renewTime` is older neither claims nor drops, and checks
+    /// on it pause (`docs/agent.md`, "Split brain / API outages").
+    pub renewal_window: Duration,
+    /// (2)/(3) After a gap of at least [`Bounds::renewal_window`] between two renewals (an
+    /// outage of that node's own, e.g. a starved process), the agent waits one lease duration
+    /// before claiming or dropping: checks on it resume after this.
+    pub renewal_recovery: Duration,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
         Self {
-            handover_overlap: Duration::from_millis(600),
+            handover_overlap: Duration::from_secs(1),
             converge: Duration::from_secs(5),
             orphan_sweep: Duration::from_secs(2),
             restart_hold_off: Duration::from_secs(1),
             rejoin_hold_off: Duration::from_secs(6),
             allocation_hold_off: Duration::from_secs(6),
             outage_withdrawal: Duration::from_millis(200),
+            renewal_window: Duration::from_millis(750),
+            renewal_recovery: Duration::from_secs(2),
         }
     }
 }
@@ -421,6 +437,10 @@ struct NodeState {
     checks_from: Duration,
     /// A restarted agent counts as a holder for (1) from here.
     settled_from: Duration,
+    /// Its Lease's `renewTime` is older than the renewal window (the agent is not current).
+    late: bool,
+    /// The last `renewTime` seen.
+    renewed: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -537,7 +557,7 @@ impl Checker {
     fn mode(&self, state: &NodeState) -> Mode {
         if state.down {
             Mode::Down
-        } else if state.stopping || state.cut || self.api_down {
+        } else if state.stopping || state.cut || state.late || self.api_down {
             Mode::Isolated
         } else {
             Mode::Managed
@@ -635,6 +655,34 @@ impl Checker {
             {
                 s.checks_from = s.checks_from.max(at + hold_off);
             }
+        }
+    }
+
+    /// The agents' Lease renewals as seen at `at` (wall clock `now`): `renewed` has the
+    /// `renewTime` of each node's Lease. A node whose renewal is late is not current (checks
+    /// (2)/(3) pause); a renewal after a gap of [`Bounds::renewal_window`] starts the agent's
+    /// recovery, and checks resume [`Bounds::renewal_recovery`] later. Nodes without a Lease
+    /// (down, or not yet started) are left to the notes.
+    pub fn renewals(&mut self, at: Duration, now: Timestamp, renewed: &BTreeMap<String, Timestamp>) {
+        let (window, recovery) = (self.bounds.renewal_window, self.bounds.renewal_recovery);
+        let age = |from: Timestamp, to: Timestamp| Duration::try_from(to.duration_since(from)).unwrap_or_default();
+        for (node, state) in &mut self.nodes {
+            let Some(&time) = renewed.get(node) else {
+                state.late = false;
+                continue;
+            };
+            if let Some(previous) = state.renewed
+                && time > previous
+                && age(previous, time) >= window
+            {
+                state.checks_from = state.checks_from.max(at + recovery);
+            }
+            let was_late = state.late;
+            state.late = age(time, now) >= window;
+            if was_late && !state.late {
+                state.checks_from = state.checks_from.max(at);
+            }
+            state.renewed = Some(time);
         }
     }
 

@@ -269,6 +269,19 @@ pub struct Observation {
     pub services: Vec<ServiceView>,
 }
 
+/// The `renewTime` of each node's agent Lease (`purelb-node-<node>`, held by the node).
+fn renewals(leases: &[Lease], nodes: &[String]) -> BTreeMap<String, Timestamp> {
+    leases
+        .iter()
+        .filter_map(|lease| {
+            let spec = lease.spec.as_ref()?;
+            let node = spec.holder_identity.as_ref()?;
+            (nodes.contains(node) && lease.metadata.name.as_deref() == Some(format!("purelb-node-{node}").as_str()))
+                .then(|| Some((node.clone(), spec.renew_time.as_ref()?.0)))?
+        })
+        .collect()
+}
+
 /// What the sampler hands back when it stops.
 #[derive(Debug)]
 pub struct SamplerOutput {
@@ -333,13 +346,9 @@ impl Sampler {
                 }
                 let services = log.services();
                 let (leases, slices) = (log.leases(), log.slices());
-                let world = World {
-                    services: &services,
-                    leases: &leases,
-                    slices: &slices,
-                    nodes: &nodes,
-                    now: Timestamp::now(),
-                };
+                let now = Timestamp::now();
+                checker.renewals(at, now, &renewals(&leases, &nodes));
+                let world = World { services: &services, leases: &leases, slices: &slices, nodes: &nodes, now };
                 let expected = expectation(&world);
                 let views: Vec<ServiceView> = services.iter().map(super::invariants::service_view).collect();
                 checker.observe(at, &expected, &kernel_now, &views);

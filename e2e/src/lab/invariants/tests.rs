@@ -68,20 +68,20 @@ fn two_holders_beyond_the_handover_bound_break_invariant_1() {
     }
     c.observe(ms(300), &e, &kernel(&[("n2", "eth0", A, true)]), &[]);
     assert!(c.report.violations.is_empty(), "{:?}", c.report.violations);
-    // A long one (over the 600 ms bound) is not.
-    for t in [400, 500, 700, 900, 1001, 1100] {
+    // A long one (over the 1 s bound) is not.
+    for t in [400, 500, 700, 900, 1100, 1300, 1401, 1500] {
         c.observe(ms(t), &e, &kernel(&[("n1", "eth0", A, true), ("n2", "eth0", A, true)]), &[]);
     }
-    c.observe(ms(1200), &e, &kernel(&[("n2", "eth0", A, true)]), &[]);
-    let report = c.report(ms(1300));
+    c.observe(ms(1600), &e, &kernel(&[("n2", "eth0", A, true)]), &[]);
+    let report = c.report(ms(1700));
     assert_eq!(report.count(Invariant::SingleHolder), 1, "{:?}", report.violations);
     let v = &report.violations[0];
-    assert_eq!((v.at, v.since, v.lasted), (ms(1001), ms(400), Some(ms(800))));
+    assert_eq!((v.at, v.since, v.lasted), (ms(1401), ms(400), Some(ms(1200))));
     assert_eq!(v.subject, A);
     assert!(v.detail.contains("n1, n2"), "{}", v.detail);
     // Both overlaps are counted for the report, the one within the bound too.
     let overlaps = &report.exempt["two holders, both agents running (a violation only over the bound)"];
-    assert_eq!(overlaps.durations(), [ms(200), ms(800)]);
+    assert_eq!(overlaps.durations(), [ms(200), ms(1200)]);
     // Remote addresses on every node's dummy interface are not overlaps.
     let mut c = checker();
     let e = expect(&[("198.51.100.16", Kind::Remote, &["n1", "n2", "n3"])]);
@@ -446,4 +446,52 @@ fn services_are_read_with_what_they_ask_for() {
     }
     let other = service_view(&s);
     assert!(!other.handled);
+}
+
+/// Renewals every 500 ms from `from_ms` (wall clock = epoch + at) for `nodes`, observed every
+/// 100 ms until `to_ms`, with `observe` called after each.
+fn renewing(
+    c: &mut Checker,
+    epoch: Timestamp,
+    from_ms: u64,
+    to_ms: u64,
+    stalled: &[(&str, u64, u64)],
+    e: &Expectation,
+    k: &Kernel,
+) {
+    let mut last: BTreeMap<String, Timestamp> = BTreeMap::new();
+    for t in (from_ms..to_ms).step_by(100) {
+        let now = epoch + ms(t);
+        for node in nodes() {
+            let stalled_now = stalled.iter().any(|(n, a, b)| *n == node && (*a..*b).contains(&t));
+            if t % 500 == 0 && !stalled_now {
+                last.insert(node, now);
+            }
+        }
+        c.renewals(ms(t), now, &last);
+        c.observe(ms(t), e, k, &[]);
+    }
+}
+
+fn orphans(c: &Checker) -> usize {
+    c.violations().iter().filter(|v| v.invariant == Invariant::NoOrphans).count()
+}
+
+#[test]
+fn a_node_whose_own_lease_renewals_stall_is_not_held_to_invariant_3_until_it_recovers() {
+    let epoch = Timestamp::from_second(1_800_000_000).unwrap();
+    let e = Expectation::new();
+    let k = kernel(&[("n2", "eth0", A, true)]);
+    // Regular renewals: the orphan on n2 is flagged after the sweep interval.
+    let mut c = checker();
+    renewing(&mut c, epoch, 0, 3000, &[], &e, &k);
+    assert_eq!(orphans(&c), 1, "{:?}", c.report.violations);
+    // n2's renewals stall from 500 ms to 1.5 s (its next one lands at 1.5 s, a 1 s gap): it is
+    // not current from 1.25 s, then recovers for a lease duration (2 s) from the renewal at
+    // 1.5 s; the sweep interval counts from 3.5 s.
+    let mut c = checker();
+    renewing(&mut c, epoch, 0, 5400, &[("n2", 500, 1500)], &e, &k);
+    assert!(c.report.violations.is_empty(), "{:?}", c.report.violations);
+    renewing(&mut c, epoch, 5400, 5700, &[], &e, &k);
+    assert_eq!(orphans(&c), 1, "{:?}", c.report.violations);
 }
