@@ -205,9 +205,13 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut log = ErrorLog::default();
+        let received = metrics::counter!(crate::telemetry::catalog::WATCH_EVENTS, "watch" => name);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
+                        received.increment(1);
+                    }
                     log.ok(name, &event);
                     on_event(&event);
                 }

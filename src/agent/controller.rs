@@ -135,7 +135,11 @@ fn record_handover(drain_started: Option<Instant>) {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Work {
+    /// A decision pass over everything.
     Pass,
+    /// A member's Lease may have expired: a pass only when the membership changed (renewals
+    /// moved the expiry times on), so idle renewals cause no pass.
+    Expiry,
 }
 
 /// The last status published per (Service, address), for transition-only Events.
@@ -158,6 +162,8 @@ struct State {
     winners: BTreeMap<IpAddr, Option<String>>,
     /// BGPPeers and ServiceGroups left out of BIRD's configuration, with why (Events on change).
     bgp_problems: BTreeMap<(&'static str, String), String>,
+    /// The election's members at the last pass (an expiry timer compares against them).
+    members: Option<Members>,
 }
 
 /// What the Lease task and the worker share (never held across an await).
@@ -245,7 +251,21 @@ where
     let mut seen: HashMap<String, String> = HashMap::new();
     crate::watch::spawn_reflector(api, config, name, move |event| match event {
         Event::Apply(o) => {
-            let changed = key.is_none_or(|key| seen.insert(o.name_any(), key(o)) != Some(key(o)));
+            // The key once per event: at 1,000 nodes this runs 500 times a second.
+            let changed = key.is_none_or(|key| {
+                let now = key(o);
+                match seen.get_mut(o.meta().name.as_deref().unwrap_or_default()) {
+                    Some(last) if *last == now => false,
+                    Some(last) => {
+                        *last = now;
+                        true
+                    }
+                    None => {
+                        seen.insert(o.name_any(), now);
+                        true
+                    }
+                }
+            });
             if changed {
                 queue.add(Work::Pass);
             }
@@ -465,7 +485,11 @@ pub async fn run(
     let worker_readiness = readiness.clone();
     tasks.spawn(async move {
         while let Some(claim) = worker.queue.get().await {
-            match worker.pass().await {
+            let work = match claim.item() {
+                Work::Pass => worker.pass().await,
+                Work::Expiry => worker.expiry().await,
+            };
+            match work {
                 Ok(done) => {
                     if done {
                         worker_readiness.set_ready(true);
@@ -695,6 +719,31 @@ impl Agent {
         }
     }
 
+    /// Checks again when the first member's Lease expires (20 ms after, so that it has).
+    fn schedule_expiry(&self, members: &Members) {
+        if let Some(expiry) = members.next_expiry() {
+            let millis = expiry.as_millisecond().saturating_sub(Timestamp::now().as_millisecond());
+            if let Ok(millis) = u64::try_from(millis) {
+                self.queue.add_after(Work::Expiry, Duration::from_millis(millis + 20));
+            }
+        }
+    }
+
+    /// An expiry timer fired: a pass when the members differ from the last pass's (a Lease
+    /// expired, or a change the Lease watch has not queued yet), else only the next timer.
+    /// Renewals move every expiry on, so at 1,000 nodes this fires about once per renew
+    /// interval; a pass over every Service each time was the whole cost of an idle agent.
+    async fn expiry(&self) -> Result<bool, AgentError> {
+        let leases = self.leases.state();
+        let members = Members::from_leases(leases.iter().map(AsRef::as_ref), Timestamp::now());
+        let unchanged = self.state.lock().await.members.as_ref().is_some_and(|last| last.same_but_expiry(&members));
+        if unchanged {
+            self.schedule_expiry(&members);
+            return Ok(true);
+        }
+        self.pass().await
+    }
+
     /// One level-triggered pass: gather one snapshot (the caches, which must all have synced,
     /// EndpointSlices included, and this node's own Lease in them; the kernel's addresses; the
     /// clock), plan with the pure [`plan::plan`], apply its actions. Returns whether it ran.
@@ -717,6 +766,7 @@ impl Agent {
             self.queue.add_after(Work::Pass, Duration::from_millis(200));
             return Ok(false);
         }
+        metrics::counter!(catalog::DECISION_PASSES).increment(1);
         let kernel = self.mgr.snapshot().await?;
         if let Some((bad, message)) = self.refresh_config(&kernel.links) {
             if state.config_error.as_ref() != Some(&message) {
@@ -729,12 +779,8 @@ impl Agent {
         }
         self.follow_node();
         let members = Members::from_leases(leases.iter().map(AsRef::as_ref), Timestamp::now());
-        if let Some(expiry) = members.next_expiry() {
-            let millis = expiry.as_millisecond().saturating_sub(Timestamp::now().as_millisecond());
-            if let Ok(millis) = u64::try_from(millis) {
-                self.queue.add_after(Work::Pass, Duration::from_millis(millis + 20));
-            }
-        }
+        self.schedule_expiry(&members);
+        state.members = Some(members.clone());
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(catalog::ELECTION_MEMBER_COUNT).set(members.iter().filter(|m| !m.draining).count() as f64);
         let (config, draining, drain_started) = {

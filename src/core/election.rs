@@ -370,6 +370,21 @@ impl Members {
         self.members.values().map(|m| m.expires).min()
     }
 
+    /// Whether `other` has the same members with the same content, expiry times aside: what
+    /// a renewal changes decides nothing (an expiry decides, when a member goes).
+    #[must_use]
+    pub fn same_but_expiry(&self, other: &Self) -> bool {
+        self.skipped == other.skipped
+            && self.members.len() == other.members.len()
+            && self.members.values().zip(other.members.values()).all(|(a, b)| {
+                a.node == b.node
+                    && a.subnets == b.subnets
+                    && a.draining == b.draining
+                    && a.holding == b.holding
+                    && a.instance == b.instance
+            })
+    }
+
     /// The nodes that may hold `address`: live, not draining, with a subnet containing it.
     pub fn candidates(&self, address: IpAddr) -> impl Iterator<Item = &Member> {
         self.members.values().filter(move |m| m.is_candidate_for(address))

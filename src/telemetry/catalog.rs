@@ -54,6 +54,8 @@ catalog! {
     WORKQUEUE_ADDS = "purelb_workqueue_adds_total", Counter, [], "Items added to the work queue.";
     WORKQUEUE_RETRIES = "purelb_workqueue_retries_total", Counter, [], "Items re-queued with backoff after a failure.";
     WORKQUEUE_WORK_DURATION = "purelb_workqueue_work_duration_seconds", Histogram, [], "Time spent processing one work item.";
+    DECISION_PASSES = "purelb_decision_passes_total", Counter, [Agent], "Decision passes the agent ran (each decides every Service against the kernel); Lease renewals that change nothing cause none.";
+    WATCH_EVENTS = "purelb_watch_events_total", Counter, [], "Objects changed or deleted as the watch of each cached resource reported them (label watch), relists not counted: what the API server sends this process.";
     ADDRESS_POOL_SIZE = "purelb_address_pool_size", Gauge, [Allocator], "Addresses in the pool (ServiceGroup) per family.";
     ADDRESS_POOL_IN_USE = "purelb_address_pool_addresses_in_use", Gauge, [Allocator], "Addresses of the pool held by Services, per family.";
     ADDRESS_POOL_REJECTED = "purelb_address_pool_allocation_rejected_total", Counter, [Allocator], "Allocation requests the pool could not satisfy, by reason.";
@@ -152,7 +154,8 @@ mod tests {
 
     #[test]
     fn every_counter_starts_at_zero_or_says_why_not() {
-        let later = [ADDRESS_POOL_REJECTED, NETBOX_REQUESTS, WORKQUEUE_ADDS, WORKQUEUE_RETRIES];
+        // Labelled by what exists later; `WATCH_EVENTS` is registered at 0 when its watch starts.
+        let later = [ADDRESS_POOL_REJECTED, NETBOX_REQUESTS, WORKQUEUE_ADDS, WORKQUEUE_RETRIES, WATCH_EVENTS];
         for component in [Component::Allocator, Component::Agent] {
             let zero: Vec<&str> = zero_series(component).into_iter().map(|(n, _)| n).collect();
             for def in ALL.iter().filter(|d| d.kind == Kind::Counter) {

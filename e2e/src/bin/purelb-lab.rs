@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use purelb_e2e::{
     apiserver::{Emulator, EmulatorOptions, HttpServer},
-    lab::{self, Backend, Lab, LabOptions, ServiceBackends, demo, soak},
+    lab::{self, Backend, Lab, LabOptions, ServiceBackends, demo, scale, soak},
 };
 
 /// PureLB's test ground: an API emulator and a network-namespace lab.
@@ -185,6 +185,36 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         terminating: Vec<String>,
     },
+    /// Scale (issue 20): many simulated nodes (Nodes and node Leases renewed like real agents)
+    /// and Services with EndpointSlices around three real agents; prints per size and lease
+    /// timing what each real agent pays (CPU, Lease events and decision passes per second, RSS)
+    /// and the SIGKILL failover of a real agent's address.
+    Scale {
+        /// Simulated node counts, comma-separated, measured in this order.
+        #[arg(long, default_value = "10,100,1000", value_delimiter = ',')]
+        nodes: Vec<usize>,
+        /// Services with ten endpoints each on the simulated nodes.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Lease timings LEASE/RENEW in seconds, comma-separated (e.g. 6/2,2/1).
+        #[arg(long, default_value = "6/2,2/1", value_delimiter = ',', value_parser = parse_timing)]
+        leases: Vec<scale::Timing>,
+        /// Idle measurement window per point, seconds.
+        #[arg(long, default_value_t = 20)]
+        window: u64,
+        /// SIGKILL failovers of a real agent per point.
+        #[arg(long, default_value_t = 2)]
+        failovers: usize,
+        /// Prefix of the labs' namespaces (one lab per timing).
+        #[arg(long, default_value = "plscale")]
+        prefix: String,
+        /// The `purelb` binary.
+        #[arg(long)]
+        purelb_bin: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "PATH")]
+        json_file: Option<PathBuf>,
+    },
     /// Chaos soak: seeded random Service churn and faults in a dual-stack lab with two allocator
     /// replicas, every invariant checked every 25 ms, a client sending requests throughout.
     /// Exits 0 only with zero violations and zero failed requests outside the allowed windows.
@@ -271,6 +301,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Demo { .. } => "demo",
         Command::Serve { .. } => "serve",
         Command::Soak { .. } => "soak",
+        Command::Scale { .. } => "scale",
         Command::ServeNode { .. } => "serve-node",
     }
 }
@@ -368,11 +399,43 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Scale { nodes, services, leases, window, failovers, prefix, purelb_bin, json_file } => {
+            let options = scale::ScaleOptions {
+                sizes: nodes,
+                timings: leases,
+                services,
+                window: Duration::from_secs(window),
+                failovers,
+                prefix,
+                purelb_bin,
+                lab_bin: std::env::current_exe().ok(),
+            };
+            let mut progress = std::io::stderr();
+            let report = scale::run(&options, &mut progress).await?;
+            if let Some(path) = &json_file {
+                std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            report.print(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ServeNode { name, port } => {
             lab::http::serve(name, port).await.context("serving HTTP")?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `LEASE/RENEW` in seconds, e.g. `6/2`.
+fn parse_timing(text: &str) -> Result<scale::Timing, String> {
+    let (lease, renew) =
+        text.split_once('/').ok_or_else(|| format!("{text:?}: want LEASE/RENEW in seconds, e.g. 6/2"))?;
+    let secs = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}")).map(Duration::from_secs_f64);
+    let (lease, renew) = (secs(lease)?, secs(renew)?);
+    if renew.is_zero() || renew * 2 > lease {
+        return Err(format!("{text:?}: the renew interval must be positive and at most half the lease"));
+    }
+    Ok(scale::Timing { lease, renew })
 }
 
 /// `180` (seconds) or a duration such as `90s`, `30m`.

@@ -24,6 +24,7 @@ pub mod netns;
 pub mod observer;
 pub mod oracle;
 pub mod processes;
+pub mod scale;
 pub mod soak;
 pub mod topology;
 pub mod workload;

@@ -393,3 +393,31 @@ proptest! {
         let _ = parse_announcing(&format_announcing(&held));
     }
 }
+
+#[test]
+fn renewals_change_nothing_but_membership_changes_do() {
+    let base = || vec![lease("node-a").subnets(BOTH_SUBNETS), lease("node-b").subnets(BOTH_SUBNETS).instance("u1")];
+    let before = table(base());
+    // Both renewed a second later: only the expiry times moved.
+    let renewed = table(base().into_iter().map(|l| l.renewed_ago(-1)).collect());
+    assert_ne!(before, renewed);
+    assert!(before.same_but_expiry(&renewed));
+    let changed = |edit: fn(LeaseBuilder) -> LeaseBuilder| {
+        let mut leases = base();
+        let b = leases.pop().unwrap();
+        leases.push(edit(b));
+        table(leases)
+    };
+    for (what, other) in [
+        ("draining", changed(LeaseBuilder::draining)),
+        ("subnets", changed(|l| l.subnets("192.0.2.0/24"))),
+        ("announcing", changed(|l| l.announcing("192.0.2.240"))),
+        ("instance", changed(|l| l.instance("u2"))),
+        ("expired", changed(|l| l.renewed_ago(11))),
+        ("gone", table(vec![lease("node-a").subnets(BOTH_SUBNETS)])),
+        ("new", table(base().into_iter().chain([lease("node-c")]).collect())),
+    ] {
+        assert!(!before.same_but_expiry(&other), "{what}");
+        assert!(!other.same_but_expiry(&before), "{what}");
+    }
+}
