@@ -121,6 +121,7 @@ pub fn zero_series(component: Component) -> Vec<(&'static str, Option<(&'static 
             (ADDRESS_CONFLICTS, None),
             (BGP_CONFIG_RELOADS, None),
             (BGP_CONFIG_ERRORS, None),
+            (DECISION_PASSES, None),
         ],
     }
 }
