@@ -799,6 +799,48 @@ def parse_binary(out: str) -> Report:
     return r
 
 
+_SCALE_ROW = re.compile(
+    r"^(?P<lease>[\d.]+) s / (?P<renew>[\d.]+) s\s+(?P<nodes>\d+)\s+(?P<services>\d+)\s+(?P<renewals>[\d.]+)\s+"
+    r"(?P<events>[\d.]+)\s+(?P<passes>[\d.]+)\s+(?P<cpu>[\d.]+)\s+(?P<per_event>[\d.]+)\s+(?P<rss>[\d.]+)\s+"
+    r"(?P<api>[\d.]+)\s*(?P<failover>[\d ]*)$", re.M)
+
+
+def parse_scale(out: str) -> Report:
+    r = Report()
+    issue = "#20 scale"
+    t = r.table("leases (lease / renew)", "nodes", "Services", "renewals/s (model N/R)", "Lease events/s per agent",
+                "decision passes/s per agent", "agent CPU (% of a core, busiest)", "agent CPU per event",
+                "agent RSS", "emulator CPU", "SIGKILL failover")
+    rows = list(_SCALE_ROW.finditer(out))
+    if not rows:
+        r.not_parsed(t, "the scale table")
+    max_passes = None
+    cpu_6_2 = None
+    failover_2_1 = None
+    for m in rows:
+        lease, renew, nodes = float(m["lease"]), float(m["renew"]), int(m["nodes"])
+        failover = [float(x) for x in m["failover"].split()]
+        t.rows.append([f"{m['lease']} s / {m['renew']} s", f"{nodes:,}", f"{int(m['services']):,}",
+                       f"{m['renewals']} ({sig(nodes / renew)})", m["events"], m["passes"], f"{m['cpu']} %",
+                       f"{m['per_event']} µs", f"{m['rss']} MiB", f"{m['api']} %",
+                       ", ".join(f"{x:.0f} ms" for x in failover) or "none"])
+        max_passes = max(max_passes or 0.0, float(m["passes"]))
+        if nodes >= 1000 and (lease, renew) == (6.0, 2.0):
+            cpu_6_2 = float(m["cpu"])
+        if nodes >= 1000 and (lease, renew) == (2.0, 1.0) and failover:
+            failover_2_1 = max(failover) / 1e3
+    r.target(issue, "idle agent CPU at 1,000 nodes, 6 s / 2 s leases ≤ 5 % of one core", cpu_6_2,
+             lambda v: v <= 5.0, f"{cpu_6_2} %" if cpu_6_2 is not None else NOT_PARSED)
+    r.target(issue, "decision passes caused by renewals that change nothing: 0", max_passes,
+             lambda v: v == 0.0, f"{max_passes} per second at most" if max_passes is not None else NOT_PARSED)
+    r.target(issue, "crash failover at 1,000 nodes (2 s leases renewed every 1 s) ≤ lease + 1 s", failover_2_1,
+             lambda v: v <= 3.0, fmt_dur(failover_2_1))
+    if rows:
+        r.baselines.append("the load model (docs/scale.md): every agent receives N/R Lease events per second; "
+                           "the renewals/s column shows the model next to what the simulator did")
+    return r
+
+
 # ---------------------------------------------------------------------------------------------
 # The benches
 
@@ -845,6 +887,19 @@ BENCHES: list[Bench] = [
           "`--lease-duration=2s --renew-interval=500ms`; times come from `ip -ts monitor address` in each node. "
           "The bench writes Service status itself, as the allocator would.",
           baseline="the floor (emulator watch fan-out + one netlink add)",
+          prepare=[CARGO_RELEASE_BINS], needs_root=True),
+    Bench("scale", "Scale: simulated nodes around real agents", "#20 scale",
+          ["./target/release/purelb-lab", "scale", "--nodes", "10,100,1000", "--leases", "6/2,2/1",
+           "--services", "1000", "--window", "15", "--failovers", "2"], parse_scale,
+          "`purelb-lab scale` (e2e/src/lab/scale.rs): the emulator holds N simulated Nodes whose node Leases one "
+          "task renews with the agent's own renewal code (same fields and cadence), subnets spread over "
+          "198.51.100.0/24, 203.0.113.0/24 and 32 IPv6 /64s, and 1,000 Services with ten endpoints each on them; "
+          "three real `purelb agent` processes (release build) run on 192.0.2.0/24, which no simulated node has. "
+          "Per point, after the agents settled: a 15 s window in which only renewals flow (CPU from "
+          "/proc/PID/stat, events and passes from the agents' `purelb_watch_events_total{watch=\"leases\"}` and "
+          "`purelb_decision_passes_total`), then SIGKILL of the holder of a real address until another real agent "
+          "holds it.",
+          baseline="the load model (N/R events per agent)",
           prepare=[CARGO_RELEASE_BINS], needs_root=True),
     Bench("agent_tests", "Node agent lab tests", "#6 agent",
           ["cargo", "test", "--locked", "-p", "purelb-e2e", "--test", "agent", "--", "--nocapture", "--test-threads=1"],

@@ -540,6 +540,8 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             format!("--lease-duration={}s", timing.lease.as_secs()),
             format!("--renew-interval={}ms", timing.renew.as_millis()),
             "--handover-timeout=5s".to_owned(),
+            // Its pass is not caused by renewals; out of the windows.
+            "--orphan-sweep-interval=10m".to_owned(),
         ];
         let lab = Lab::start(lab_options).await?;
         lab.apply_yaml(REAL_GROUP).await?;
