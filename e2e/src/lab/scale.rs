@@ -233,23 +233,27 @@ impl Simulator {
                         _ = ticker.tick() => {}
                         _ = stopped.changed() => return,
                     }
-                    let all: Vec<SimNode> = lock(&nodes).clone();
-                    if all.is_empty() {
-                        continue;
-                    }
-                    if all.len() as u64 != n {
-                        // New nodes (renewed once by `grow`): the cadence starts over at the new
-                        // size, with no catch-up burst for the time before.
-                        n = all.len() as u64;
-                        started = Instant::now();
-                        done = 0;
-                    }
-                    // Renewals due by now since the start, at n per interval.
-                    let due =
-                        u64::try_from(started.elapsed().as_nanos() * u128::from(n) / timing.renew.as_nanos().max(1))
-                            .unwrap_or(u64::MAX);
-                    let batch: Vec<SimNode> = (done..due.max(done)).map(|k| all[(k % n) as usize].clone()).collect();
-                    done = due.max(done);
+                    // Only the nodes due are copied out of the lock, not all of them per tick.
+                    let batch: Vec<SimNode> = {
+                        let all = lock(&nodes);
+                        if all.is_empty() {
+                            continue;
+                        }
+                        if all.len() as u64 != n {
+                            // New nodes (renewed once by `grow`): the cadence starts over at the
+                            // new size, with no catch-up burst for the time before.
+                            n = all.len() as u64;
+                            started = Instant::now();
+                            done = 0;
+                        }
+                        // Renewals due by now since the start, at n per interval.
+                        let due = u64::try_from(
+                            started.elapsed().as_nanos() * u128::from(n) / timing.renew.as_nanos().max(1),
+                        )
+                        .unwrap_or(u64::MAX);
+                        (done..due.max(done)).map(|k| all[(k % n) as usize].clone()).collect()
+                    };
+                    done += batch.len() as u64;
                     stream::iter(batch)
                         .for_each_concurrent(32, |node| {
                             let (client, renewals, errors) = (&client, &renewals, &errors);
