@@ -165,14 +165,15 @@ class Scan:
         self.used: set[int] = set()
         self.candidate = re.compile(candidate)
 
-    def find(self, pattern: str) -> re.Match[str] | None:
+    def find(self, pattern: str, consume: bool = True) -> re.Match[str] | None:
         rx = re.compile(pattern)
         for i, line in enumerate(self.lines):
             if i in self.used:
                 continue
             m = rx.search(line)
             if m:
-                self.used.add(i)
+                if consume:
+                    self.used.add(i)
                 return m
         return None
 
@@ -473,6 +474,12 @@ def parse_agent_lab(out: str) -> Report:
         t.rows.append(["floor = fan-out p50 + netlink add p50", fmt_dur(float(m["floor"]) / 1e3)])
     else:
         r.not_parsed(t, "floor (fan-out p50 + netlink add p50)")
+    m = s.find(r"^agent-lab: floor p99: netlink add p99 (?P<nl>[\d.]+) ms; floor p99 = .*= (?P<floor>[\d.]+) ms")
+    if m:
+        t.rows.append(["floor p99 = fan-out p99 + netlink add p99", f"{fmt_dur(float(m['floor']) / 1e3)} "
+                       f"(netlink add p99 {fmt_dur(float(m['nl']) / 1e3)})"])
+    else:
+        r.not_parsed(t, "floor p99 (fan-out p99 + netlink add p99)")
     m = s.find(r"^agent-lab: ratio to the floor: address appears p99 (?P<a>[\d.]+)×, address gone p99 (?P<g>[\d.]+)×")
     if m:
         t.rows.append(["ratio to the floor (p99 / floor)", f"address appears **{m['a']}×**, address gone **{m['g']}×**"])
@@ -484,6 +491,8 @@ def parse_agent_lab(out: str) -> Report:
              lambda v: v <= 0.1, fmt_dur(a99))
     r.target(issue, "Service deletion → address gone from every node: p99 ≤ 100 ms (50 Services)", g99,
              lambda v: v <= 0.1, fmt_dur(g99))
+
+    tail(s, r, t, "50")
 
     m = s.find(r"^agent-lab: idle agent API requests: (?P<total>[\d.]+)/min \((?P<why>[^)]*)\): (?P<map>.*)$")
     api_ok = None
@@ -512,6 +521,13 @@ def parse_agent_lab(out: str) -> Report:
     if m:
         t.rows.append([f"created {int(m['n']):,} Services with status and {int(m['k']):,} EndpointSlices "
                        f"({int(m['e']):,} endpoints)", f"{m['s']} s"])
+    m = s.find(r"^agent-lab: tail at (?P<n>\d+) Services:", consume=False)
+    big = m["n"] if m else "5000"
+    summary(f"with {int(big):,} Services: status write → address on the winner's interface",
+            rf"(?P<what>at {big} Services: status write → address on the winner)")
+    summary(f"with {int(big):,} Services: Service deletion → address gone from every node",
+            rf"(?P<what>at {big} Services: Service deletion → address gone from every node)")
+    tail(s, r, t, big)
     m = s.find(r"^agent-lab: agent RSS with (?P<n>\d+) Services and (?P<e>\d+) endpoints cached: max (?P<max>[\d.]+) MiB over (?P<a>\d+) agents \(idle before: (?P<idle>[\d.]+) MiB\)")
     rss = parse_num(m["max"]) if m else None
     if m:
@@ -522,8 +538,32 @@ def parse_agent_lab(out: str) -> Report:
         r.not_parsed(t, "agent RSS with 5,000 Services and 50,000 endpoints cached")
     r.target(issue, "agent RSS with 5,000 Services and 50,000 endpoints cached ≤ 64 MiB", rss, lambda v: v <= 64,
              f"{m['max']} MiB" if m else NOT_PARSED)
+    m = s.find(r"^agent-lab: created (?P<n>\d+) Services with status and (?P<k>\d+) EndpointSlices \((?P<e>\d+) endpoints\) in (?P<s>[\d.]+) s")
+    if m:
+        t.rows.append([f"created {int(m['n']):,} Services with status and {int(m['k']):,} EndpointSlices "
+                       f"({int(m['e']):,} endpoints)", f"{m['s']} s"])
+    m = s.find(r"^agent-lab: agent RSS with (?P<n>\d+) Services and (?P<e>\d+) endpoints cached: max (?P<max>[\d.]+) MiB over (?P<a>\d+) agents; target")
+    if m:
+        t.rows.append([f"agent RSS with {int(m['n']):,} Services and {int(m['e']):,} endpoints cached",
+                       f"max {m['max']} MiB over {m['a']} agents"])
+    for w in s.find_all(r"^agent-lab: at (?P<n>\d+) Services: (?P<per>[\d.]+) decision passes per change over 3 agents, (?P<ms>[\d.]+) ms each on average \((?P<rest>[^)]*)\)"):
+        t.rows.append([f"while measuring at {int(w['n']):,} Services: decision passes per change (3 agents), mean pass",
+                       f"{w['per']} passes, {w['ms']} ms each ({w['rest']})"])
+    r.target("#20 scale", "agent RSS at 50,000 Services / 500,000 endpoints ≤ 256 MiB",
+             parse_num(m["max"]) if m and m["n"] == "50000" else None, lambda v: v <= 256,
+             f"{m['max']} MiB" if m else "not measured (AGENT_LAB_LARGE=0)")
     r.unparsed = s.leftovers()
     return r
+
+
+def tail(s: "Scan", r: Report, t: "Table", n: str) -> None:
+    """The scale issue's tail target: address appears p99 / the floor's p99 at `n` Services."""
+    limit = 5.0 if n == "50" else 10.0
+    m = s.find(rf"^agent-lab: tail at {n} Services: address appears p99 / floor p99 = (?P<x>[\d.]+)×")
+    if m:
+        t.rows.append([f"tail at {int(n):,} Services: address appears p99 / floor p99", f"**{m['x']}×**"])
+    r.target("#20 scale", f"status write → NIC p99 / floor p99 ≤ {limit:g}× at {int(n):,} Services (≥ 1,000 samples)",
+             float(m["x"]) if m else None, lambda v: v <= limit, f"{m['x']}×" if m else NOT_PARSED)
 
 
 # `MEASURE <what>: <duration>` lines of the lab tests (e2e/tests/agent.rs) and the decide test.
@@ -1621,16 +1661,24 @@ burst: allocator allocated 5000 Services (no duplicates) in 3.06 s = 1636 Servic
     "agent_lab": """\
 agent-lab: purelb binary /work/main/target/release/purelb
 agent-lab: status write → address on the winner: n=50 p50 41.2 ms p99 62.0 ms max 70.1 ms
+agent-lab: at 50 Services: 4.1 decision passes per change over 3 agents, 0.61 ms each on average (8200 passes, 5.0 s of work for 2000 changes)
 agent-lab: 0 of 50 addresses appeared on a node other than the hash winner
 agent-lab: Service deletion → address gone from every node: n=50 p50 30.1 ms p99 38.0 ms max 40.0 ms
 agent-lab: floor: emulator watch fan-out (status write → watcher): n=50 p50 2.1 ms p99 4.0 ms max 5.0 ms
 agent-lab: floor: netlink add p50 0.030 ms; floor = fan-out p50 + netlink add p50 = 2.13 ms
+agent-lab: floor p99: netlink add p99 0.075 ms; floor p99 = fan-out p99 + netlink add p99 = 4.08 ms
 agent-lab: ratio to the floor: address appears p99 29.1×, address gone p99 17.8× (targets: p99 ≤ 100 ms each: met / met)
+agent-lab: tail at 50 Services: address appears p99 / floor p99 = 15.2× (target ≤ 5×: MISSED)
 agent-lab: idle agent API requests: 240/min (renew interval 500 ms in this lab): {"get leases": 120.0, "update leases": 120.0}
 agent-lab: SIGKILL of the holder → successor holds the address (2 s leases): n=3 p50 2010.0 ms p99 2070.0 ms max 2070.0 ms
 agent-lab: failover target ≤ 3 s: met
 agent-lab: created 5000 Services with status and 5000 EndpointSlices (50000 endpoints) in 12.3 s
+agent-lab: at 5000 Services: status write → address on the winner: n=1000 p50 3.1 ms p99 20.0 ms max 30.0 ms
+agent-lab: at 5000 Services: Service deletion → address gone from every node: n=1000 p50 3.0 ms p99 19.0 ms max 25.0 ms
+agent-lab: tail at 5000 Services: address appears p99 / floor p99 = 4.9× (target ≤ 10×: met)
 agent-lab: agent RSS with 5000 Services and 50000 endpoints cached: max 30.1 MiB over 3 agents (idle before: 10.0 MiB); target ≤ 64 MiB: met
+agent-lab: created 50000 Services with status and 50000 EndpointSlices (500000 endpoints) in 120.3 s
+agent-lab: agent RSS with 50000 Services and 500000 endpoints cached: max 140.5 MiB over 3 agents; target ≤ 256 MiB: met
 """,
     "agent_tests": """\
 running 8 tests
@@ -1766,6 +1814,12 @@ def self_test() -> int:
     check(target(r, "SIGKILL").met is True and target(r, "agent RSS").met is True, "agent_lab failover/rss")
     check(target(r, "one idle agent").met is True, "agent_lab idle api")
     check(r.baselines and "29.1×" in r.baselines[0], "agent_lab floor ratio")
+    tail50, tail5k, rss50k = (next((x for x in r.targets if key in x.what), None)
+                              for key in ("× at 50 Services", "× at 5,000 Services", "50,000 Services / 500,000"))
+    check(tail50 is not None and tail50.met is False and tail50.measured == "15.2×", "agent_lab tail 50")
+    check(tail5k is not None and tail5k.met is True, "agent_lab tail 5000")
+    check(rss50k is not None and rss50k.met is True and rss50k.measured == "140.5 MiB", "agent_lab 50k rss")
+    check(not r.unparsed, f"agent_lab leftovers {r.unparsed}")
     r = reports["agent_tests"]
     check(target(r, "graceful handover gap").met is True, "agent tests handover gap")
     check(target(r, "graceful handover: zero").met is True, "agent tests zero failed")

@@ -1,19 +1,24 @@
-//! The agent's lab measurements (agent issue, "Performance"): 3 nodes, real `purelb agent`
-//! processes in network namespaces, real kernel addresses. Run as root:
-//! `cargo build --release -p purelb --bin purelb && cargo bench -p purelb-e2e --bench agent_lab`
-//! (`AGENT_LAB_SERVICES=n` changes the 50 Services, `AGENT_LAB_SCALE=n` the 5,000).
+//! The agent's lab measurements (agent issue, "Performance"; scale issue, "The tail"): 3 nodes,
+//! real `purelb agent` processes in network namespaces, real kernel addresses. Run as root:
+//! `cargo build --release -p purelb --bin purelb && cargo bench -p purelb-e2e --bench agent_lab`.
+//! Settings: `AGENT_LAB_SERVICES` (50: Services present while measuring), `AGENT_LAB_SAMPLES`
+//! (1,000 per latency), `AGENT_LAB_SCALE` (5,000: the second size), `AGENT_LAB_LARGE` (50,000:
+//! the RSS at the largest size; 0 skips it).
 //!
 //! - status write → address on the winner's interface, and Service deletion → address gone
-//!   from every node, over 50 Services one at a time (the bench writes the status itself, as
-//!   the allocator would; no allocator runs, so nothing else writes). Times come from
-//!   `ip -ts monitor address` in each node's namespace (kernel notification time), against the
-//!   wall-clock time just before the API request was sent.
+//!   from every node: `AGENT_LAB_SAMPLES` Services created one after another, 50 present at a
+//!   time; each gets its status (the bench writes it, as the allocator would; no allocator runs,
+//!   so nothing else writes) and is deleted 50 steps later. Times come from `ip -ts monitor
+//!   address` in each node's namespace (the time `ip` read the kernel's notification), against
+//!   the wall-clock time just before the API request was sent.
 //! - the floor, measured in the same run: the emulator's watch fan-out (status write → a
-//!   watcher over HTTP sees it) plus one netlink address add in a private namespace.
-//! - SIGKILL of the holder → the successor holds the address (2 s leases).
+//!   watcher over HTTP sees it) plus one netlink address add in a private namespace; p50 and p99
+//!   of each.
 //! - one idle agent's API requests per minute (the emulator counts requests per token).
-//! - agent RSS with `AGENT_LAB_SCALE` Services (with addresses no node can announce) and ten
-//!   endpoints each cached.
+//! - SIGKILL of the holder → the successor holds the address (2 s leases).
+//! - the same latencies with `AGENT_LAB_SCALE` Services present (the others have addresses no
+//!   node can announce and ten endpoints each), then the agents' RSS with them cached, and with
+//!   `AGENT_LAB_LARGE` Services (500,000 endpoints) cached.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cast_precision_loss)]
 
 use std::{
@@ -41,7 +46,7 @@ use purelb::{
     },
     testing::in_new_netns,
 };
-use purelb_e2e::lab::{self, Lab, LabOptions, ProcessStatus};
+use purelb_e2e::lab::{self, Lab, LabOptions, ProcessStatus, scale::metric_sum};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -117,13 +122,24 @@ fn monitor(lab: &Lab) -> (Events, Vec<tokio::process::Child>) {
     (events, children)
 }
 
-/// Waits for the first event matching `want` at or after `since`.
-async fn wait_event(events: &Events, timeout: Duration, want: impl Fn(&AddrEvent) -> bool) -> Option<AddrEvent> {
-    lab::wait_for(timeout, || {
-        let found = events.lock().unwrap().iter().find(|e| want(e)).cloned();
-        async move { found }
-    })
-    .await
+/// Waits for the first event matching `want` among those from index `from` on (polled every 2 ms;
+/// the times come from `ip monitor`, not from the poll).
+async fn wait_event_from(
+    events: &Events,
+    from: usize,
+    timeout: Duration,
+    want: impl Fn(&AddrEvent) -> bool,
+) -> Option<AddrEvent> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(e) = events.lock().unwrap().iter().skip(from).find(|e| want(e)).cloned() {
+            return Some(e);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 fn percentile(samples: &mut [Duration], p: usize) -> Duration {
@@ -192,29 +208,141 @@ fn pid_of(lab: &Lab, name: &str) -> u32 {
     }
 }
 
-/// p50 of one netlink address add (the agent's own manager) in a private namespace.
-fn netlink_add_floor() -> Duration {
+/// p50 and p99 of one netlink address add (the agent's own manager) in a private namespace,
+/// over 1,000 adds (200 addresses, each added and deleted five times).
+fn netlink_add_floor() -> (Duration, Duration) {
     in_new_netns(|netns| async move {
         let _ = netns.ip(&["link", "add", "pl-floor0", "type", "bridge"]);
         let _ = netns.ip(&["link", "set", "pl-floor0", "up"]);
         let manager = AddressManager::new().unwrap();
         let index = manager.link(&"pl-floor0".into()).await.unwrap().unwrap().index;
         let mut samples = Vec::new();
-        for d in 1..=200u8 {
-            let spec = AddressSpec::new(index, IpAddr::V4(Ipv4Addr::new(198, 51, 100, d)), 24).nodad().noprefixroute();
-            let start = Instant::now();
-            manager.add_or_replace(&spec).await.unwrap();
-            samples.push(start.elapsed());
+        for round in 0..5 {
+            for d in 1..=200u8 {
+                let spec =
+                    AddressSpec::new(index, IpAddr::V4(Ipv4Addr::new(198, 51, 100, d)), 24).nodad().noprefixroute();
+                let start = Instant::now();
+                manager.add_or_replace(&spec).await.unwrap();
+                samples.push(start.elapsed());
+            }
+            if round < 4 {
+                let _ = netns.ip(&["addr", "flush", "dev", "pl-floor0"]);
+            }
         }
-        percentile(&mut samples, 50)
+        (percentile(&mut samples, 50), percentile(&mut samples, 99))
     })
+}
+
+/// Creates Services `{prefix}{from..to}` in the `far` group (an address no node can announce)
+/// with a status and one EndpointSlice of ten endpoints each, 16 at a time.
+async fn populate(services: &Api<Service>, slices: &Api<EndpointSlice>, prefix: &str, range: std::ops::Range<usize>) {
+    stream::iter(range)
+        .for_each_concurrent(16, |i| {
+            let services = services.clone();
+            let slices = slices.clone();
+            async move {
+                let name = format!("{prefix}{i}");
+                services.create(&PostParams::default(), &service(&name, "far")).await.unwrap();
+                let ip = Ipv4Addr::new(203, 0, 113, u8::try_from(i % 256).unwrap());
+                set_status(&services, &name, IpAddr::V4(ip)).await;
+                let endpoints: Vec<serde_json::Value> = (0..10)
+                    .map(|e| {
+                        json!({"addresses": [format!("2001:db8:{i:x}::{:x}", e + 1)],
+                               "conditions": {"ready": true, "serving": true, "terminating": false},
+                               "nodeName": format!("node-{}", e % 3)})
+                    })
+                    .collect();
+                let slice: EndpointSlice = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{name}-abcde"), "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv6", "endpoints": endpoints, "ports": [{"name": "", "port": 80, "protocol": "TCP"}]
+                }))
+                .unwrap();
+                slices.create(&PostParams::default(), &slice).await.unwrap();
+            }
+        })
+        .await;
+}
+
+/// Decision passes and the seconds they took, summed over every agent (from `/metrics`).
+async fn pass_work(lab: &Lab) -> (f64, f64) {
+    let mut total = (0.0, 0.0);
+    for node in lab.node_names() {
+        let page = lab.scrape(&lab::agent_name(&node)).await.unwrap_or_default();
+        total.0 += metric_sum(&page, "purelb_decision_passes_total", "");
+        total.1 += metric_sum(&page, "purelb_workqueue_work_duration_seconds_sum", "queue=\"agent\"");
+    }
+    total
+}
+
+/// Where the time goes: decision passes per measured change (all agents) and their mean cost.
+fn print_pass_work(what: &str, before: (f64, f64), after: (f64, f64), changes: usize) {
+    let passes = after.0 - before.0;
+    let secs = after.1 - before.1;
+    println!(
+        "agent-lab: {what}: {:.1} decision passes per change over 3 agents, {:.2} ms each on average ({passes:.0} passes, {:.1} s of work for {changes} changes)",
+        passes / changes.max(1) as f64,
+        if passes > 0.0 { secs * 1e3 / passes } else { 0.0 },
+        secs,
+    );
+}
+
+/// Address appearance and removal latency over `samples` Services created one after another,
+/// `window` of them present at a time: each is created, given a status (→ the address appears
+/// on the winner) and, `window` steps later, deleted (→ its address is gone from every node).
+/// Returns (appear, gone, wrong winners).
+async fn appear_and_gone(
+    lab: &Lab,
+    services: &Api<Service>,
+    events: &Events,
+    tag: &str,
+    samples: usize,
+    window: usize,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let nodes = lab.node_names();
+    // The local pool has 80 addresses: the window's addresses stay distinct.
+    let ip_of = |k: usize| IpAddr::V4(Ipv4Addr::new(192, 0, 2, 120 + u8::try_from(k % 80).unwrap()));
+    let name_of = |k: usize| format!("{tag}{k}");
+    let (mut appear, mut gone, mut wrong_winner) = (Vec::new(), Vec::new(), 0);
+    for k in 0..samples + window {
+        if k >= window {
+            let (ip, name) = (ip_of(k - window), name_of(k - window));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mark = events.lock().unwrap().len();
+            let sent = SystemTime::now();
+            services.delete(&name, &DeleteParams::default()).await.unwrap();
+            let event = wait_event_from(events, mark, Duration::from_secs(10), |e| !e.added && e.ip == ip)
+                .await
+                .unwrap_or_else(|| panic!("{ip} of {name} never went away"));
+            gone.push(event.at.duration_since(sent).unwrap_or_default());
+        }
+        if k >= samples {
+            continue;
+        }
+        let (ip, name) = (ip_of(k), name_of(k));
+        services.create(&PostParams::default(), &service(&name, "local")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mark = events.lock().unwrap().len();
+        let sent = SystemTime::now();
+        set_status(services, &name, ip).await;
+        let event = wait_event_from(events, mark, Duration::from_secs(10), |e| e.added && e.ip == ip)
+            .await
+            .unwrap_or_else(|| panic!("{ip} of {name} never appeared"));
+        appear.push(event.at.duration_since(sent).unwrap_or_default());
+        let winner = election::elect(nodes.iter().map(String::as_str), ip).unwrap();
+        if event.node != winner {
+            wrong_winner += 1;
+        }
+    }
+    (appear, gone, wrong_winner)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)]
 async fn main() {
-    let n: usize = std::env::var("AGENT_LAB_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(50).min(100);
+    let n: usize = std::env::var("AGENT_LAB_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(50).min(60);
     let scale: usize = std::env::var("AGENT_LAB_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let samples: usize = std::env::var("AGENT_LAB_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let large: usize = std::env::var("AGENT_LAB_LARGE").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let prefix = format!("plb{}", std::process::id());
     let purelb_bin = lab::built_binary("purelb", &["release", "debug"])
         .expect("build the purelb binary first: cargo build --release -p purelb --bin purelb");
@@ -233,43 +361,17 @@ async fn main() {
     lab.apply_yaml(FAR_GROUP).await.unwrap();
     let client = lab.client();
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let nodes = lab.node_names();
     let (events, _monitors) = monitor(&lab);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // 1. Status write → address on the winner; deletion → gone everywhere.
-    let mut appear = Vec::new();
-    let mut wrong_winner = 0;
-    for i in 0..n {
-        let name = format!("m{i}");
-        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 120 + u8::try_from(i).unwrap()));
-        services.create(&PostParams::default(), &service(&name, "local")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let sent = SystemTime::now();
-        set_status(&services, &name, ip).await;
-        let event = wait_event(&events, Duration::from_secs(10), |e| e.added && e.ip == ip)
-            .await
-            .unwrap_or_else(|| panic!("{ip} never appeared"));
-        appear.push(event.at.duration_since(sent).unwrap_or_default());
-        let winner = election::elect(nodes.iter().map(String::as_str), ip).unwrap();
-        if event.node != winner {
-            wrong_winner += 1;
-        }
-    }
+    // 1. Status write → address on the winner; deletion → gone everywhere (n Services present).
+    let work = pass_work(&lab).await;
+    let (mut appear, mut gone, wrong_winner) = appear_and_gone(&lab, &services, &events, "m", samples, n).await;
+    print_pass_work(&format!("at {n} Services"), work, pass_work(&lab).await, 2 * samples);
     let (_, appear_p99) = summary("status write → address on the winner", &mut appear);
-    println!("agent-lab: {wrong_winner} of {n} addresses appeared on a node other than the hash winner");
-    let mut gone = Vec::new();
-    for i in 0..n {
-        let name = format!("m{i}");
-        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 120 + u8::try_from(i).unwrap()));
-        let sent = SystemTime::now();
-        services.delete(&name, &DeleteParams::default()).await.unwrap();
-        let event = wait_event(&events, Duration::from_secs(10), |e| !e.added && e.ip == ip)
-            .await
-            .unwrap_or_else(|| panic!("{ip} never went away"));
-        gone.push(event.at.duration_since(sent).unwrap_or_default());
-        assert!(lab.holders(ip).unwrap().is_empty(), "{ip} still held after deletion");
-    }
+    println!("agent-lab: {wrong_winner} of {samples} addresses appeared on a node other than the hash winner");
     let (_, gone_p99) = summary("Service deletion → address gone from every node", &mut gone);
 
     // 2. The floor: watch fan-out (status write → a watcher over HTTP sees it) + one netlink add.
@@ -286,30 +388,40 @@ async fn main() {
         }
     });
     let mut fanout = Vec::new();
-    for i in 0..n {
+    for i in 0..samples {
         let name = format!("f{i}");
         let mut svc = service(&name, "none");
         svc.metadata.labels = Some([("bench".to_owned(), "floor".to_owned())].into());
         svc.metadata.annotations = None;
         services.create(&PostParams::default(), &svc).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let sent = SystemTime::now();
-        set_status(&services, &name, IpAddr::V4(Ipv4Addr::new(203, 0, 113, u8::try_from(i).unwrap()))).await;
-        let at = lab::wait_for(Duration::from_secs(10), || {
-            let at = seen.lock().unwrap().get(&name).copied();
-            async move { at }
-        })
-        .await
-        .unwrap();
+        set_status(&services, &name, IpAddr::V4(Ipv4Addr::new(203, 0, 113, u8::try_from(i % 256).unwrap()))).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let at = loop {
+            if let Some(at) = seen.lock().unwrap().get(&name).copied() {
+                break at;
+            }
+            assert!(Instant::now() < deadline, "the floor's watcher never saw {name}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
         fanout.push(at.duration_since(sent).unwrap_or_default());
+        if i >= n {
+            services.delete(&format!("f{}", i - n), &DeleteParams::default()).await.unwrap();
+        }
     }
     watch.abort();
-    let (fanout_p50, _) = summary("floor: emulator watch fan-out (status write → watcher)", &mut fanout);
-    let netlink = tokio::task::spawn_blocking(netlink_add_floor).await.unwrap();
-    let floor = fanout_p50 + ms(netlink);
+    let (fanout_p50, fanout_p99) = summary("floor: emulator watch fan-out (status write → watcher)", &mut fanout);
+    let (netlink_p50, netlink_p99) = tokio::task::spawn_blocking(netlink_add_floor).await.unwrap();
+    let floor = fanout_p50 + ms(netlink_p50);
+    let floor_p99 = fanout_p99 + ms(netlink_p99);
     println!(
         "agent-lab: floor: netlink add p50 {:.3} ms; floor = fan-out p50 + netlink add p50 = {floor:.2} ms",
-        ms(netlink)
+        ms(netlink_p50)
+    );
+    println!(
+        "agent-lab: floor p99: netlink add p99 {:.3} ms; floor p99 = fan-out p99 + netlink add p99 = {floor_p99:.2} ms",
+        ms(netlink_p99)
     );
     println!(
         "agent-lab: ratio to the floor: address appears p99 {:.1}×, address gone p99 {:.1}× (targets: p99 ≤ 100 ms each: {} / {})",
@@ -318,7 +430,12 @@ async fn main() {
         if appear_p99 <= 100.0 { "met" } else { "MISSED" },
         if gone_p99 <= 100.0 { "met" } else { "MISSED" },
     );
-    for i in 0..n {
+    println!(
+        "agent-lab: tail at {n} Services: address appears p99 / floor p99 = {:.1}× (target ≤ 5×: {})",
+        appear_p99 / floor_p99,
+        if appear_p99 <= 5.0 * floor_p99 { "met" } else { "MISSED" },
+    );
+    for i in samples.saturating_sub(n)..samples {
         let _ = services.delete(&format!("f{i}"), &DeleteParams::default()).await;
     }
 
@@ -346,14 +463,17 @@ async fn main() {
         let name = format!("k{round}");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 180 + round));
         services.create(&PostParams::default(), &service(&name, "local")).await.unwrap();
+        let mark = events.lock().unwrap().len();
         set_status(&services, &name, ip).await;
-        let holder = wait_event(&events, Duration::from_secs(10), |e| e.added && e.ip == ip).await.unwrap().node;
+        let holder =
+            wait_event_from(&events, mark, Duration::from_secs(10), |e| e.added && e.ip == ip).await.unwrap().node;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let killed = SystemTime::now();
         lab.kill_agent(&holder).unwrap();
-        let event = wait_event(&events, Duration::from_secs(15), |e| e.added && e.ip == ip && e.node != holder)
-            .await
-            .unwrap_or_else(|| panic!("nobody took {ip} over from {holder}"));
+        let event =
+            wait_event_from(&events, mark, Duration::from_secs(15), |e| e.added && e.ip == ip && e.node != holder)
+                .await
+                .unwrap_or_else(|| panic!("nobody took {ip} over from {holder}"));
         failover.push(event.at.duration_since(killed).unwrap_or_default());
         lab.restart_agent(&holder).unwrap();
         assert!(lab.wait_ready(&lab::agent_name(&holder), Duration::from_secs(30)).await);
@@ -363,55 +483,59 @@ async fn main() {
     let (_, failover_p99) = summary("SIGKILL of the holder → successor holds the address (2 s leases)", &mut failover);
     println!("agent-lab: failover target ≤ 3 s: {}", if failover_p99 <= 3000.0 { "met" } else { "MISSED" });
 
-    // 5. RSS with `scale` Services and ten endpoints each cached.
+    // 5. The same latencies with `scale` Services present (with addresses no node can announce,
+    //    ten endpoints each), then the RSS with them cached.
     let pid = pid_of(&lab, &agent0);
     let rss_before = rss_kib(pid);
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let started = Instant::now();
-    stream::iter(0..scale)
-        .for_each_concurrent(16, |i| {
-            let services = services.clone();
-            let slices = slices.clone();
-            async move {
-                let name = format!("s{i}");
-                services.create(&PostParams::default(), &service(&name, "far")).await.unwrap();
-                let ip = Ipv4Addr::new(203, 0, 113, u8::try_from(i % 256).unwrap());
-                set_status(&services, &name, IpAddr::V4(ip)).await;
-                let endpoints: Vec<serde_json::Value> = (0..10)
-                    .map(|e| {
-                        json!({"addresses": [format!("2001:db8:{i:x}::{:x}", e + 1)],
-                               "conditions": {"ready": true, "serving": true, "terminating": false},
-                               "nodeName": format!("node-{}", e % 3)})
-                    })
-                    .collect();
-                let slice: EndpointSlice = serde_json::from_value(json!({
-                    "metadata": {"name": format!("{name}-abcde"), "labels": {"kubernetes.io/service-name": name}},
-                    "addressType": "IPv6", "endpoints": endpoints, "ports": [{"name": "", "port": 80, "protocol": "TCP"}]
-                }))
-                .unwrap();
-                slices.create(&PostParams::default(), &slice).await.unwrap();
-            }
-        })
-        .await;
+    populate(&services, &slices, "s", 0..scale.saturating_sub(n)).await;
     println!(
         "agent-lab: created {scale} Services with status and {scale} EndpointSlices ({} endpoints) in {:.1} s",
         scale * 10,
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let mut rss = Vec::new();
-    for node in &nodes {
-        rss.push(rss_kib(pid_of(&lab, &lab::agent_name(node))));
-    }
-    let max = rss.iter().copied().max().unwrap_or(0);
+    let work = pass_work(&lab).await;
+    let (mut appear, mut gone, _) = appear_and_gone(&lab, &services, &events, "b", samples, n).await;
+    print_pass_work(&format!("at {scale} Services"), work, pass_work(&lab).await, 2 * samples);
+    let (_, big_appear_p99) =
+        summary(&format!("at {scale} Services: status write → address on the winner"), &mut appear);
+    summary(&format!("at {scale} Services: Service deletion → address gone from every node"), &mut gone);
+    println!(
+        "agent-lab: tail at {scale} Services: address appears p99 / floor p99 = {:.1}× (target ≤ 10×: {})",
+        big_appear_p99 / floor_p99,
+        if big_appear_p99 <= 10.0 * floor_p99 { "met" } else { "MISSED" },
+    );
+    populate(&services, &slices, "s", scale.saturating_sub(n)..scale).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss_of_agents = || nodes.iter().map(|node| rss_kib(pid_of(&lab, &lab::agent_name(node)))).max().unwrap_or(0);
+    let max = rss_of_agents();
     println!(
         "agent-lab: agent RSS with {scale} Services and {} endpoints cached: max {:.1} MiB over {} agents (idle before: {:.1} MiB); target ≤ 64 MiB: {}",
         scale * 10,
         max as f64 / 1024.0,
-        rss.len(),
+        nodes.len(),
         rss_before as f64 / 1024.0,
         if max <= 64 * 1024 { "met" } else { "MISSED" }
     );
+    if large > scale {
+        let started = Instant::now();
+        populate(&services, &slices, "s", scale..large).await;
+        println!(
+            "agent-lab: created {large} Services with status and {large} EndpointSlices ({} endpoints) in {:.1} s",
+            large * 10,
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let max = rss_of_agents();
+        println!(
+            "agent-lab: agent RSS with {large} Services and {} endpoints cached: max {:.1} MiB over {} agents; target ≤ 256 MiB: {}",
+            large * 10,
+            max as f64 / 1024.0,
+            nodes.len(),
+            if max <= 256 * 1024 { "met" } else { "MISSED" }
+        );
+    }
     for (name, status) in lab.process_status() {
         assert!(
             status.is_running(),

@@ -22,7 +22,10 @@ use purelb::{
         coordination::v1::Lease,
         core::v1::{Event, Service},
     },
-    kube::{Api, ResourceExt, api::DeleteParams},
+    kube::{
+        Api, ResourceExt,
+        api::{DeleteParams, Patch, PatchParams, PostParams},
+    },
 };
 use purelb_e2e::{
     apiserver::FailMode,
@@ -1665,4 +1668,53 @@ async fn renewals_that_change_nothing_cause_no_pass() {
     let passes = passes_after - passes_before;
     eprintln!("MEASURE {events} Lease events, {passes} decision passes in 10 s");
     assert!(passes <= 1.0, "{passes} decision passes in 10 s of renewals that change nothing");
+}
+
+/// Services that are not PureLB's (no pool type or no address) cause no decision pass when
+/// they come, change or go (scale issue: a pass covers every Service, so it must run only when
+/// something it reads changed). Fails on the code before: every Service event ran a pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_that_are_not_purelbs_cause_no_pass() {
+    use purelb_e2e::lab::scale::metric_sum;
+    let mut options = LabOptions::new(&prefix("otherpass"), 2)
+        .lab_bin(LAB_BIN)
+        .purelb_bin(purelb_bin())
+        .ready_timeout(Duration::from_secs(30));
+    options.agent_args = ["--lease-duration=6s", "--renew-interval=2s", "--orphan-sweep-interval=5m"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let lab = Lab::start(options).await.unwrap();
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    winner_holds(&lab, ip).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent = lab::agent_name(&lab.node_names()[0]);
+    let passes = async || {
+        metric_sum(&lab.scrape(&agent).await.expect("the agent's /metrics"), "purelb_decision_passes_total", "")
+    };
+    let services: Api<Service> = Api::namespaced(lab.client(), "default");
+    let before = passes().await;
+    for i in 0..20 {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("plain{i}")},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        let patch = serde_json::json!({"metadata": {"labels": {"changed": "yes"}}});
+        services.patch(&format!("plain{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        services.delete(&format!("plain{i}"), &DeleteParams::default()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = passes().await;
+    eprintln!("MEASURE 60 events of Services that are not PureLB's: {} decision passes", after - before);
+    assert!(after - before <= 1.0, "{} decision passes for Services that are not PureLB's", after - before);
+    // The count moves when a Service of ours changes (the measurement works).
+    let patch =
+        serde_json::json!({"spec": {"externalTrafficPolicy": "Cluster"}, "metadata": {"annotations": {"x": "y"}}});
+    services.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(passes().await > after, "a change to a PureLB Service ran no pass");
 }

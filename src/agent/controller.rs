@@ -156,7 +156,13 @@ struct State {
     timers: Timers,
     /// GARP/NA bursts running, by address.
     bursts: HashMap<IpAddr, BurstHandle>,
-    notes: HashMap<(ServiceKey, IpAddr), Note>,
+    /// What this node last reported per Service and address, with the number of the pass that
+    /// last saw it (entries not seen by the current pass are dropped).
+    notes: HashMap<ServiceKey, HashMap<IpAddr, (Note, u64)>>,
+    /// Passes run (numbers the `notes`).
+    reports: u64,
+    /// `purelb_endpointslice_count` as last exported, per Service.
+    slice_counts: BTreeMap<ServiceKey, usize>,
     config_error: Option<String>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
@@ -237,6 +243,33 @@ fn lease_key(lease: &Lease) -> String {
     )
 }
 
+/// What in a Service the decision reads ([`decide::decide`], `plan`): its annotations, its
+/// traffic policy and its status. Empty for a Service that is not PureLB's (no pool type or no
+/// address): creating, changing or deleting one causes no pass.
+fn service_key(svc: &Service) -> String {
+    if decide::pool_kind(svc).is_none() || decide::ingress_addresses(svc).is_empty() {
+        return String::new();
+    }
+    format!(
+        "{:?}|{:?}|{:?}",
+        svc.metadata.annotations,
+        svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_ref()),
+        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref())
+    )
+}
+
+/// Keeps a reflector's cache and queues a pass when an object changes what `key` says of it
+/// (every change without a key). An object whose key is empty is irrelevant: its arrival and
+/// its deletion cause no pass.
+/// `namespace/name` (`name` for cluster-scoped objects).
+fn object_id<K: kube::Resource>(o: &K) -> String {
+    let name = o.meta().name.as_deref().unwrap_or_default();
+    match o.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
 fn reflect_filtered<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -254,15 +287,16 @@ where
             // The key once per event: at 1,000 nodes this runs 500 times a second.
             let changed = key.is_none_or(|key| {
                 let now = key(o);
-                match seen.get_mut(o.meta().name.as_deref().unwrap_or_default()) {
+                match seen.get_mut(&object_id(o)) {
                     Some(last) if *last == now => false,
                     Some(last) => {
                         *last = now;
                         true
                     }
                     None => {
-                        seen.insert(o.name_any(), now);
-                        true
+                        let relevant = !now.is_empty();
+                        seen.insert(object_id(o), now);
+                        relevant
                     }
                 }
             });
@@ -271,14 +305,16 @@ where
             }
         }
         Event::Delete(o) => {
-            seen.remove(&o.name_any());
-            queue.add(Work::Pass);
+            let irrelevant = seen.remove(&object_id(o)).is_some_and(|last| last.is_empty());
+            if !irrelevant {
+                queue.add(Work::Pass);
+            }
         }
         Event::InitDone => queue.add(Work::Pass),
         Event::Init => seen.clear(),
         Event::InitApply(o) => {
             if let Some(key) = key {
-                seen.insert(o.name_any(), key(o));
+                seen.insert(object_id(o), key(o));
             }
         }
     })
@@ -343,7 +379,13 @@ pub async fn run(
     let mut address_watch = mgr.watch()?;
     let queue: WorkQueue<Work> = WorkQueue::new("agent");
     let ns = settings.namespace.clone();
-    let services = reflect(Api::<Service>::all(client.clone()), watcher::Config::default(), queue.clone(), "services");
+    let services = reflect_filtered(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        queue.clone(),
+        "services",
+        Some(service_key),
+    );
     let leases = reflect_filtered(
         Api::<Lease>::namespaced(client.clone(), &ns),
         watcher::Config::default().labels(&format!(
@@ -819,17 +861,24 @@ impl Agent {
             let planned = plan::plan(&snapshot, &timers);
             self.report_staleness(&index);
             let decision = &planned.decision;
-            let counts: BTreeMap<String, usize> =
-                decision.considered.iter().map(|(key, _, _)| (key.to_string(), index.slice_count(key))).collect();
-            // Endpoints without nodeName of the Services this node evaluates: they make no node
-            // usable (externalTrafficPolicy: Local), so they are counted and named.
-            let keys: BTreeSet<&ServiceKey> = decision.considered.iter().map(|(key, _, _)| key).collect();
-            let without_node: usize = keys
-                .iter()
-                .map(|key| index.external_endpoints(key, Family::V4) + index.external_endpoints(key, Family::V6))
-                .sum();
+            // Per Service this node evaluates (`considered` lists a Service's addresses next to
+            // each other): its EndpointSlices, and its endpoints without nodeName (they make no
+            // node usable for externalTrafficPolicy: Local, so they are counted and named).
+            let mut counts: Vec<(&ServiceKey, usize)> = Vec::new();
+            let mut without_node = 0;
+            for (key, _, _) in &decision.considered {
+                if counts.last().is_some_and(|(last, _)| *last == key) {
+                    continue;
+                }
+                counts.push((key, index.slice_count(key)));
+                without_node += index.external_endpoints(key, Family::V4) + index.external_endpoints(key, Family::V6);
+            }
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(catalog::ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE).set(without_node as f64);
+            // The gauges only when a count changed: most passes change none of them.
+            let changed = counts.len() != state.slice_counts.len()
+                || counts.iter().any(|(key, n)| state.slice_counts.get(*key) != Some(n));
+            let counts = changed.then(|| counts.into_iter().map(|(key, n)| (key.clone(), n)).collect());
             (planned, counts)
         };
         let plan::Plan { decision, actions, mut failures, orphans, wake_after, timers: next, .. } = planned;
@@ -839,11 +888,17 @@ impl Agent {
             metrics::counter!(catalog::ELECTION_WINNER_CHANGES).increment(changes as u64);
         }
         state.winners.clone_from(&decision.winners);
-        #[allow(clippy::cast_precision_loss)]
-        scoped::replace_gauges(
-            catalog::ENDPOINTSLICE_COUNT,
-            slice_counts.into_iter().map(|(service, count)| (vec![("service", service)], count as f64)),
-        );
+        if let Some(counts) = slice_counts {
+            state.slice_counts = counts;
+            #[allow(clippy::cast_precision_loss)]
+            scoped::replace_gauges(
+                catalog::ENDPOINTSLICE_COUNT,
+                state
+                    .slice_counts
+                    .iter()
+                    .map(|(service, count)| (vec![("service", service.to_string())], *count as f64)),
+            );
+        }
         metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
         if let Some(after) = wake_after {
             self.queue.add_after(Work::Pass, after);
@@ -1150,15 +1205,15 @@ impl Agent {
     /// Events and metrics for the transitions of this pass.
     fn report(&self, state: &mut State, decision: &decide::Decision, failures: &BTreeMap<IpAddr, String>) {
         let mut events: BTreeMap<ServiceKey, Vec<(EventType, &'static str, String)>> = BTreeMap::new();
-        let mut seen: HashSet<(ServiceKey, IpAddr)> = HashSet::new();
+        state.reports += 1;
+        let this_report = state.reports;
         let node = &self.settings.node;
-        let no_endpoint: HashMap<(ServiceKey, IpAddr), Option<String>> =
-            decision.no_endpoint.iter().map(|n| ((n.service.clone(), n.ip), n.reporter.clone())).collect();
-        let refused: HashMap<(ServiceKey, IpAddr), &decide::Refused> =
-            decision.refused.iter().map(|r| ((r.service.clone(), r.ip), r)).collect();
+        let no_endpoint: HashMap<(&ServiceKey, IpAddr), Option<&String>> =
+            decision.no_endpoint.iter().map(|n| ((&n.service, n.ip), n.reporter.as_ref())).collect();
+        let refused: HashMap<(&ServiceKey, IpAddr), &decide::Refused> =
+            decision.refused.iter().map(|r| ((&r.service, r.ip), r)).collect();
         for (key, ip, kind) in &decision.considered {
-            let id = (key.clone(), *ip);
-            seen.insert(id.clone());
+            let id = (key, *ip);
             let note = if let Some(h) = state.timers.held.get(ip).filter(|h| h.services.contains(key)) {
                 Note::Announcing(h.kind, h.ifname.clone())
             } else if let Some(message) = failures.get(ip) {
@@ -1173,7 +1228,7 @@ impl Agent {
                     Note::NotHere
                 }
             } else if let Some(reporter) = no_endpoint.get(&id) {
-                if reporter.as_deref() == Some(node.as_str()) {
+                if reporter.map(String::as_str) == Some(node.as_str()) {
                     let without_node = self
                         .endpoints
                         .lock()
@@ -1195,7 +1250,13 @@ impl Agent {
             } else {
                 Note::NotHere
             };
-            let old = state.notes.insert(id, note.clone());
+            // Without cloning the key when the Service is known: this loop runs for every
+            // Service on every pass.
+            let notes = match state.notes.get_mut(key) {
+                Some(notes) => notes,
+                None => state.notes.entry(key.clone()).or_default(),
+            };
+            let old = notes.insert(*ip, (note.clone(), this_report)).map(|(n, _)| n);
             if old.as_ref() == Some(&note) {
                 continue;
             }
@@ -1220,7 +1281,10 @@ impl Agent {
                 events.entry(key.clone()).or_default().push(e);
             }
         }
-        state.notes.retain(|id, _| seen.contains(id));
+        state.notes.retain(|_, notes| {
+            notes.retain(|_, (_, seen)| *seen == this_report);
+            !notes.is_empty()
+        });
         for (key, list) in events {
             let svc = self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
             if let Some(svc) = svc {

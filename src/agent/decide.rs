@@ -14,7 +14,7 @@
 //! - an address several Services use is held while any of them needs it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
@@ -237,42 +237,50 @@ fn traffic_policy_local(svc: &Service) -> bool {
     svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local")
 }
 
+/// A Service of ours (a pool type and at least one address) as [`decide`] reads it.
+struct Ours<'s> {
+    kind: Kind,
+    key: ServiceKey,
+    local_policy: bool,
+    /// `purelb.io/allocated-from`.
+    group: Option<&'s String>,
+    ips: Vec<IpAddr>,
+}
+
 /// Decides what `inputs.node` must hold.
 #[must_use]
 pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inputs<'_>) -> Decision {
     let mut decision = Decision::default();
-    let services: Vec<&Service> = services.into_iter().collect();
-    // Every Service of a local address, so that the address is elected once, whatever the
-    // Services sharing it say (one holder, never one per Service).
-    let mut sharers: HashMap<IpAddr, Vec<(ServiceKey, bool)>> = HashMap::new();
-    let local_ips: HashSet<IpAddr> = services
-        .iter()
-        .filter(|svc| pool_kind(svc) == Some(Kind::Local))
-        .flat_map(|svc| ingress_addresses(svc))
+    // What each Service of ours says, read once (a pass covers every Service, so this loop is
+    // the pass's cost per Service: docs/scale.md).
+    let ours: Vec<Ours<'s>> = services
+        .into_iter()
+        .filter_map(|svc| {
+            let kind = pool_kind(svc)?;
+            let ips = ingress_addresses(svc);
+            (!ips.is_empty()).then(|| Ours {
+                kind,
+                key: ServiceKey::of_service(svc),
+                local_policy: traffic_policy_local(svc),
+                group: svc.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_ALLOCATED_FROM)),
+                ips,
+            })
+        })
         .collect();
-    // The local Services of an address elect its one holder; a remote Service sharing it
-    // changes nothing (local wins, docs/agent.md).
-    for svc in &services {
-        if pool_kind(svc) == Some(Kind::Local) {
-            let key = ServiceKey::of_service(svc);
-            let local_policy = traffic_policy_local(svc);
-            for ip in ingress_addresses(svc) {
-                sharers.entry(ip).or_default().push((key.clone(), local_policy));
-            }
+    // Every Service of a local address, so that the address is elected once, whatever the
+    // Services sharing it say (one holder, never one per Service). The local Services of an
+    // address elect its one holder; a remote Service sharing it changes nothing (local wins,
+    // docs/agent.md).
+    let mut sharers: HashMap<IpAddr, Vec<(ServiceKey, bool)>> = HashMap::new();
+    for svc in ours.iter().filter(|o| o.kind == Kind::Local) {
+        for ip in &svc.ips {
+            sharers.entry(*ip).or_default().push((svc.key.clone(), svc.local_policy));
         }
     }
     let mut choices: HashMap<IpAddr, LocalChoice> = HashMap::new();
-    for svc in services {
-        let Some(kind) = pool_kind(svc) else { continue };
-        let key = ServiceKey::of_service(svc);
-        let local_policy = traffic_policy_local(svc);
-        let group = svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(contract::ANNOTATION_ALLOCATED_FROM))
-            .and_then(|name| inputs.groups.get(name));
-        for ip in ingress_addresses(svc) {
+    for Ours { kind, key, local_policy, group, ips } in ours {
+        let group = group.and_then(|name| inputs.groups.get(name));
+        for ip in ips {
             decision.considered.push((key.clone(), ip, kind));
             let refusal = crate::core::ipam::special::special_purpose(ip)
                 .map(str::to_owned)
@@ -285,7 +293,7 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
             let family = Family::of(ip);
             let usable = |node: &str| inputs.endpoints.has_usable_endpoint(&key, family, node);
             // An address a local Service uses is local for every Service on it (one holder).
-            let kind = if local_ips.contains(&ip) { Kind::Local } else { kind };
+            let kind = if sharers.contains_key(&ip) { Kind::Local } else { kind };
             let mine = match kind {
                 Kind::Local => {
                     let choice = choices

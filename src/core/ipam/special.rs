@@ -21,8 +21,12 @@ const BLOCKS: [(&str, &str); 10] = [
     ("ff00::/8", "multicast (ff00::/8)"),
 ];
 
+/// [`BLOCKS`] parsed, once: the agent asks for every address of every Service on each pass.
 fn blocks() -> impl Iterator<Item = (AddressRange, &'static str)> {
-    BLOCKS.iter().filter_map(|(cidr, why)| Subnet::parse(cidr).ok().map(|s| (s.range(), *why)))
+    static PARSED: std::sync::LazyLock<Vec<(AddressRange, &'static str)>> = std::sync::LazyLock::new(|| {
+        BLOCKS.iter().filter_map(|(cidr, why)| Subnet::parse(cidr).ok().map(|s| (s.range(), *why))).collect()
+    });
+    PARSED.iter().copied()
 }
 
 /// What `ip` is when it is a special-purpose address (never handed out), else `None`.
