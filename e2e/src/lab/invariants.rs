@@ -478,7 +478,8 @@ pub struct Checker {
     allocator_down: bool,
     allocation_checks_from: Duration,
     /// Expectation changes in here are artefacts of a whole-API outage (Leases expire in the
-    /// store while nobody can renew them): they open no windows and start no measurements.
+    /// store while nobody can renew them): they start no measurements, and open request windows
+    /// only when an address joined or left the Services' statuses (a real change).
     outage_artefacts_until: Duration,
     freeze: Option<Freeze>,
     last_at: Option<Duration>,
@@ -738,8 +739,14 @@ impl Checker {
                 _ => "move",
             };
             self.changed_at.insert(ip, at);
+            // An address that joined or left the Services' statuses changed for real, also
+            // after an API outage (the allocator writes again at once): requests to it may fail.
+            let service_change = old.is_none() || new.is_none();
             if artefact {
                 self.pending.remove(&ip);
+                if service_change {
+                    self.open_window(ip, changed_after, at + bounds.converge, WindowCause::Change);
+                }
                 continue;
             }
             self.open_window(ip, changed_after, at + bounds.converge, WindowCause::Change);

@@ -454,3 +454,78 @@ fn the_table_shows_its_groups_holders_and_outside_addresses_per_family() {
     assert_eq!(stats.allocated.get(&Family::V4), Some(&1));
     assert_eq!(stats.allocated.get(&Family::V6), Some(&0));
 }
+
+fn local_in(pool: &str, subnet: &str) -> Value {
+    json!({"local": {"v4pool": {"pool": pool, "subnet": subnet}}})
+}
+
+#[test]
+fn pinned_addresses_of_two_groups_are_refused_and_of_one_group_are_served() {
+    let mut a = alloc(&[
+        sg("default", local("192.0.2.240/30", Some("2001:db8::f0/126"))),
+        sg("other", json!({"local": {"v6pool": {"pool": "2001:db8:1::f0/126", "subnet": "2001:db8:1::/64"}}})),
+    ]);
+    let f = a.decide(
+        &svc("n", "two").pin("192.0.2.241,2001:db8:1::f1").families("RequireDualStack", &["IPv4", "IPv6"]).req(),
+        NS,
+    );
+    assert_eq!(failure(&f).reason, FailReason::Malformed, "{f:?}");
+    assert!(failure(&f).message.contains("different ServiceGroups"), "{f:?}");
+    let d = a.decide(
+        &svc("n", "one").pin("192.0.2.241,2001:db8::f1").families("RequireDualStack", &["IPv4", "IPv6"]).req(),
+        NS,
+    );
+    assert_eq!(addrs(&d), [ip("192.0.2.241"), ip("2001:db8::f1")]);
+}
+
+#[test]
+fn prefer_dual_stack_with_no_family_of_the_group_fails() {
+    let mut a = alloc(&[sg("default", local("192.0.2.240/30", None))]);
+    let f = a.decide(&svc("n", "v6").families("PreferDualStack", &["IPv6"]).req(), NS);
+    assert_eq!(failure(&f).reason, FailReason::Family, "{f:?}");
+    assert!(failure(&f).message.contains("serves none of the Service's families"), "{f:?}");
+}
+
+#[test]
+fn adoption_records_only_our_services_and_is_held_says_so() {
+    let mut a = alloc(&[sg("default", local("192.0.2.240/30", None))]);
+    assert!(!a.is_held(ip("192.0.2.240")));
+    // Another controller's Service with a status: not ours, nothing recorded.
+    let mut foreign = svc("n", "foreign").status(&["192.0.2.240"], "default");
+    foreign.0["metadata"]["annotations"]["purelb.io/allocated-by"] = json!("someone-else");
+    a.adopt(&foreign.req()).unwrap();
+    assert!(!a.is_held(ip("192.0.2.240")), "a Service PureLB did not allocate was adopted");
+    a.adopt(&svc("n", "ours").status(&["192.0.2.241"], "default").req()).unwrap();
+    assert!(a.is_held(ip("192.0.2.241")));
+    assert_eq!(addrs(&a.decide(&svc("n", "new").req(), NS)), [ip("192.0.2.240")]);
+}
+
+#[test]
+fn forgetting_a_service_also_frees_the_address_it_was_giving_up() {
+    let mut a = alloc(&[
+        sg("default", local("192.0.2.240/31", None)),
+        sg("other", local_in("198.51.100.240/31", "198.51.100.0/24")),
+    ]);
+    assert_eq!(addrs(&a.decide(&svc("n", "s").req(), NS)), [ip("192.0.2.240")]);
+    // Moved to another group: 192.0.2.240 waits for the status write (pending release)...
+    assert_eq!(addrs(&a.decide(&svc("n", "s").group("other").req(), NS)), [ip("198.51.100.240")]);
+    assert!(a.is_held(ip("192.0.2.240")));
+    // ...but the Service is deleted first: both addresses are free.
+    a.forget(&ServiceKey::new("n", "s"));
+    assert!(!a.is_held(ip("192.0.2.240")) && !a.is_held(ip("198.51.100.240")));
+    assert_eq!(addrs(&a.decide(&svc("n", "t").req(), NS)), [ip("192.0.2.240")]);
+}
+
+#[test]
+fn a_new_address_takes_the_new_sharing_key() {
+    let mut a = alloc(&[
+        sg("default", local("192.0.2.240/31", None)),
+        sg("other", local_in("198.51.100.240/31", "198.51.100.0/24")),
+    ]);
+    a.decide(&svc("n", "s").share("k1").req(), NS);
+    let d = a.decide(&svc("n", "s").share("k2").group("other").req(), NS);
+    assert_eq!(addrs(&d), [ip("198.51.100.240")]);
+    let key = ServiceKey::new("n", "s");
+    let holding = a.holders().find(|(k, _)| **k == key).map(|(_, h)| h.clone()).unwrap();
+    assert_eq!(holding.sharing_key.as_deref(), Some("k2"));
+}

@@ -399,6 +399,25 @@ fn a_change_window_opens_at_the_observation_before_the_one_that_saw_it() {
 }
 
 #[test]
+fn an_address_released_right_after_an_api_outage_opens_a_change_window() {
+    // CI, seed 376867715: the API server restarted, the allocator then moved a Service to another
+    // group and its old address went; a request to it failed and was counted outside every window.
+    let mut c = checker();
+    let e = expect(&[(A, Kind::Local, &["n1"])]);
+    c.observe(ms(0), &e, &kernel(&[("n1", "eth0", A, true)]), &[]);
+    c.note(ms(11000), &Note::ApiDown);
+    c.observe(ms(11050), &e, &kernel(&[("n1", "eth0", A, true)]), &[]);
+    c.note(ms(11100), &Note::ApiUp);
+    c.observe(ms(12000), &e, &kernel(&[("n1", "eth0", A, true)]), &[]);
+    // A holder change inside the artefact period (Leases expired in the store) opens none.
+    c.observe(ms(12050), &expect(&[(A, Kind::Local, &["n2"])]), &kernel(&[("n1", "eth0", A, true)]), &[]);
+    assert_eq!(c.allowed(ip(A), ms(12060), ms(12070)), None);
+    // The address left every status: requests to it may fail.
+    c.observe(ms(12100), &expect(&[]), &kernel(&[]), &[]);
+    assert_eq!(c.allowed(ip(A), ms(12070), ms(13070)), Some(WindowCause::Change));
+}
+
+#[test]
 fn convergence_is_timed_from_the_change_to_the_kernel_matching() {
     let mut c = checker();
     let e = expect(&[(A, Kind::Local, &["n2"])]);

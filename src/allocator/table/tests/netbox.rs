@@ -178,3 +178,41 @@ fn netbox_groups_cannot_pin_and_bad_specs_are_invalid() {
     assert!(GroupSet::build([&blank], NS).invalid["blank"].message.contains("spec.netbox.tenant"));
     assert_eq!(key("a", "b").to_string(), "a/b");
 }
+
+fn netbox_of(tenant: &str) -> Value {
+    json!({"netbox": {"url": "https://netbox.example.com", "tenant": tenant, "tokenSecretRef": {"name": "nb", "key": "token"}}})
+}
+
+#[test]
+fn what_netbox_must_reserve_follows_the_group_the_service_names_else_the_one_it_holds() {
+    let mut a = alloc(&[sg("default", netbox_of("main")), sg("nb1", netbox_of("first"))]);
+    assert_eq!(a.netbox_spec("nb1").map(|s| s.tenant.as_str()), Some("first"));
+    assert!(a.netbox_spec("missing").is_none());
+    let first = svc("web", "s").group("nb1").req();
+    a.offer(&first.key, ok(&[(Family::V4, "203.0.113.10")]));
+    assert_eq!(addrs(&a.decide(&first, NS)), [ip("203.0.113.10")]);
+    // Moved to another group by name: that group must reserve the family again.
+    let moved = svc("web", "s").group("default").req();
+    let need = a.netbox_need(&moved, NS).unwrap();
+    assert_eq!((need.group.as_str(), need.families.as_slice()), ("default", [Family::V4].as_slice()));
+    // No group named any more: the held group is kept, and only the missing family is asked for.
+    let unnamed = svc("web", "s").families("PreferDualStack", &["IPv4", "IPv6"]).req();
+    let need = a.netbox_need(&unnamed, NS).unwrap();
+    assert_eq!((need.group.as_str(), need.families.as_slice()), ("nb1", [Family::V6].as_slice()));
+}
+
+#[test]
+fn prefer_dual_stack_keeps_the_family_it_holds_and_takes_only_what_netbox_offers() {
+    let mut a = alloc(&[sg("default", netbox_of("main")), sg("nb1", netbox_of("first"))]);
+    let req = svc("web", "s").families("PreferDualStack", &["IPv4", "IPv6"]).req();
+    a.offer(&req.key, ok(&[(Family::V4, "203.0.113.10")]));
+    assert_eq!(addrs(&a.decide(&req, NS)), [ip("203.0.113.10")]);
+    // Re-decided without a new reservation: it keeps its IPv4 address.
+    let d = a.decide(&req, NS);
+    assert!(matches!(d, Decision::Keep { .. }), "{d:?}");
+    assert_eq!(addrs(&d), [ip("203.0.113.10")]);
+    // Moved to nb1, which reserved only IPv6: the IPv4 address of the old group does not count.
+    let moved = svc("web", "s").group("nb1").families("PreferDualStack", &["IPv4", "IPv6"]).req();
+    a.offer(&moved.key, ok(&[(Family::V6, "2001:db8::10")]));
+    assert_eq!(addrs(&a.decide(&moved, NS)), [ip("2001:db8::10")]);
+}
