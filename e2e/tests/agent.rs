@@ -1622,26 +1622,33 @@ async fn a_slow_api_server_is_not_an_outage() {
     }
 }
 
+/// A lab whose agents run the given lease timings and no orphan sweep in a test's window (its
+/// timer runs a pass of its own), with the local Service `web` held by its winner.
+async fn lab_holding_web(tag: &str, nodes: usize, lease: &str, renew: &str) -> Lab {
+    let mut options = LabOptions::new(&prefix(tag), nodes)
+        .lab_bin(LAB_BIN)
+        .purelb_bin(purelb_bin())
+        .ready_timeout(Duration::from_secs(30));
+    options.agent_args = vec![
+        format!("--lease-duration={lease}"),
+        format!("--renew-interval={renew}"),
+        "--orphan-sweep-interval=5m".to_owned(),
+    ];
+    let lab = Lab::start(options).await.unwrap();
+    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
+    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
+    let ip = address_of(&lab, "web").await;
+    winner_holds(&lab, ip).await;
+    lab
+}
+
 /// Renewals that change nothing cause no decision pass: with 30 simulated nodes renewing every
 /// 500 ms around the real agents, some Lease is always about to expire; the expiry timer used to
 /// run a full pass each time it fired, now only a members check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_that_change_nothing_cause_no_pass() {
     use purelb_e2e::lab::scale::{Simulator, Timing, metric_sum};
-    // No orphan sweep in the window (its timer runs a pass of its own).
-    let mut options = LabOptions::new(&prefix("idlepass"), 3)
-        .lab_bin(LAB_BIN)
-        .purelb_bin(purelb_bin())
-        .ready_timeout(Duration::from_secs(30));
-    options.agent_args = ["--lease-duration=2s", "--renew-interval=500ms", "--orphan-sweep-interval=5m"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let lab = Lab::start(options).await.unwrap();
-    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
-    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
-    let ip = address_of(&lab, "web").await;
-    winner_holds(&lab, ip).await;
+    let lab = lab_holding_web("idlepass", 3, "2s", "500ms").await;
     let sim =
         Simulator::start(lab.client(), Timing { lease: Duration::from_secs(3), renew: Duration::from_millis(500) });
     sim.grow(30).await.unwrap();
@@ -1676,19 +1683,7 @@ async fn renewals_that_change_nothing_cause_no_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_that_are_not_purelbs_cause_no_pass() {
     use purelb_e2e::lab::scale::metric_sum;
-    let mut options = LabOptions::new(&prefix("otherpass"), 2)
-        .lab_bin(LAB_BIN)
-        .purelb_bin(purelb_bin())
-        .ready_timeout(Duration::from_secs(30));
-    options.agent_args = ["--lease-duration=6s", "--renew-interval=2s", "--orphan-sweep-interval=5m"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let lab = Lab::start(options).await.unwrap();
-    lab.apply_yaml(LOCAL_GROUP).await.unwrap();
-    lab.apply_yaml(&service_yaml("web", "local")).await.unwrap();
-    let ip = address_of(&lab, "web").await;
-    winner_holds(&lab, ip).await;
+    let lab = lab_holding_web("otherpass", 2, "6s", "2s").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent = lab::agent_name(&lab.node_names()[0]);
     let passes = async || {

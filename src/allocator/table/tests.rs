@@ -459,6 +459,14 @@ fn local_in(pool: &str, subnet: &str) -> Value {
     json!({"local": {"v4pool": {"pool": pool, "subnet": subnet}}})
 }
 
+/// Two local groups of two IPv4 addresses each: `default` and `other`.
+fn default_and_other() -> Allocator {
+    alloc(&[
+        sg("default", local("192.0.2.240/31", None)),
+        sg("other", local_in("198.51.100.240/31", "198.51.100.0/24")),
+    ])
+}
+
 #[test]
 fn pinned_addresses_of_two_groups_are_refused_and_of_one_group_are_served() {
     let mut a = alloc(&[
@@ -502,10 +510,7 @@ fn adoption_records_only_our_services_and_is_held_says_so() {
 
 #[test]
 fn forgetting_a_service_also_frees_the_address_it_was_giving_up() {
-    let mut a = alloc(&[
-        sg("default", local("192.0.2.240/31", None)),
-        sg("other", local_in("198.51.100.240/31", "198.51.100.0/24")),
-    ]);
+    let mut a = default_and_other();
     assert_eq!(addrs(&a.decide(&svc("n", "s").req(), NS)), [ip("192.0.2.240")]);
     // Moved to another group: 192.0.2.240 waits for the status write (pending release)...
     assert_eq!(addrs(&a.decide(&svc("n", "s").group("other").req(), NS)), [ip("198.51.100.240")]);
@@ -518,10 +523,7 @@ fn forgetting_a_service_also_frees_the_address_it_was_giving_up() {
 
 #[test]
 fn a_new_address_takes_the_new_sharing_key() {
-    let mut a = alloc(&[
-        sg("default", local("192.0.2.240/31", None)),
-        sg("other", local_in("198.51.100.240/31", "198.51.100.0/24")),
-    ]);
+    let mut a = default_and_other();
     a.decide(&svc("n", "s").share("k1").req(), NS);
     let d = a.decide(&svc("n", "s").share("k2").group("other").req(), NS);
     assert_eq!(addrs(&d), [ip("198.51.100.240")]);
