@@ -40,6 +40,7 @@ use super::{
     config::{self, Config},
     connections,
     decide::{self, Inputs, Kind},
+    echo::{Echo, Echoes},
     lease::{self, LeaseContent, LeaseError, LeaseSettings},
     plan::{self, Action, AddWhy, HeldState, Outcome, Timers},
     shutdown::{self, Evidence, ShutdownMode, Verdict},
@@ -137,9 +138,14 @@ fn record_handover(drain_started: Option<Instant>) {
 enum Work {
     /// A decision pass over everything.
     Pass,
-    /// A member's Lease may have expired: a pass only when the membership changed (renewals
-    /// moved the expiry times on), so idle renewals cause no pass.
-    Expiry,
+    /// Services changed ([`Agent::dirty`]): a pass for those.
+    Services,
+    /// A node Lease changed, or a member's Lease may have expired: a pass only when the
+    /// membership changed (renewals moved the expiry times on), or when what a node announces
+    /// changed while a rule of this node waits on it ([`Timers::waits_on_holders`]). Idle
+    /// renewals, and the `purelb.io/announcing` updates every address change causes on every
+    /// node, cause no pass.
+    Members,
 }
 
 /// The last status published per (Service, address), for transition-only Events.
@@ -161,8 +167,14 @@ struct State {
     notes: HashMap<ServiceKey, HashMap<IpAddr, (Note, u64)>>,
     /// Passes run (numbers the `notes`).
     reports: u64,
-    /// `purelb_endpointslice_count` as last exported, per Service.
-    slice_counts: BTreeMap<ServiceKey, usize>,
+    /// Per Service this node evaluates: `purelb_endpointslice_count` and its endpoints
+    /// without nodeName, as last exported.
+    slice_counts: BTreeMap<ServiceKey, (usize, usize)>,
+    /// The last pass's decision and what it was made from (a pass for some Services brings
+    /// it up to date when the rest is unchanged).
+    decided: Option<Decided>,
+    /// Addresses the last pass could not hold (their Events are revisited by the next pass).
+    failed: Vec<IpAddr>,
     config_error: Option<String>,
     /// Elected node per local address at the last pass.
     winners: BTreeMap<IpAddr, Option<String>>,
@@ -170,6 +182,74 @@ struct State {
     bgp_problems: BTreeMap<(&'static str, String), String>,
     /// The election's members at the last pass (an expiry timer compares against them).
     members: Option<Members>,
+}
+
+/// A decision and the inputs it was made from, besides the Services.
+struct Decided {
+    decision: decide::Decision,
+    /// The members (their election; what they announce does not decide).
+    members: Members,
+    groups: HashMap<String, ParsedPools>,
+    /// [`Agent::endpoints_version`] when it was made.
+    endpoints_version: u64,
+}
+
+impl State {
+    /// `purelb_endpointslice_count` per Service this node evaluates and
+    /// `purelb_endpointslice_endpoints_without_node`: for every Service (`scope` `None`), or
+    /// for the Services in `scope` (the others are as the last pass left them). Series are
+    /// written only when a count changed: most passes change none.
+    fn export_slice_counts(
+        &mut self,
+        decision: &decide::Decision,
+        index: &EndpointIndex,
+        scope: Option<&[ServiceKey]>,
+    ) {
+        let count = |key: &ServiceKey| {
+            (
+                index.slice_count(key),
+                index.external_endpoints(key, Family::V4) + index.external_endpoints(key, Family::V6),
+            )
+        };
+        let series = |key: &ServiceKey| vec![("service", key.to_string())];
+        #[allow(clippy::cast_precision_loss)]
+        match scope {
+            None => {
+                // `considered` lists a Service's addresses next to each other.
+                let mut counts: Vec<(&ServiceKey, (usize, usize))> = Vec::new();
+                for (key, _, _) in &decision.considered {
+                    if counts.last().is_none_or(|(last, _)| *last != key) {
+                        counts.push((key, count(key)));
+                    }
+                }
+                let changed = counts.len() != self.slice_counts.len()
+                    || counts.iter().any(|(key, n)| self.slice_counts.get(*key) != Some(n));
+                if changed {
+                    self.slice_counts = counts.into_iter().map(|(key, n)| (key.clone(), n)).collect();
+                    scoped::replace_gauges(
+                        catalog::ENDPOINTSLICE_COUNT,
+                        self.slice_counts.iter().map(|(key, (slices, _))| (series(key), *slices as f64)),
+                    );
+                }
+            }
+            Some(scope) => {
+                for key in scope {
+                    let evaluated = decision.considered.iter().rev().any(|(k, _, _)| k == key);
+                    if evaluated {
+                        let n = count(key);
+                        if self.slice_counts.insert(key.clone(), n) != Some(n) {
+                            scoped::set_gauge(catalog::ENDPOINTSLICE_COUNT, series(key), n.0 as f64);
+                        }
+                    } else if self.slice_counts.remove(key).is_some() {
+                        scoped::remove_gauge(catalog::ENDPOINTSLICE_COUNT, &series(key));
+                    }
+                }
+            }
+        }
+        let without_node: usize = self.slice_counts.values().map(|(_, n)| n).sum();
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(catalog::ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE).set(without_node as f64);
+    }
 }
 
 /// What the Lease task and the worker share (never held across an await).
@@ -221,6 +301,13 @@ struct Agent {
     conflicts: tokio::sync::mpsc::UnboundedSender<(IpAddr, MacAddr, String)>,
     /// BGP: the BGPPeers and the BIRD task (`--bird-socket` set).
     bgp: Option<(Store<BGPPeer>, crate::bgp::BgpHandle)>,
+    /// The notifications this agent's own address changes will cause (no pass for them).
+    echoes: std::sync::Mutex<Echoes>,
+    /// Services changed since the last pass for them ([`Work::Services`]).
+    dirty: Arc<std::sync::Mutex<Vec<ServiceKey>>>,
+    /// Counts the changes of the EndpointSlice index (a decision made before one is not
+    /// brought up to date, it is made again).
+    endpoints_version: std::sync::atomic::AtomicU64,
 }
 
 fn reflect<K>(api: Api<K>, config: watcher::Config, queue: WorkQueue<Work>, name: &'static str) -> Store<K>
@@ -228,7 +315,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    reflect_filtered(api, config, queue, name, None)
+    reflect_filtered(api, config, queue, name, None, Work::Pass, None)
 }
 
 /// What in a node Lease changes a decision: renewals alone do not (expiry is scheduled from
@@ -243,16 +330,20 @@ fn lease_key(lease: &Lease) -> String {
     )
 }
 
-/// What in a Service the decision reads ([`decide::decide`], `plan`): its annotations, its
-/// traffic policy and its status. Empty for a Service that is not PureLB's (no pool type or no
-/// address): creating, changing or deleting one causes no pass.
+/// What in a Service the decision reads ([`decide::decide`], `plan`): its pool type and group
+/// annotations, its traffic policy and its status. Not the other annotations (the allocator's
+/// `purelb.io/announcing-IPv4`/`-IPv6`, which follow every address move, change no decision).
+/// Empty for a Service that is not PureLB's (no pool type or no address): creating, changing or
+/// deleting one causes no pass.
 fn service_key(svc: &Service) -> String {
     if decide::pool_kind(svc).is_none() || decide::ingress_addresses(svc).is_empty() {
         return String::new();
     }
+    let annotation = |name: &str| svc.metadata.annotations.as_ref().and_then(|a| a.get(name));
     format!(
-        "{:?}|{:?}|{:?}",
-        svc.metadata.annotations,
+        "{:?}|{:?}|{:?}|{:?}",
+        annotation(contract::ANNOTATION_POOL_TYPE),
+        annotation(contract::ANNOTATION_ALLOCATED_FROM),
         svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_ref()),
         svc.status.as_ref().and_then(|s| s.load_balancer.as_ref())
     )
@@ -276,12 +367,25 @@ fn reflect_filtered<K>(
     queue: WorkQueue<Work>,
     name: &'static str,
     key: Option<fn(&K) -> String>,
+    work: Work,
+    changed_objects: Option<Arc<std::sync::Mutex<Vec<ServiceKey>>>>,
 ) -> Store<K>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let mut seen: HashMap<String, String> = HashMap::new();
+    // Names the object for a pass that covers only the changed objects, before queueing it.
+    let note = move |o: &K| {
+        if let Some(list) = &changed_objects {
+            let meta = o.meta();
+            let key = ServiceKey::new(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            );
+            list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(key);
+        }
+    };
     crate::watch::spawn_reflector(api, config, name, move |event| match event {
         Event::Apply(o) => {
             // The key once per event: at 1,000 nodes this runs 500 times a second.
@@ -301,13 +405,15 @@ where
                 }
             });
             if changed {
-                queue.add(Work::Pass);
+                note(o);
+                queue.add(work.clone());
             }
         }
         Event::Delete(o) => {
             let irrelevant = seen.remove(&object_id(o)).is_some_and(|last| last.is_empty());
             if !irrelevant {
-                queue.add(Work::Pass);
+                note(o);
+                queue.add(work.clone());
             }
         }
         Event::InitDone => queue.add(Work::Pass),
@@ -339,6 +445,7 @@ fn watch_endpoints(agent: &Arc<Agent>) {
                         (changed, matches!(event, Event::InitDone))
                     };
                     if done || !changed.is_empty() {
+                        agent.endpoints_version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         agent.queue.add(Work::Pass);
                     }
                 }
@@ -379,12 +486,16 @@ pub async fn run(
     let mut address_watch = mgr.watch()?;
     let queue: WorkQueue<Work> = WorkQueue::new("agent");
     let ns = settings.namespace.clone();
+    // Services that changed, for a pass that covers those (Work::Services).
+    let dirty = Arc::new(std::sync::Mutex::new(Vec::new()));
     let services = reflect_filtered(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         queue.clone(),
         "services",
         Some(service_key),
+        Work::Services,
+        Some(dirty.clone()),
     );
     let leases = reflect_filtered(
         Api::<Lease>::namespaced(client.clone(), &ns),
@@ -396,24 +507,38 @@ pub async fn run(
         queue.clone(),
         "leases",
         Some(lease_key),
+        Work::Members,
+        None,
     );
-    let groups = reflect(
+    // The allocator writes the ServiceGroups' status after allocations, the kubelet the Node's
+    // status: neither decides anything here (only the specs, the Node's labels, which select
+    // the LBNodeAgent, and whether the Node is going away do), so neither causes a pass.
+    let groups = reflect_filtered(
         Api::<ServiceGroup>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         queue.clone(),
         "servicegroups",
+        Some(|g: &ServiceGroup| format!("{:?}", g.spec)),
+        Work::Pass,
+        None,
     );
-    let lbnas = reflect(
+    let lbnas = reflect_filtered(
         Api::<LBNodeAgent>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
         queue.clone(),
         "lbnodeagents",
+        Some(|a: &LBNodeAgent| format!("{:?}|{:?}", a.metadata.labels, a.spec)),
+        Work::Pass,
+        None,
     );
-    let nodes = reflect(
+    let nodes = reflect_filtered(
         Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", settings.node)),
         queue.clone(),
         "nodes",
+        Some(|n: &Node| format!("{:?}|{:?}", n.metadata.labels, shutdown::node_leaving(n))),
+        Work::Pass,
+        None,
     );
     let recorder = crate::events::Publisher::start(
         Recorder::new(
@@ -458,6 +583,9 @@ pub async fn run(
         captures: std::sync::Mutex::new(HashMap::new()),
         conflicts,
         bgp,
+        echoes: std::sync::Mutex::new(Echoes::default()),
+        dirty,
+        endpoints_version: std::sync::atomic::AtomicU64::new(0),
     });
     watch_endpoints(&agent);
     for (ready, name) in [
@@ -485,12 +613,17 @@ pub async fn run(
     // The membership Lease.
     let lease_agent = agent.clone();
     tasks.spawn(async move { lease_agent.lease_loop().await });
-    // Address changes (drift, interfaces coming and going).
-    let watch_queue = queue.clone();
+    // Address changes (drift, interfaces coming and going), but not the echoes of this
+    // agent's own changes.
+    let watch_agent = agent.clone();
     tasks.spawn(async move {
         loop {
             match address_watch.changed().await {
-                Ok(_) => watch_queue.add(Work::Pass),
+                Ok(trigger) => {
+                    if !watch_agent.echoes().only_echoes(&trigger, Instant::now()) {
+                        watch_agent.queue.add(Work::Pass);
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "the address watch stopped; relying on periodic passes");
                     return;
@@ -529,7 +662,8 @@ pub async fn run(
         while let Some(claim) = worker.queue.get().await {
             let work = match claim.item() {
                 Work::Pass => worker.pass().await,
-                Work::Expiry => worker.expiry().await,
+                Work::Services => worker.services_changed().await,
+                Work::Members => worker.members_changed().await,
             };
             match work {
                 Ok(done) => {
@@ -585,6 +719,30 @@ pub async fn run(
 impl Agent {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn dirty(&self) -> std::sync::MutexGuard<'_, Vec<ServiceKey>> {
+        self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn echoes(&self) -> std::sync::MutexGuard<'_, Echoes> {
+        self.echoes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Expects the echo of a change at `ifname` (known to `kernel`; a link created in this pass
+    /// is not, and its own notification causes a pass anyway).
+    fn expect_echo(
+        &self,
+        kernel: &AddressSnapshot,
+        added: bool,
+        ifname: &str,
+        ip: IpAddr,
+        prefix_len: u8,
+    ) -> Option<Echo> {
+        let index = kernel.link(ifname)?.index;
+        let echo = Echo { added, index, ip, prefix_len };
+        self.echoes().expect(echo, Instant::now());
+        Some(echo)
     }
 
     fn lease_settings(&self) -> LeaseSettings {
@@ -766,30 +924,68 @@ impl Agent {
         if let Some(expiry) = members.next_expiry() {
             let millis = expiry.as_millisecond().saturating_sub(Timestamp::now().as_millisecond());
             if let Ok(millis) = u64::try_from(millis) {
-                self.queue.add_after(Work::Expiry, Duration::from_millis(millis + 20));
+                self.queue.add_after(Work::Members, Duration::from_millis(millis + 20));
             }
         }
     }
 
-    /// An expiry timer fired: a pass when the members differ from the last pass's (a Lease
-    /// expired, or a change the Lease watch has not queued yet), else only the next timer.
-    /// Renewals move every expiry on, so at 1,000 nodes this fires about once per renew
-    /// interval; a pass over every Service each time was the whole cost of an idle agent.
-    async fn expiry(&self) -> Result<bool, AgentError> {
+    /// A node Lease changed or an expiry timer fired: a pass when the members differ from the
+    /// last pass's (a Lease expired, a node came, left, started draining or changed subnets),
+    /// or when only what they announce changed and a rule of this node waits on that (make
+    /// before break, a quiet takeover, a drain); else only the next timer. Renewals move every
+    /// expiry on, so at 1,000 nodes this fires about once per renew interval; a pass over every
+    /// Service each time was the whole cost of an idle agent.
+    async fn members_changed(&self) -> Result<bool, AgentError> {
         let leases = self.leases.state();
         let members = Members::from_leases(leases.iter().map(AsRef::as_ref), Timestamp::now());
-        let unchanged = self.state.lock().await.members.as_ref().is_some_and(|last| last.same_but_expiry(&members));
+        let mut state = self.state.lock().await;
+        let unchanged = state.members.as_ref().is_some_and(|last| {
+            last.same_election(&members)
+                && (last.same_holding(&members) || !(state.timers.waits_on_holders() || self.shared().draining))
+        });
         if unchanged {
+            // What the others announce is current for the next comparison.
+            state.members = Some(members.clone());
+            drop(state);
             self.schedule_expiry(&members);
             return Ok(true);
         }
+        drop(state);
         self.pass().await
+    }
+
+    /// One level-triggered pass over every Service: [`Self::pass_for`] without a scope.
+    async fn pass(&self) -> Result<bool, AgentError> {
+        self.pass_for(None).await
+    }
+
+    /// Services changed (and nothing else, as far as the queue knows): a pass that decides
+    /// those Services again and the ones sharing an address with them, not every Service.
+    async fn services_changed(&self) -> Result<bool, AgentError> {
+        let changed: Vec<ServiceKey> = std::mem::take(&mut *self.dirty());
+        if changed.is_empty() {
+            return Ok(true);
+        }
+        let result = self.pass_for(Some(changed)).await;
+        if result.is_err() {
+            // The changed keys were taken: the retry covers every Service.
+            self.queue.add(Work::Pass);
+        }
+        result
     }
 
     /// One level-triggered pass: gather one snapshot (the caches, which must all have synced,
     /// EndpointSlices included, and this node's own Lease in them; the kernel's addresses; the
-    /// clock), plan with the pure [`plan::plan`], apply its actions. Returns whether it ran.
-    async fn pass(&self) -> Result<bool, AgentError> {
+    /// clock), plan with the pure [`plan::plan_decided`], apply its actions. Returns whether it
+    /// ran.
+    ///
+    /// The decision covers every Service. With `changed` (Services that changed since the last
+    /// pass) and the rest of its inputs as the last pass saw them (the members' election, the
+    /// ServiceGroups, the EndpointSlices), the last decision is brought up to date for those
+    /// Services alone ([`decide::Decision::redecide`]), and Events and gauges are revisited for
+    /// them alone: the cost of a Service change does not grow with the number of Services
+    /// (docs/scale.md, "The tail"). Otherwise every Service is decided.
+    async fn pass_for(&self, changed: Option<Vec<ServiceKey>>) -> Result<bool, AgentError> {
         let mut state = self.state.lock().await;
         let own = contract::node_lease_name(&self.settings.node);
         let leases = self.leases.state();
@@ -834,10 +1030,17 @@ impl Agent {
         let lease_ok = self.lease_ok() && members.get(&self.settings.node).is_some();
         let ifaces = self.announce_interfaces(&config, &kernel).await;
         let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
-        let services = self.services.state();
-        let services: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
+        let endpoints_version = self.endpoints_version.load(std::sync::atomic::Ordering::Acquire);
+        let last = state.decided.take().filter(|last| {
+            last.members.same_election(&members) && last.groups == groups && last.endpoints_version == endpoints_version
+        });
+        // Every Service, unless the last decision is brought up to date.
+        let all = if changed.is_some() && last.is_some() { Vec::new() } else { self.services.state() };
+        let services: Vec<&Service> = all.iter().map(AsRef::as_ref).collect();
         let timers = std::mem::take(&mut state.timers);
-        let (planned, slice_counts) = {
+        let held_before: BTreeMap<IpAddr, (Kind, String, Vec<ServiceKey>)> =
+            timers.held.iter().map(|(ip, h)| (*ip, (h.kind, h.ifname.clone(), h.services.clone()))).collect();
+        let (planned, scope) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let snapshot = plan::Snapshot {
                 node: &self.settings.node,
@@ -858,29 +1061,22 @@ impl Agent {
                 now: Instant::now(),
                 timing: self.timing(),
             };
-            let planned = plan::plan(&snapshot, &timers);
-            self.report_staleness(&index);
-            let decision = &planned.decision;
-            // Per Service this node evaluates (`considered` lists a Service's addresses next to
-            // each other): its EndpointSlices, and its endpoints without nodeName (they make no
-            // node usable for externalTrafficPolicy: Local, so they are counted and named).
-            let mut counts: Vec<(&ServiceKey, usize)> = Vec::new();
-            let mut without_node = 0;
-            for (key, _, _) in &decision.considered {
-                if counts.last().is_some_and(|(last, _)| *last == key) {
-                    continue;
+            let (decision, scope) = match (changed, last) {
+                (Some(changed), Some(last)) => {
+                    let mut decision = last.decision;
+                    let lookup =
+                        |k: &ServiceKey| self.services.get(&reflector::ObjectRef::new(&k.name).within(&k.namespace));
+                    let scope = decision.redecide(&changed, lookup, &snapshot.inputs());
+                    (decision, Some(scope))
                 }
-                counts.push((key, index.slice_count(key)));
-                without_node += index.external_endpoints(key, Family::V4) + index.external_endpoints(key, Family::V6);
-            }
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(catalog::ENDPOINTSLICE_ENDPOINTS_WITHOUT_NODE).set(without_node as f64);
-            // The gauges only when a count changed: most passes change none of them.
-            let changed = counts.len() != state.slice_counts.len()
-                || counts.iter().any(|(key, n)| state.slice_counts.get(*key) != Some(n));
-            let counts = changed.then(|| counts.into_iter().map(|(key, n)| (key.clone(), n)).collect());
-            (planned, counts)
+                _ => (decide::decide(services.iter().copied(), &snapshot.inputs()), None),
+            };
+            let planned = plan::plan_decided(&snapshot, &timers, decision);
+            self.report_staleness(&index);
+            (planned, scope)
         };
+        drop(services);
+        drop(all);
         let plan::Plan { decision, actions, mut failures, orphans, wake_after, timers: next, .. } = planned;
         let changes =
             decision.winners.iter().filter(|(ip, w)| state.winners.get(*ip).is_some_and(|old| old != *w)).count();
@@ -888,17 +1084,11 @@ impl Agent {
             metrics::counter!(catalog::ELECTION_WINNER_CHANGES).increment(changes as u64);
         }
         state.winners.clone_from(&decision.winners);
-        if let Some(counts) = slice_counts {
-            state.slice_counts = counts;
-            #[allow(clippy::cast_precision_loss)]
-            scoped::replace_gauges(
-                catalog::ENDPOINTSLICE_COUNT,
-                state
-                    .slice_counts
-                    .iter()
-                    .map(|(service, count)| (vec![("service", service.to_string())], *count as f64)),
-            );
-        }
+        state.export_slice_counts(
+            &decision,
+            &self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            scope.as_deref(),
+        );
         metrics::gauge!(catalog::ORPHANED_IPS).set(f64::from(orphans));
         if let Some(after) = wake_after {
             self.queue.add_after(Work::Pass, after);
@@ -921,7 +1111,32 @@ impl Agent {
         for ifname in &local_ifaces {
             self.start_capture(&kernel, ifname).await;
         }
-        self.report(&mut state, &decision, &failures);
+        // A pass for some Services revisits the Events of those, and of the Services of every
+        // address whose holding or failure this pass changed (drift, renewals, interfaces).
+        let scope = scope.map(|mut scope| {
+            let after = &state.timers.held;
+            for (ip, (kind, ifname, services)) in &held_before {
+                if after.get(ip).is_none_or(|h| h.kind != *kind || h.ifname != *ifname || h.services != *services) {
+                    scope.extend(services.iter().cloned());
+                }
+            }
+            for (ip, h) in after {
+                if !held_before.contains_key(ip) {
+                    scope.extend(h.services.iter().cloned());
+                }
+            }
+            let failed: Vec<IpAddr> = failures.keys().chain(state.failed.iter()).copied().collect();
+            if !failed.is_empty() {
+                scope.extend(
+                    decision.considered.iter().filter(|(_, ip, _)| failed.contains(ip)).map(|(k, _, _)| k.clone()),
+                );
+            }
+            scope.sort();
+            scope.dedup();
+            scope
+        });
+        state.failed = failures.keys().copied().collect();
+        self.report(&mut state, &decision, &failures, scope.as_deref());
         self.update_bgp(&config, &mut state);
         let announcing = election::format_announcing(
             &state
@@ -940,6 +1155,7 @@ impl Agent {
         if changed {
             self.kick_lease.notify_one();
         }
+        state.decided = Some(Decided { decision, members, groups, endpoints_version });
         Ok(true)
     }
 
@@ -1091,7 +1307,14 @@ impl Agent {
                         outcomes.push(Outcome::AddFailed { ip, message: message.clone() });
                         continue;
                     }
-                    match self.mgr.add_or_replace(&spec).await {
+                    let echo = self.expect_echo(kernel, true, &ifname, ip, spec.prefix_len);
+                    let added = self.mgr.add_or_replace(&spec).await;
+                    if added.is_err()
+                        && let Some(echo) = echo
+                    {
+                        self.echoes().forget(echo);
+                    }
+                    match added {
                         Ok(_) => match why {
                             AddWhy::Repair => {
                                 metrics::counter!(catalog::ADDRESS_DRIFT_REPAIRS).increment(1);
@@ -1141,7 +1364,14 @@ impl Agent {
                     if handover {
                         record_handover(drain_started);
                     }
-                    match self.mgr.delete_listed(&address, kernel).await {
+                    let echo = self.expect_echo(kernel, false, &address.ifname, ip, address.prefix_len);
+                    let deleted = self.mgr.delete_listed(&address, kernel).await;
+                    if !matches!(deleted, Ok(crate::core::netlink::DeleteOutcome::Removed))
+                        && let Some(echo) = echo
+                    {
+                        self.echoes().forget(echo);
+                    }
+                    match deleted {
                         Ok(_) if held.is_some() => {
                             tracing::info!(%ip, link = %address.ifname, %reason, %detail, "withdrew address");
                         }
@@ -1202,17 +1432,29 @@ impl Agent {
         }
         outcomes
     }
-    /// Events and metrics for the transitions of this pass.
-    fn report(&self, state: &mut State, decision: &decide::Decision, failures: &BTreeMap<IpAddr, String>) {
+    /// Events and metrics for the transitions of this pass: of every Service (`scope` `None`),
+    /// or of the Services in `scope` (the others' notes stay as they are).
+    fn report(
+        &self,
+        state: &mut State,
+        decision: &decide::Decision,
+        failures: &BTreeMap<IpAddr, String>,
+        scope: Option<&[ServiceKey]>,
+    ) {
         let mut events: BTreeMap<ServiceKey, Vec<(EventType, &'static str, String)>> = BTreeMap::new();
         state.reports += 1;
         let this_report = state.reports;
         let node = &self.settings.node;
-        let no_endpoint: HashMap<(&ServiceKey, IpAddr), Option<&String>> =
-            decision.no_endpoint.iter().map(|n| ((&n.service, n.ip), n.reporter.as_ref())).collect();
+        let in_scope = |key: &ServiceKey| scope.is_none_or(|scope| scope.contains(key));
+        let no_endpoint: HashMap<(&ServiceKey, IpAddr), Option<&String>> = decision
+            .no_endpoint
+            .iter()
+            .filter(|n| in_scope(&n.service))
+            .map(|n| ((&n.service, n.ip), n.reporter.as_ref()))
+            .collect();
         let refused: HashMap<(&ServiceKey, IpAddr), &decide::Refused> =
-            decision.refused.iter().map(|r| ((&r.service, r.ip), r)).collect();
-        for (key, ip, kind) in &decision.considered {
+            decision.refused.iter().filter(|r| in_scope(&r.service)).map(|r| ((&r.service, r.ip), r)).collect();
+        for (key, ip, kind) in decision.considered.iter().filter(|(key, _, _)| in_scope(key)) {
             let id = (key, *ip);
             let note = if let Some(h) = state.timers.held.get(ip).filter(|h| h.services.contains(key)) {
                 Note::Announcing(h.kind, h.ifname.clone())
@@ -1281,10 +1523,20 @@ impl Agent {
                 events.entry(key.clone()).or_default().push(e);
             }
         }
-        state.notes.retain(|_, notes| {
+        let seen_now = |notes: &mut HashMap<IpAddr, (Note, u64)>| {
             notes.retain(|_, (_, seen)| *seen == this_report);
             !notes.is_empty()
-        });
+        };
+        match scope {
+            None => state.notes.retain(|_, notes| seen_now(notes)),
+            Some(scope) => {
+                for key in scope {
+                    if state.notes.get_mut(key).is_some_and(|notes| !seen_now(notes)) {
+                        state.notes.remove(key);
+                    }
+                }
+            }
+        }
         for (key, list) in events {
             let svc = self.services.get(&reflector::ObjectRef::new(&key.name).within(&key.namespace));
             if let Some(svc) = svc {

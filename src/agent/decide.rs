@@ -14,6 +14,7 @@
 //! - an address several Services use is held while any of them needs it.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
@@ -338,6 +339,76 @@ pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inpu
         }
     }
     decision
+}
+
+impl Decision {
+    /// Decides again after the Services `changed` changed (created, edited or deleted: their
+    /// objects now, `None` when gone, come from `lookup`), nothing else having changed since
+    /// this decision was made with the same `inputs`. Equal to [`decide`] over every Service
+    /// (up to the order of the lists), at the cost of the Services that share an address with
+    /// the changed ones instead of every Service (docs/scale.md, "The tail"). Returns the
+    /// Services decided again (the changed ones and those sharing an address with them, also
+    /// transitively), so that the caller reports on those alone.
+    pub fn redecide<S: Borrow<Service>>(
+        &mut self,
+        changed: &[ServiceKey],
+        lookup: impl Fn(&ServiceKey) -> Option<S>,
+        inputs: &Inputs<'_>,
+    ) -> Vec<ServiceKey> {
+        // The changed Services, as they are now (only PureLB's count).
+        let now_ours = |key: &ServiceKey| -> Vec<IpAddr> {
+            lookup(key)
+                .filter(|svc| pool_kind(svc.borrow()).is_some())
+                .map(|svc| ingress_addresses(svc.borrow()))
+                .unwrap_or_default()
+        };
+        // Every Service that shares an address with one decided again, until none is added:
+        // an address is decided from all its Services at once.
+        let mut keys: Vec<ServiceKey> = changed.to_vec();
+        keys.sort();
+        keys.dedup();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let mut seen = 0;
+        while seen < keys.len() {
+            let new_keys = &keys[seen..];
+            seen = keys.len();
+            let mut new_ips: Vec<IpAddr> =
+                self.considered.iter().filter(|(k, _, _)| new_keys.contains(k)).map(|(_, ip, _)| *ip).collect();
+            for key in new_keys {
+                new_ips.extend(now_ours(key));
+            }
+            new_ips.retain(|ip| !ips.contains(ip));
+            new_ips.sort();
+            new_ips.dedup();
+            if new_ips.is_empty() {
+                break;
+            }
+            let mut more: Vec<ServiceKey> = self
+                .considered
+                .iter()
+                .filter(|(k, ip, _)| new_ips.contains(ip) && !keys.contains(k))
+                .map(|(k, _, _)| k.clone())
+                .collect();
+            more.sort();
+            more.dedup();
+            ips.extend(new_ips);
+            keys.extend(more);
+        }
+        let objects: Vec<S> = keys.iter().filter_map(&lookup).collect();
+        let part = decide(objects.iter().map(Borrow::borrow), inputs);
+        self.considered.retain(|(k, _, _)| !keys.contains(k));
+        self.considered.extend(part.considered);
+        self.refused.retain(|r| !keys.contains(&r.service));
+        self.refused.extend(part.refused);
+        self.no_endpoint.retain(|n| !keys.contains(&n.service));
+        self.no_endpoint.extend(part.no_endpoint);
+        // Every Service of these addresses was decided again: their entries are replaced.
+        self.wanted.retain(|ip, _| !ips.contains(ip));
+        self.wanted.extend(part.wanted);
+        self.winners.retain(|ip, _| !ips.contains(ip));
+        self.winners.extend(part.winners);
+        keys
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`lease`]: this node's Lease body and its renewal;
 //! - [`plan`]: one pass as a pure function (snapshot and timers in, actions and timers out),
 //!   shared with `purelb reconcile`;
+//! - [`echo`]: the kernel's echoes of the agent's own address changes (no pass for them);
 //! - [`connections`]: open TCP connections to an address (the quiet moment of a handover);
 //! - [`shutdown`]: what a SIGTERM means (replaced in place: keep; going away: hand over);
 //! - [`controller`]: the IO (watch caches, netlink, bursts, Events, metrics); entry point
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connections;
 pub mod controller;
 pub mod decide;
+pub mod echo;
 pub mod lease;
 pub mod plan;
 pub mod shutdown;

@@ -456,14 +456,27 @@ fn just_after(d: Duration) -> Duration {
 
 /// One pass: what to add, announce, keep and remove, and the timers afterwards.
 #[must_use]
-#[allow(clippy::too_many_lines)]
 pub fn plan(snapshot: &Snapshot<'_>, timers: &Timers) -> Plan {
+    let decision = decide::decide(snapshot.services.iter().copied(), &snapshot.inputs());
+    plan_decided(snapshot, timers, decision)
+}
+
+impl<'a> Snapshot<'a> {
+    /// What [`decide`] reads of this snapshot.
+    #[must_use]
+    pub fn inputs(&self) -> Inputs<'a> {
+        Inputs { node: self.node, members: self.members, endpoints: self.endpoints, groups: self.groups }
+    }
+}
+
+/// [`plan`] with the decision already made (by [`decide::decide`] over `snapshot.services`
+/// with [`Snapshot::inputs`], or kept up to date with [`Decision::redecide`]); the Services
+/// of the snapshot are not read.
+#[must_use]
+#[allow(clippy::too_many_lines)]
+pub fn plan_decided(snapshot: &Snapshot<'_>, timers: &Timers, decision: Decision) -> Plan {
     let now = snapshot.now;
     let node = snapshot.node;
-    let decision = decide::decide(
-        snapshot.services.iter().copied(),
-        &Inputs { node, members: snapshot.members, endpoints: snapshot.endpoints, groups: snapshot.groups },
-    );
     let kernel = snapshot.kernel;
     let local_addresses: Vec<Address> =
         kernel.addresses.iter().filter(|a| snapshot.announce.contains(&a.ifname)).cloned().collect();
@@ -745,6 +758,18 @@ pub enum Outcome {
 }
 
 impl Timers {
+    /// Whether a rule of this node waits on what the other nodes announce
+    /// (`purelb.io/announcing`): an address kept until its new winner holds it (make before
+    /// break), or held quietly until its draining holder lets go. (A draining node waits on its
+    /// successors too; the controller knows that.) Otherwise a change of what the others
+    /// announce changes no plan, and causes no pass.
+    #[must_use]
+    pub fn waits_on_holders(&self) -> bool {
+        !self.losing.is_empty()
+            || !self.handing_over.is_empty()
+            || self.held.values().any(|h| h.quiet_takeover.is_some())
+    }
+
     /// The timers after applying `plan` with these `outcomes` (only the exceptions).
     #[must_use]
     pub fn after_apply(mut self, outcomes: Vec<Outcome>, failures: &mut BTreeMap<IpAddr, String>) -> Self {

@@ -374,15 +374,30 @@ impl Members {
     /// a renewal changes decides nothing (an expiry decides, when a member goes).
     #[must_use]
     pub fn same_but_expiry(&self, other: &Self) -> bool {
+        self.same_election(other) && self.same_holding(other)
+    }
+
+    /// Whether `other` has the same members with the same subnets, draining flags and
+    /// instances: the same election for every address (what they announce and when their
+    /// Leases expire aside).
+    #[must_use]
+    pub fn same_election(&self, other: &Self) -> bool {
         self.skipped == other.skipped
             && self.members.len() == other.members.len()
             && self.members.values().zip(other.members.values()).all(|(a, b)| {
-                a.node == b.node
-                    && a.subnets == b.subnets
-                    && a.draining == b.draining
-                    && a.holding == b.holding
-                    && a.instance == b.instance
+                a.node == b.node && a.subnets == b.subnets && a.draining == b.draining && a.instance == b.instance
             })
+    }
+
+    /// Whether the same nodes announce the same addresses (`purelb.io/announcing`) in `other`.
+    #[must_use]
+    pub fn same_holding(&self, other: &Self) -> bool {
+        self.members.len() == other.members.len()
+            && self
+                .members
+                .values()
+                .zip(other.members.values())
+                .all(|(a, b)| a.node == b.node && a.holding == b.holding)
     }
 
     /// The nodes that may hold `address`: live, not draining, with a subnet containing it.

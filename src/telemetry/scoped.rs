@@ -41,6 +41,15 @@ pub fn set_gauge(name: &'static str, labels: Labels, value: f64) {
     with(|families| families.entry(name).or_default().insert(labels, value));
 }
 
+/// Removes one series of gauge `name`.
+pub fn remove_gauge(name: &'static str, labels: &Labels) {
+    with(|families| {
+        if let Some(series) = families.get_mut(name) {
+            series.remove(labels);
+        }
+    });
+}
+
 /// Adds `by` to one series of counter `name` (creating it at `by`; `0` creates it at 0).
 pub fn increment(name: &'static str, labels: Labels, by: u64) {
     #[allow(clippy::cast_precision_loss)]

@@ -390,3 +390,85 @@ fn a_local_and_a_remote_service_on_one_address_have_one_local_holder() {
         assert_eq!(holders, vec![(members.winner(ip).unwrap(), Kind::Local)]);
     }
 }
+
+/// One random Service: (name, pool type: 0 local, 1 remote, 2 none of ours; addresses from a
+/// small set so that they are shared; `externalTrafficPolicy: Local`).
+type RandomService = (u8, u8, Vec<u8>, bool);
+
+fn random_service() -> impl proptest::prelude::Strategy<Value = RandomService> {
+    (0u8..8, 0u8..3, proptest::collection::vec(0u8..7, 0..3), proptest::prelude::any::<bool>())
+}
+
+fn build(random: &[RandomService]) -> BTreeMap<String, Service> {
+    const ADDRESSES: [&str; 7] =
+        ["192.0.2.240", "192.0.2.241", "192.0.2.242", "198.51.100.1", "198.51.100.2", "198.51.100.0", "127.0.0.1"];
+    let mut out = BTreeMap::new();
+    for (name, kind, ips, local) in random {
+        let ips: Vec<&str> = ips.iter().map(|i| ADDRESSES[usize::from(*i)]).collect();
+        let kind = ["local", "remote", "other"][usize::from(*kind)];
+        out.insert(format!("s{name}"), service(&format!("s{name}"), kind, &ips, local.then_some("Local")));
+    }
+    out
+}
+
+/// The lists in one order, so that two decisions compare.
+fn sorted(mut d: Decision) -> Decision {
+    d.considered.sort();
+    d.refused.sort_by(|a, b| (&a.service, a.ip).cmp(&(&b.service, b.ip)));
+    d.no_endpoint.sort_by(|a, b| (&a.service, a.ip).cmp(&(&b.service, b.ip)));
+    d
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Deciding again only the changed Services and those sharing an address with them gives
+    /// the decision over every Service.
+    #[test]
+    fn redeciding_the_changed_services_equals_deciding_all(
+        before in proptest::collection::vec(random_service(), 0..8),
+        changes in proptest::collection::vec((0u8..8, proptest::option::of(random_service())), 1..4),
+        endpoints in proptest::collection::vec((0u8..8, 0usize..3), 0..6),
+    ) {
+        let members = members();
+        let groups = groups(None);
+        let mut index = EndpointIndex::new();
+        let now = std::time::Instant::now();
+        for (i, (service, node)) in endpoints.iter().enumerate() {
+            let node = ["n1", "n2", "n3"][*node];
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("e{i}"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": format!("s{service}")}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": node}]
+            }))
+            .unwrap();
+            index.apply(&slice, now);
+        }
+        let old = build(&before);
+        let mut new = old.clone();
+        let mut changed = Vec::new();
+        for (name, replacement) in &changes {
+            let key = format!("s{name}");
+            match replacement {
+                Some((_, kind, ips, local)) => {
+                    new.extend(build(&[(*name, *kind, ips.clone(), *local)]));
+                }
+                None => {
+                    new.remove(&key);
+                }
+            }
+            changed.push(ServiceKey::new("default", key));
+        }
+        for node in ["n1", "n2", "n3"] {
+            let inputs = Inputs { node, members: &members, endpoints: &index, groups: &groups };
+            let mut incremental = decide(old.values(), &inputs);
+            let redone = incremental.redecide(&changed, |k| new.get(&k.name), &inputs);
+            let full = decide(new.values(), &inputs);
+            proptest::prop_assert_eq!(sorted(incremental), sorted(full), "on {}", node);
+            for key in &changed {
+                proptest::prop_assert!(redone.contains(key));
+            }
+        }
+    }
+}

@@ -779,6 +779,8 @@ fn a_local_address_of_a_local_policy_service_without_any_endpoint_settles_too() 
     assert!(plan.actions.is_empty(), "{:?}", plan.actions);
     assert!(plan.timers.losing.contains_key(&addr));
     let timers = applied(plan);
+    // What n2 announces decides now: the controller must run a pass when it changes.
+    assert!(timers.waits_on_holders());
     world.members = members(&[lease(ME, &[addr], false), lease("n2", &[addr], false), lease("n3", &[], false)]);
     assert_eq!(removes(&world.plan(&timers)), vec![(addr, "eth0".to_owned(), Reason::NotElected)]);
 }
@@ -1005,12 +1007,69 @@ impl Random {
 
 type Place = (IpAddr, String, u8);
 
+/// The kernel after every action of `plan` succeeded.
+fn kernel_after(kernel: &AddressSnapshot, plan: &Plan) -> AddressSnapshot {
+    let mut out = kernel.clone();
+    for action in &plan.actions {
+        match action {
+            Action::Add { spec, .. } => {
+                let ifname = spec.link.to_string();
+                out.addresses.retain(|a| !(a.ip == spec.ip && a.ifname == ifname));
+                let mut added = address(if ifname == "eth0" { 2 } else { 3 }, &ifname, spec.ip, spec.prefix_len, true);
+                added.flags = spec.flags;
+                out.addresses.push(added);
+            }
+            Action::Remove { address, .. }
+            | Action::LetGoQuietly { address, .. }
+            | Action::RemoveFailedDad(address) => {
+                out.addresses.retain(|a| place_of(a) != place_of(address));
+            }
+            Action::EnsureDummy(_) | Action::Announce { .. } => {}
+        }
+    }
+    out
+}
+
 fn place_of(a: &Address) -> Place {
     (a.ip, a.ifname.clone(), a.prefix_len)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The controller runs no pass when only what the other nodes announce changed and
+    /// [`Timers::waits_on_holders`] is false (not draining): the plan after the last one must
+    /// then be the same whatever they announce now.
+    #[test]
+    fn what_the_others_announce_changes_no_plan_unless_a_rule_waits_on_it(
+        r in random(),
+        now_holding in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4), 2),
+    ) {
+        // A draining node always waits on its successors (the controller's rule).
+        let r = Random { draining: false, ..r };
+        let (before, timers) = r.world();
+        let last = before.plan(&timers);
+        let timers = applied(last.clone());
+        if timers.waits_on_holders() {
+            return Ok(());
+        }
+        let mut r2 = r.clone();
+        for (peer, holding) in r2.peers.iter_mut().zip(now_holding) {
+            peer.2 = holding;
+        }
+        let (mut same, _) = r.world();
+        let (mut changed, _) = r2.world();
+        prop_assert!(same.members.same_election(&changed.members));
+        for world in [&mut same, &mut changed] {
+            world.kernel = kernel_after(&before.kernel, &last);
+            world.now = before.now;
+        }
+        let (a, b) = (same.plan(&timers), changed.plan(&timers));
+        prop_assert_eq!(&a.actions, &b.actions);
+        prop_assert_eq!(&a.timers, &b.timers);
+        prop_assert_eq!(a.wake_after, b.wake_after);
+        prop_assert_eq!(&a.failures, &b.failures);
+    }
 
     #[test]
     fn every_owned_address_ends_in_exactly_one_of_kept_added_or_removed(r in random()) {

@@ -419,5 +419,15 @@ fn renewals_change_nothing_but_membership_changes_do() {
     ] {
         assert!(!before.same_but_expiry(&other), "{what}");
         assert!(!other.same_but_expiry(&before), "{what}");
+        // Only the announced addresses leave the election as it was.
+        let same_election = what == "announcing";
+        assert_eq!(before.same_election(&other), same_election, "{what}");
+        assert_eq!(other.same_election(&before), same_election, "{what}");
+        assert_eq!(
+            before.same_holding(&other),
+            what != "announcing" && what != "gone" && what != "new" && what != "expired",
+            "{what}"
+        );
     }
+    assert!(before.same_election(&renewed) && before.same_holding(&renewed));
 }

@@ -12,7 +12,7 @@ use rtnetlink::{
 use tokio::{task::JoinHandle, time::Instant};
 use tracing::{trace, warn};
 
-use super::NetlinkError;
+use super::{Address, NetlinkError, model::address_from_message};
 
 /// How notifications are turned into triggers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,13 +34,18 @@ impl Default for WatchConfig {
 }
 
 /// One trigger: something changed, re-read the whole snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WatchTrigger {
     /// Address and link notifications folded into this trigger.
     pub notifications: usize,
     /// The socket overran (`ENOBUFS`): notifications were lost. The answer is the same full
     /// re-read; this only says that the count is not the whole story.
     pub overrun: bool,
+    /// The address notifications, in order: added (or changed) `true`, removed `false`, and
+    /// the address as the notification describes it (its interface by index; no name).
+    pub addresses: Vec<(bool, Address)>,
+    /// Link notifications, and address notifications without an address.
+    pub other: usize,
 }
 
 impl WatchTrigger {
@@ -48,12 +53,20 @@ impl WatchTrigger {
     fn absorb(&mut self, message: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
         match &message.payload {
             NetlinkPayload::InnerMessage(
-                RouteNetlinkMessage::NewAddress(_)
-                | RouteNetlinkMessage::DelAddress(_)
-                | RouteNetlinkMessage::NewLink(_)
-                | RouteNetlinkMessage::DelLink(_),
+                m @ (RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)),
             ) => {
                 self.notifications += 1;
+                match address_from_message(a, "") {
+                    Some(address) => {
+                        self.addresses.push((matches!(m, RouteNetlinkMessage::NewAddress(_)), address));
+                    }
+                    None => self.other += 1,
+                }
+                true
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_)) => {
+                self.notifications += 1;
+                self.other += 1;
                 true
             }
             NetlinkPayload::Overrun(_) => {
