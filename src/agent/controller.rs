@@ -655,7 +655,7 @@ pub async fn run(
             sweep_queue.add(Work::Pass);
         }
     });
-    // The worker: one at a time (a pass covers everything).
+    // The worker: one at a time (a pass plans every address; see `pass_for`).
     let worker = agent.clone();
     let worker_readiness = readiness.clone();
     tasks.spawn(async move {
