@@ -347,15 +347,8 @@ mod tests {
         assert_eq!(announce_interfaces(&c, &links, &[]), ["eth0", "eth1"], "no loopback, no dummy");
 
         let address = |index: u32, ifname: &str, ip: &str, prefix_len: u8, mark: Option<u8>| Address {
-            index,
-            ifname: ifname.into(),
-            ip: ip.parse().unwrap(),
-            prefix_len,
-            flags: crate::core::netlink::AddressFlags::default(),
-            state: crate::core::netlink::AddressState::default(),
-            valid_lifetime: None,
-            preferred_lifetime: None,
             protocol: mark,
+            ..Address::plain(index, ifname, ip, prefix_len)
         };
         let addresses = [
             address(2, "eth0", "192.0.2.11", 24, None),

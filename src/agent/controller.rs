@@ -944,10 +944,9 @@ impl Agent {
                 && (last.same_holding(&members) || !(state.timers.waits_on_holders() || self.shared().draining))
         });
         if unchanged {
-            // What the others announce is current for the next comparison.
-            state.members = Some(members.clone());
-            drop(state);
             self.schedule_expiry(&members);
+            // What the others announce is current for the next comparison.
+            state.members = Some(members);
             return Ok(true);
         }
         drop(state);
@@ -1035,11 +1034,16 @@ impl Agent {
             last.members.same_election(&members) && last.groups == groups && last.endpoints_version == endpoints_version
         });
         // Every Service, unless the last decision is brought up to date.
-        let all = if changed.is_some() && last.is_some() { Vec::new() } else { self.services.state() };
+        let scoped = changed.is_some() && last.is_some();
+        let all = if scoped { Vec::new() } else { self.services.state() };
         let services: Vec<&Service> = all.iter().map(AsRef::as_ref).collect();
         let timers = std::mem::take(&mut state.timers);
-        let held_before: BTreeMap<IpAddr, (Kind, String, Vec<ServiceKey>)> =
-            timers.held.iter().map(|(ip, h)| (*ip, (h.kind, h.ifname.clone(), h.services.clone()))).collect();
+        // What was held, for the Events of a pass for some Services (a full pass revisits all).
+        let held_before: BTreeMap<IpAddr, (Kind, String, Vec<ServiceKey>)> = if scoped {
+            timers.held.iter().map(|(ip, h)| (*ip, (h.kind, h.ifname.clone(), h.services.clone()))).collect()
+        } else {
+            BTreeMap::new()
+        };
         let (planned, scope) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let snapshot = plan::Snapshot {

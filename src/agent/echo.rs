@@ -81,17 +81,7 @@ mod tests {
     use crate::core::netlink::Address;
 
     fn address(index: u32, ip: &str, prefix_len: u8) -> Address {
-        Address {
-            index,
-            ifname: String::new(),
-            ip: ip.parse().unwrap(),
-            prefix_len,
-            flags: crate::core::netlink::AddressFlags::default(),
-            state: crate::core::netlink::AddressState::default(),
-            valid_lifetime: None,
-            preferred_lifetime: None,
-            protocol: None,
-        }
+        Address::plain(index, "", ip, prefix_len)
     }
 
     fn echo(added: bool, index: u32, ip: &str, prefix_len: u8) -> Echo {

@@ -235,6 +235,24 @@ pub struct Address {
     pub protocol: Option<u8>,
 }
 
+#[cfg(test)]
+impl Address {
+    /// An address without flags, state, lifetimes or mark (tests).
+    pub(crate) fn plain(index: u32, ifname: &str, ip: &str, prefix_len: u8) -> Self {
+        Self {
+            index,
+            ifname: ifname.to_owned(),
+            ip: ip.parse().unwrap_or(IpAddr::from([0u8; 4])),
+            prefix_len,
+            flags: AddressFlags::default(),
+            state: AddressState::default(),
+            valid_lifetime: None,
+            preferred_lifetime: None,
+            protocol: None,
+        }
+    }
+}
+
 impl Address {
     /// The family.
     #[must_use]
