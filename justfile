@@ -39,6 +39,7 @@ chart-package:
 # `just bench --only queue,endpoints --output /tmp/b.md`, `--keep-going`, `--fuzz-log FILE`,
 # `--soak-json FILE...`; `just bench --list` shows the sections, `--help` the rest.
 bench *ARGS:
+    python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check matplotlib
     python3 scripts/bench-report.py {{ARGS}}
 
 # Show PureLB working in the network-namespace lab.

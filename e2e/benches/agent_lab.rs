@@ -2,8 +2,9 @@
 //! real `purelb agent` processes in network namespaces, real kernel addresses. Run as root:
 //! `cargo build --release -p purelb --bin purelb && cargo bench -p purelb-e2e --bench agent_lab`.
 //! Settings: `AGENT_LAB_SERVICES` (50: Services present while measuring), `AGENT_LAB_SAMPLES`
-//! (1,000 per latency), `AGENT_LAB_SCALE` (5,000: the second size), `AGENT_LAB_LARGE` (50,000:
-//! the RSS at the largest size; 0 skips it).
+//! (1,000 per latency), `AGENT_LAB_SCALE` (5,000: the second size; 0 skips it), `AGENT_LAB_LARGE` (50,000:
+//! the RSS at the largest size; 0 skips it), `AGENT_LAB_CURVE` (1,000 and 20,000: more sizes for
+//! the RSS cost curve).
 //!
 //! - status write → address on the winner's interface, and Service deletion → address gone
 //!   from every node: `AGENT_LAB_SAMPLES` Services created one after another, 50 present at a
@@ -287,9 +288,18 @@ fn print_pass_work(what: &str, before: (f64, f64), after: (f64, f64), changes: u
 }
 
 /// Address appearance and removal latency over `samples` Services created one after another,
+/// One address that appeared: when its status was sent, and where and when `ip monitor` saw it.
+struct Appeared {
+    name: String,
+    ip: IpAddr,
+    sent: SystemTime,
+    node: String,
+    at: SystemTime,
+}
+
 /// `window` of them present at a time: each is created, given a status (→ the address appears
 /// on the winner) and, `window` steps later, deleted (→ its address is gone from every node).
-/// Returns (appear, gone, wrong winners).
+/// Returns (appear, gone, wrong winners, each appearance for [`tail_parts`]).
 async fn appear_and_gone(
     lab: &Lab,
     services: &Api<Service>,
@@ -297,12 +307,12 @@ async fn appear_and_gone(
     tag: &str,
     samples: usize,
     window: usize,
-) -> (Vec<Duration>, Vec<Duration>, usize) {
+) -> (Vec<Duration>, Vec<Duration>, usize, Vec<Appeared>) {
     let nodes = lab.node_names();
     // The local pool has 80 addresses: the window's addresses stay distinct.
     let ip_of = |k: usize| IpAddr::V4(Ipv4Addr::new(192, 0, 2, 120 + u8::try_from(k % 80).unwrap()));
     let name_of = |k: usize| format!("{tag}{k}");
-    let (mut appear, mut gone, mut wrong_winner) = (Vec::new(), Vec::new(), 0);
+    let (mut appear, mut gone, mut wrong_winner, mut appeared) = (Vec::new(), Vec::new(), 0, Vec::new());
     for k in 0..samples + window {
         if k >= window {
             let (ip, name) = (ip_of(k - window), name_of(k - window));
@@ -332,8 +342,111 @@ async fn appear_and_gone(
         if event.node != winner {
             wrong_winner += 1;
         }
+        appeared.push(Appeared { name, ip, sent, node: event.node, at: event.at });
     }
-    (appear, gone, wrong_winner)
+    (appear, gone, wrong_winner, appeared)
+}
+
+/// Every `added address` line of an agent's log: (its time, the address). The agent writes the
+/// line once the kernel has acknowledged the add.
+fn added_in_log(path: &std::path::Path) -> Vec<(SystemTime, IpAddr)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(" added address"))
+        .filter_map(|l| {
+            let stamp = l.split_whitespace().next()?;
+            let at: jiff::Timestamp = stamp.parse().ok()?;
+            let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(at.as_nanosecond()).ok()?);
+            let ip = l.split_whitespace().find_map(|w| w.strip_prefix("ip="))?.parse().ok()?;
+            Some((at, ip))
+        })
+        .collect()
+}
+
+/// Where an appearance's time goes, per sample: status write → a watcher in this process sees
+/// it (the fan-out under the same load: `seen`), write → the winner's log says the kernel
+/// acknowledged the add, and that log line → `ip monitor`'s time (the observer's part; negative
+/// when `ip` read the notification before the agent wrote its line). p50, p99 and max of each.
+fn tail_parts(lab: &Lab, what: &str, appeared: &[Appeared], seen: &BTreeMap<String, SystemTime>) {
+    let logs: BTreeMap<String, Vec<(SystemTime, IpAddr)>> = lab
+        .node_names()
+        .iter()
+        .filter_map(|node| {
+            let agent = lab::agent_name(node);
+            let path = lab.log_paths().into_iter().find(|(name, _)| *name == agent)?.1;
+            Some((node.clone(), added_in_log(&path)))
+        })
+        .collect();
+    let signed_ms = |from: SystemTime, to: SystemTime| match to.duration_since(from) {
+        Ok(d) => ms(d),
+        Err(e) => -ms(e.duration()),
+    };
+    let (mut fanout, mut agent, mut observer) = (Vec::new(), Vec::new(), Vec::new());
+    for a in appeared {
+        if let Some(at) = seen.get(&a.name) {
+            fanout.push(signed_ms(a.sent, *at));
+        }
+        let logged = logs
+            .get(&a.node)
+            .and_then(|lines| lines.iter().filter(|(at, ip)| *ip == a.ip && *at >= a.sent).map(|(at, _)| *at).min());
+        if let Some(logged) = logged {
+            agent.push(signed_ms(a.sent, logged));
+            observer.push(signed_ms(logged, a.at));
+        }
+    }
+    for (part, samples) in [
+        ("status write → a watcher sees it (fan-out under the same load)", &mut fanout),
+        ("status write → the winner logs the kernel's ack of the add", &mut agent),
+        ("the winner's log line → ip monitor's time", &mut observer),
+    ] {
+        if samples.is_empty() {
+            println!("agent-lab: tail parts {what}: {part}: no samples");
+            continue;
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+        println!(
+            "agent-lab: tail parts {what}: {part}: n={} p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+            samples.len(),
+            at(50),
+            at(99),
+            samples[samples.len() - 1]
+        );
+    }
+}
+
+/// A watcher in this process on every Service: when it first saw each one with an address.
+fn watch_statuses(
+    api: Api<Service>,
+    label: Option<&str>,
+) -> (Arc<Mutex<BTreeMap<String, SystemTime>>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<Mutex<BTreeMap<String, SystemTime>>> = Arc::default();
+    let seen_w = seen.clone();
+    let config = match label {
+        Some(label) => watcher::Config::default().labels(label),
+        None => watcher::Config::default(),
+    };
+    let watch = tokio::spawn(async move {
+        let mut stream = watcher(api, config).applied_objects().boxed();
+        while let Ok(Some(svc)) = stream.try_next().await {
+            let has = svc.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).is_some_and(|i| !i.is_empty());
+            if has {
+                seen_w.lock().unwrap().entry(svc.metadata.name.unwrap_or_default()).or_insert_with(SystemTime::now);
+            }
+        }
+    });
+    (seen, watch)
+}
+
+/// Every lab process still runs (a crash during the bench fails it, with the log's tail).
+fn all_running(lab: &Lab) {
+    for (name, status) in lab.process_status() {
+        assert!(
+            status.is_running(),
+            "{name} stopped during the bench: {status:?}\n{}",
+            lab.log_tail(&name, 30).unwrap_or_default()
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -368,25 +481,18 @@ async fn main() {
 
     // 1. Status write → address on the winner; deletion → gone everywhere (n Services present).
     let work = pass_work(&lab).await;
-    let (mut appear, mut gone, wrong_winner) = appear_and_gone(&lab, &services, &events, "m", samples, n).await;
+    let (seen, watch) = watch_statuses(Api::namespaced(client.clone(), "default"), None);
+    let (mut appear, mut gone, wrong_winner, appeared) =
+        appear_and_gone(&lab, &services, &events, "m", samples, n).await;
+    watch.abort();
+    tail_parts(&lab, &format!("at {n} Services"), &appeared, &seen.lock().unwrap());
     print_pass_work(&format!("at {n} Services"), work, pass_work(&lab).await, 2 * samples);
     let (_, appear_p99) = summary("status write → address on the winner", &mut appear);
     println!("agent-lab: {wrong_winner} of {samples} addresses appeared on a node other than the hash winner");
     let (_, gone_p99) = summary("Service deletion → address gone from every node", &mut gone);
 
     // 2. The floor: watch fan-out (status write → a watcher over HTTP sees it) + one netlink add.
-    let floor_api: Api<Service> = Api::namespaced(client.clone(), "default");
-    let seen: Arc<Mutex<BTreeMap<String, SystemTime>>> = Arc::default();
-    let seen_w = seen.clone();
-    let watch = tokio::spawn(async move {
-        let mut stream = watcher(floor_api, watcher::Config::default().labels("bench=floor")).applied_objects().boxed();
-        while let Ok(Some(svc)) = stream.try_next().await {
-            let has = svc.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).is_some_and(|i| !i.is_empty());
-            if has {
-                seen_w.lock().unwrap().entry(svc.metadata.name.unwrap_or_default()).or_insert_with(SystemTime::now);
-            }
-        }
-    });
+    let (seen, watch) = watch_statuses(Api::namespaced(client.clone(), "default"), Some("bench=floor"));
     let mut fanout = Vec::new();
     for i in 0..samples {
         let name = format!("f{i}");
@@ -485,10 +591,39 @@ async fn main() {
 
     // 5. The same latencies with `scale` Services present (with addresses no node can announce,
     //    ten endpoints each), then the RSS with them cached.
-    let pid = pid_of(&lab, &agent0);
-    let rss_before = rss_kib(pid);
+    if scale <= n {
+        println!("agent-lab: AGENT_LAB_SCALE={scale}: the measurements with many Services are skipped");
+        all_running(&lab);
+        return;
+    }
+    let rss_of_agents = || nodes.iter().map(|node| rss_kib(pid_of(&lab, &lab::agent_name(node)))).max().unwrap_or(0);
+    let rss_before = rss_of_agents();
+    // The cost curve: the agents' RSS at each size, and per Service above the idle agent.
+    let rss_point = |size: usize| {
+        let max = rss_of_agents();
+        println!(
+            "agent-lab: cost curve: {size} Services ({} endpoints): agent RSS max {:.1} MiB, {:.0} bytes per Service above the idle agent ({:.1} MiB)",
+            size * 10,
+            max as f64 / 1024.0,
+            max.saturating_sub(rss_before) as f64 * 1024.0 / size as f64,
+            rss_before as f64 / 1024.0
+        );
+        max
+    };
+    let curve: Vec<usize> = std::env::var("AGENT_LAB_CURVE")
+        .unwrap_or_else(|_| "1000,20000".to_owned())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
     let started = Instant::now();
-    populate(&services, &slices, "s", 0..scale.saturating_sub(n)).await;
+    let mut at = 0;
+    for &size in curve.iter().filter(|&&c| c < scale.saturating_sub(n)) {
+        populate(&services, &slices, "s", at..size).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        rss_point(size);
+        at = size;
+    }
+    populate(&services, &slices, "s", at..scale.saturating_sub(n)).await;
     println!(
         "agent-lab: created {scale} Services with status and {scale} EndpointSlices ({} endpoints) in {:.1} s",
         scale * 10,
@@ -496,7 +631,11 @@ async fn main() {
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let work = pass_work(&lab).await;
-    let (mut appear, mut gone, _) = appear_and_gone(&lab, &services, &events, "b", samples, n).await;
+    let (seen, watch) = watch_statuses(Api::namespaced(client.clone(), "default"), None);
+    tokio::time::sleep(Duration::from_secs(2)).await; // its first list of every Service
+    let (mut appear, mut gone, _, appeared) = appear_and_gone(&lab, &services, &events, "b", samples, n).await;
+    watch.abort();
+    tail_parts(&lab, &format!("at {scale} Services"), &appeared, &seen.lock().unwrap());
     print_pass_work(&format!("at {scale} Services"), work, pass_work(&lab).await, 2 * samples);
     let (_, big_appear_p99) =
         summary(&format!("at {scale} Services: status write → address on the winner"), &mut appear);
@@ -508,8 +647,7 @@ async fn main() {
     );
     populate(&services, &slices, "s", scale.saturating_sub(n)..scale).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let rss_of_agents = || nodes.iter().map(|node| rss_kib(pid_of(&lab, &lab::agent_name(node)))).max().unwrap_or(0);
-    let max = rss_of_agents();
+    let max = rss_point(scale);
     println!(
         "agent-lab: agent RSS with {scale} Services and {} endpoints cached: max {:.1} MiB over {} agents (idle before: {:.1} MiB); target ≤ 64 MiB: {}",
         scale * 10,
@@ -518,16 +656,23 @@ async fn main() {
         rss_before as f64 / 1024.0,
         if max <= 64 * 1024 { "met" } else { "MISSED" }
     );
+    let mut at = scale;
+    for &size in curve.iter().filter(|&&c| c > scale && c < large) {
+        populate(&services, &slices, "s", at..size).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        rss_point(size);
+        at = size;
+    }
     if large > scale {
         let started = Instant::now();
-        populate(&services, &slices, "s", scale..large).await;
+        populate(&services, &slices, "s", at..large).await;
         println!(
             "agent-lab: created {large} Services with status and {large} EndpointSlices ({} endpoints) in {:.1} s",
             large * 10,
             started.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let max = rss_of_agents();
+        let max = rss_point(large);
         println!(
             "agent-lab: agent RSS with {large} Services and {} endpoints cached: max {:.1} MiB over {} agents; target ≤ 256 MiB: {}",
             large * 10,
@@ -536,12 +681,6 @@ async fn main() {
             if max <= 256 * 1024 { "met" } else { "MISSED" }
         );
     }
-    for (name, status) in lab.process_status() {
-        assert!(
-            status.is_running(),
-            "{name} stopped during the bench: {status:?}\n{}",
-            lab.log_tail(&name, 30).unwrap_or_default()
-        );
-    }
+    all_running(&lab);
     drop(lab);
 }
