@@ -205,6 +205,26 @@ fn gratuitous_arp_request_and_reply_reach_the_peer() {
     });
 }
 
+/// Closing the `AF_PACKET` socket waits for an RCU grace period in the kernel (10–15 ms in the
+/// lab); a gratuitous ARP sent from a runtime worker must not wait for it: that close stalled the
+/// agent's watch events behind it (docs/scale.md, "The tail"). Each send is a few system calls;
+/// the median of 15 is well under the kernel's grace period.
+#[test]
+fn a_gratuitous_arp_does_not_wait_for_the_kernel_to_release_its_socket() {
+    in_new_netns(|ns| async move {
+        let (sender, _peer) = veth_pair(&ns, false);
+        let mut took: Vec<Duration> = (0..15)
+            .map(|_| {
+                let start = Instant::now();
+                send_gratuitous_arp(&sender, V4).unwrap();
+                start.elapsed()
+            })
+            .collect();
+        took.sort();
+        assert!(took[7] < Duration::from_millis(2), "median send took {:?} (all: {took:?})", took[7]);
+    });
+}
+
 #[test]
 fn unsolicited_na_waits_for_the_link_local_address_and_reaches_the_peer() {
     in_new_netns(|ns| async move {

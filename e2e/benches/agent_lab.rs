@@ -4,7 +4,8 @@
 //! Settings: `AGENT_LAB_SERVICES` (50: Services present while measuring), `AGENT_LAB_SAMPLES`
 //! (1,000 per latency), `AGENT_LAB_SCALE` (5,000: the second size; 0 skips it), `AGENT_LAB_LARGE` (50,000:
 //! the RSS at the largest size; 0 skips it), `AGENT_LAB_CURVE` (1,000 and 20,000: more sizes for
-//! the RSS cost curve).
+//! the RSS cost curve), `AGENT_LAB_DUMP` (a path prefix: every appearance's times as CSV, and
+//! the lab's logs kept).
 //!
 //! - status write → address on the winner's interface, and Service deletion → address gone
 //!   from every node: `AGENT_LAB_SAMPLES` Services created one after another, 50 present at a
@@ -382,6 +383,26 @@ fn tail_parts(lab: &Lab, what: &str, appeared: &[Appeared], seen: &BTreeMap<Stri
         Err(e) => -ms(e.duration()),
     };
     let (mut fanout, mut agent, mut observer) = (Vec::new(), Vec::new(), Vec::new());
+    let us = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros();
+    if let Ok(path) = std::env::var("AGENT_LAB_DUMP") {
+        let mut csv = String::from("name,ip,node,sent_us,seen_us,logged_us,monitor_us\n");
+        for a in appeared {
+            let logged = logs.get(&a.node).and_then(|lines| {
+                lines.iter().filter(|(at, ip)| *ip == a.ip && *at >= a.sent).map(|(at, _)| *at).min()
+            });
+            csv += &format!(
+                "{},{},{},{},{},{},{}\n",
+                a.name,
+                a.ip,
+                a.node,
+                us(a.sent),
+                seen.get(&a.name).map_or(0, |t| us(*t)),
+                logged.map_or(0, us),
+                us(a.at)
+            );
+        }
+        std::fs::write(format!("{path}-{}.csv", what.replace(' ', "_")), csv).unwrap();
+    }
     for a in appeared {
         if let Some(at) = seen.get(&a.name) {
             fanout.push(signed_ms(a.sent, *at));
@@ -463,7 +484,8 @@ async fn main() {
         .lab_bin(lab::built_binary("purelb-lab", &["release", "debug"]).expect("build purelb-lab first"))
         .purelb_bin(purelb_bin.clone())
         .purelb(false, true)
-        .ready_timeout(Duration::from_secs(30));
+        .ready_timeout(Duration::from_secs(30))
+        .keep_logs(std::env::var_os("AGENT_LAB_DUMP").is_some());
     options.agent_args = ["--lease-duration=2s", "--renew-interval=500ms", "--handover-timeout=5s"]
         .iter()
         .map(|s| (*s).to_owned())

@@ -164,11 +164,12 @@ async fn one_run(n: usize) -> Run {
         - status_writes_before
         + emulator.requests("create", "events");
     println!(
-        "raw {raw_rate:.0} writes/s; allocator: caches synced after {:.2} s, {n} Services (no duplicates) in {:.2} s = {rate:.0} Services/s = {:.0}% of raw; {:.2} writes per Service",
+        "raw {raw_rate:.0} writes/s; allocator: caches synced after {:.2} s, {n} Services (no duplicates) in {:.2} s = {rate:.0} Services/s = {:.0}% of raw; {:.2} writes per Service, {} of them answered 409 Conflict",
         synced.as_secs_f64(),
         elapsed.as_secs_f64(),
         100.0 * rate / raw_rate,
         writes as f64 / n as f64,
+        emulator.conflicts(),
     );
     let _ = tx.send(());
     let _ = task.await;

@@ -234,6 +234,8 @@ pub struct Server {
     requests: Mutex<BTreeMap<RequestKey, u64>>,
     /// Request bodies decoded from protobuf (`/_emulator/state`, so tests see the path ran).
     protobuf_bodies: std::sync::atomic::AtomicU64,
+    /// Requests answered 409 Conflict ([`Self::conflict_count`]).
+    conflicts: std::sync::atomic::AtomicU64,
 }
 
 fn now_rfc3339() -> String {
@@ -309,6 +311,7 @@ impl Server {
             next_cluster_ip: Mutex::new(1),
             requests: Mutex::new(BTreeMap::new()),
             protobuf_bodies: std::sync::atomic::AtomicU64::new(0),
+            conflicts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -386,7 +389,17 @@ impl Server {
             });
             return task.await.unwrap_or_else(|e| status_response(500, "InternalError", &e.to_string(), None));
         }
-        self.handle_now(req).await
+        let response = self.handle_now(req).await;
+        if response.status() == StatusCode::CONFLICT {
+            self.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        response
+    }
+
+    /// Requests answered 409 Conflict so far (a write on an outdated resourceVersion, a create of
+    /// an existing name): how benchmarks see a client's wasted writes.
+    pub fn conflict_count(&self) -> u64 {
+        self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long the faults hold this write before applying it (`lateWrites`).

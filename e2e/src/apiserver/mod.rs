@@ -146,6 +146,12 @@ impl Emulator {
         self.server.request_count(verb, resource)
     }
 
+    /// Requests answered 409 Conflict so far, from every client.
+    #[must_use]
+    pub fn conflicts(&self) -> u64 {
+        self.server.conflict_count()
+    }
+
     /// Drops retained watch history (watches from older revisions get 410 Gone).
     pub fn compact(&self) {
         self.server.store.compact();

@@ -1,11 +1,14 @@
 //! The sockets that put announcements on the wire, and a packet capture socket for conflict
 //! detection. Needs `CAP_NET_RAW`. Every socket is opened per announcement and closed after it,
 //! so nothing is held while the node merely owns addresses, and nothing listens while sending.
+//! The `AF_PACKET` socket of a gratuitous ARP is closed on a thread of its own
+//! ([`close_in_background`]): that close waits for the kernel.
 
 use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6},
+    sync::{OnceLock, mpsc},
     time::Duration,
 };
 
@@ -155,14 +158,49 @@ pub fn send_gratuitous_arp(link: &LinkInfo, address: Ipv4Addr) -> Result<(), Ann
         link_layer_sockaddr(link.index, ETHERTYPE_ARP, MacAddr::BROADCAST).map_err(|e| socket_error("address", e))?;
     for (op, packet) in [(ArpOp::Request, "ARP request"), (ArpOp::Reply, "ARP reply")] {
         let body = gratuitous_arp(op, link.mac, address);
-        socket.send_to(&body, &destination).map_err(|source| AnnounceError::Send {
+        let sent = socket.send_to(&body, &destination).map_err(|source| AnnounceError::Send {
             interface: link.name.clone(),
             address: IpAddr::V4(address),
             packet,
             source,
-        })?;
+        });
+        if let Err(error) = sent {
+            close_in_background(socket);
+            return Err(error);
+        }
     }
+    close_in_background(socket);
     Ok(())
+}
+
+/// Closes `socket` on the `socket-closer` thread. Closing an `AF_PACKET` socket waits for an RCU
+/// grace period (the kernel's `packet_release` calls `synchronize_net`): 10–15 ms in the lab,
+/// all that time in the `close` system call. On a runtime worker that stalled every task queued
+/// behind it: a Service's watch event sat in the socket buffer while the worker closed the
+/// socket of the previous address's gratuitous ARP, which was most of the p99 of status write →
+/// address on the interface (docs/scale.md, "The tail"). Inline when the thread cannot be had.
+fn close_in_background(socket: Socket) {
+    static CLOSER: OnceLock<Option<mpsc::Sender<Socket>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Socket>();
+        std::thread::Builder::new()
+            .name("socket-closer".to_owned())
+            .spawn(move || {
+                for socket in rx {
+                    drop(socket);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    match closer {
+        Some(tx) => {
+            if let Err(mpsc::SendError(socket)) = tx.send(socket) {
+                drop(socket);
+            }
+        }
+        None => drop(socket),
+    }
 }
 
 /// Sends one unsolicited Neighbour Advertisement for `address` (Override set, Target Link-Layer
