@@ -15,6 +15,7 @@ use futures::{StreamExt, stream::BoxStream};
 use kube::{
     Api,
     runtime::{
+        WatchStreamExt,
         reflector::{self, Store},
         utils::Backoff,
         watcher,
@@ -193,14 +194,31 @@ where
 /// Starts a reflector on `api` in the background and returns its cache; every watch event is
 /// passed to `on_event` after the cache has applied it. Errors are logged (once per distinct
 /// explanation, [`explain`]) and retried.
-pub fn spawn_reflector<K, F>(api: Api<K>, config: watcher::Config, name: &'static str, mut on_event: F) -> Store<K>
+pub fn spawn_reflector<K, F>(api: Api<K>, config: watcher::Config, name: &'static str, on_event: F) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    F: FnMut(&watcher::Event<K>) + Send + 'static,
+{
+    spawn_trimmed_reflector(api, config, name, |_: &mut K| {}, on_event)
+}
+
+/// [`spawn_reflector`] whose cache keeps each object as `trim` leaves it (the fields the
+/// process never reads removed, so that they take no memory).
+pub fn spawn_trimmed_reflector<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    name: &'static str,
+    trim: fn(&mut K),
+    mut on_event: F,
+) -> Store<K>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watch_restartable(api, config));
+    let stream = reflector::reflector(writer, watch_restartable(api, config).modify(trim));
     let resource = resource_name::<K>();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{Node, Service},
+        core::v1::{Node, Service, ServiceSpec},
         discovery::v1::EndpointSlice,
     },
     jiff::Timestamp,
@@ -315,7 +315,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    reflect_filtered(api, config, queue, name, None, Work::Pass, None)
+    reflect_filtered(api, config, queue, name, None, Work::Pass, None, |_| {})
 }
 
 /// What in a node Lease changes a decision: renewals alone do not (expiry is scheduled from
@@ -361,6 +361,30 @@ fn object_id<K: kube::Resource>(o: &K) -> String {
     }
 }
 
+/// What the agent keeps of a Service in its cache: its metadata without `managedFields` and
+/// kubectl's copy of the last applied object (both can be larger than the rest), its traffic
+/// policy and its status. Nothing else of the spec is read by the agent (ports, selector and
+/// cluster addresses took about a third of a cached Service's memory).
+fn trim_service(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    if let Some(annotations) = svc.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Some(spec) = svc.spec.as_mut() {
+        *spec = ServiceSpec { external_traffic_policy: spec.external_traffic_policy.take(), ..ServiceSpec::default() };
+    }
+}
+
+/// A key as [`reflect_filtered`] remembers it: whether it is empty (the object is irrelevant)
+/// and its hash (the key itself, a few hundred bytes per Service, is not kept).
+fn remembered(key: &str) -> (bool, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (key.is_empty(), hasher.finish())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn reflect_filtered<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -369,12 +393,13 @@ fn reflect_filtered<K>(
     key: Option<fn(&K) -> String>,
     work: Work,
     changed_objects: Option<Arc<std::sync::Mutex<Vec<ServiceKey>>>>,
+    trim: fn(&mut K),
 ) -> Store<K>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: HashMap<String, (bool, u64)> = HashMap::new();
     // Names the object for a pass that covers only the changed objects, before queueing it.
     let note = move |o: &K| {
         if let Some(list) = &changed_objects {
@@ -386,11 +411,11 @@ where
             list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(key);
         }
     };
-    crate::watch::spawn_reflector(api, config, name, move |event| match event {
+    crate::watch::spawn_trimmed_reflector(api, config, name, trim, move |event| match event {
         Event::Apply(o) => {
             // The key once per event: at 1,000 nodes this runs 500 times a second.
             let changed = key.is_none_or(|key| {
-                let now = key(o);
+                let now = remembered(&key(o));
                 match seen.get_mut(&object_id(o)) {
                     Some(last) if *last == now => false,
                     Some(last) => {
@@ -398,7 +423,7 @@ where
                         true
                     }
                     None => {
-                        let relevant = !now.is_empty();
+                        let relevant = !now.0;
                         seen.insert(object_id(o), now);
                         relevant
                     }
@@ -410,7 +435,7 @@ where
             }
         }
         Event::Delete(o) => {
-            let irrelevant = seen.remove(&object_id(o)).is_some_and(|last| last.is_empty());
+            let irrelevant = seen.remove(&object_id(o)).is_some_and(|(empty, _)| empty);
             if !irrelevant {
                 note(o);
                 queue.add(work.clone());
@@ -420,7 +445,7 @@ where
         Event::Init => seen.clear(),
         Event::InitApply(o) => {
             if let Some(key) = key {
-                seen.insert(object_id(o), key(o));
+                seen.insert(object_id(o), remembered(&key(o)));
             }
         }
     })
@@ -496,6 +521,7 @@ pub async fn run(
         Some(service_key),
         Work::Services,
         Some(dirty.clone()),
+        trim_service,
     );
     let leases = reflect_filtered(
         Api::<Lease>::namespaced(client.clone(), &ns),
@@ -509,6 +535,7 @@ pub async fn run(
         Some(lease_key),
         Work::Members,
         None,
+        |_| {},
     );
     // The allocator writes the ServiceGroups' status after allocations, the kubelet the Node's
     // status: neither decides anything here (only the specs, the Node's labels, which select
@@ -521,6 +548,7 @@ pub async fn run(
         Some(|g: &ServiceGroup| format!("{:?}", g.spec)),
         Work::Pass,
         None,
+        |_| {},
     );
     let lbnas = reflect_filtered(
         Api::<LBNodeAgent>::namespaced(client.clone(), &ns),
@@ -530,6 +558,7 @@ pub async fn run(
         Some(|a: &LBNodeAgent| format!("{:?}|{:?}", a.metadata.labels, a.spec)),
         Work::Pass,
         None,
+        |_| {},
     );
     let nodes = reflect_filtered(
         Api::<Node>::all(client.clone()),
@@ -539,6 +568,7 @@ pub async fn run(
         Some(|n: &Node| format!("{:?}|{:?}", n.metadata.labels, shutdown::node_leaving(n))),
         Work::Pass,
         None,
+        |_| {},
     );
     let recorder = crate::events::Publisher::start(
         Recorder::new(
@@ -2076,5 +2106,67 @@ impl Agent {
             }
         }
         tracing::info!(count = withdrawn.len(), "withdrew every address at exit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_service() -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
+                "creationTimestamp": "2026-12-04T10:00:00Z",
+                "labels": {"app": "web"},
+                "annotations": {"purelb.io/pool-type": "local", "purelb.io/allocated-from": "default",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a very\": \"long copy\"}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}],
+                "selector": {"app": "web"}, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cached_service_keeps_what_the_agent_reads_and_nothing_else() {
+        let full = full_service();
+        let mut trimmed = full.clone();
+        trim_service(&mut trimmed);
+        // What the decision, the Events and the keys read is unchanged.
+        assert_eq!(service_key(&trimmed), service_key(&full));
+        assert!(!service_key(&full).is_empty());
+        assert_eq!(decide::pool_kind(&trimmed), decide::pool_kind(&full));
+        assert_eq!(decide::ingress_addresses(&trimmed), decide::ingress_addresses(&full));
+        assert_eq!(trimmed.status, full.status);
+        assert_eq!(trimmed.spec.as_ref().unwrap().external_traffic_policy.as_deref(), Some("Local"));
+        for (name, value) in [
+            ("name", trimmed.metadata.name.as_deref()),
+            ("namespace", trimmed.metadata.namespace.as_deref()),
+            ("uid", trimmed.metadata.uid.as_deref()),
+            ("resourceVersion", trimmed.metadata.resource_version.as_deref()),
+        ] {
+            assert!(value.is_some(), "{name} is kept (Events name the Service by it)");
+        }
+        assert_eq!(trimmed.metadata.labels, full.metadata.labels);
+        // The rest is gone.
+        assert!(trimmed.metadata.managed_fields.is_none());
+        let annotations = trimmed.metadata.annotations.as_ref().unwrap();
+        assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert_eq!(annotations.len(), 2);
+        let spec = trimmed.spec.as_ref().unwrap();
+        assert!(spec.ports.is_none() && spec.selector.is_none() && spec.cluster_ips.is_none() && spec.type_.is_none());
+        // A Service without a spec stays without one.
+        let mut bare = Service::default();
+        trim_service(&mut bare);
+        assert_eq!(bare, Service::default());
+    }
+
+    #[test]
+    fn a_remembered_key_tells_empty_from_relevant_and_a_change_from_none() {
+        assert!(remembered("").0);
+        assert!(!remembered("a|b").0);
+        assert_eq!(remembered("a|b"), remembered("a|b"));
+        assert_ne!(remembered("a|b"), remembered("a|c"));
     }
 }
