@@ -904,7 +904,7 @@ def parse_scale(out: str) -> Report:
                        f"{m['renewals']} ({sig(nodes / renew)})", m["events"], m["passes"], f"{m['cpu']} %",
                        f"{m['per_event']} µs", f"{m['rss']} MiB", f"{m['api']} %",
                        ", ".join(f"{x:.0f} ms" for x in failover) or "none"])
-        r.curves.setdefault(f"scale-{m['lease']}s-{m['renew']}s", []).append(
+        r.curves.setdefault(f"leases-{m['lease']}s-{m['renew']}s", []).append(
             (nodes, float(m["cpu"]), float(m["per_event"])))
         max_passes = max(max_passes or 0.0, float(m["passes"]))
         if nodes >= 1000 and (lease, renew) == (6.0, 2.0):
@@ -1493,8 +1493,8 @@ PLOT_DIR: list[Path] = [ROOT / "docs" / "bench"]
 def curve_labels(name: str) -> tuple[str, str, str, str]:
     if name in CURVE_LABELS:
         return CURVE_LABELS[name]
-    if name.startswith("scale-"):
-        leases = name.removeprefix("scale-").replace("-", " / ")
+    if name.startswith("leases-"):
+        leases = name.removeprefix("leases-").replace("-", " / ")
         return (f"Idle agent CPU by nodes ({leases} leases)", "nodes", "agent CPU (% of one core, busiest)",
                 "CPU µs per Lease event")
     return (name, "size", "value", "per unit")

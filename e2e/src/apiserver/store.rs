@@ -274,11 +274,11 @@ impl Store {
     }
 
     /// Saves a filtered list for `continue` pages; returns its token id.
-    pub fn save_snapshot(&self, items: Vec<Arc<Value>>, rev: u64) -> u64 {
+    pub fn save_snapshot(&self, items: Arc<Vec<Arc<Value>>>, rev: u64) -> u64 {
         let mut inner = self.lock();
         let id = inner.next_snapshot;
         inner.next_snapshot += 1;
-        inner.snapshots.insert(id, ListSnapshot { rev, items: Arc::new(items) });
+        inner.snapshots.insert(id, ListSnapshot { rev, items });
         // Keep the most recent snapshots only; an expired token gets 410 like a real server.
         if inner.snapshots.len() > 256 {
             let oldest = *inner.snapshots.keys().min().unwrap_or(&id);

@@ -280,3 +280,18 @@ proptest! {
         let _ = Subnet::parse(&s);
     }
 }
+
+/// The carry into and the borrow from 2^128 (mutation testing found these paths unasserted).
+#[test]
+fn address_counts_carry_into_and_borrow_from_two_to_the_128() {
+    let whole = AddressRange::parse("::/0").unwrap().size();
+    let max = AddressCount::new(u128::MAX);
+    assert_eq!(whole.to_u128(), None);
+    assert_eq!(max.saturating_add(AddressCount::new(1)), whole, "u128::MAX + 1 carries into 2^128");
+    assert_eq!(max.saturating_add(AddressCount::new(2)), whole, "past 2^128 saturates");
+    assert_eq!(AddressCount::new(5).saturating_add(whole), whole);
+    assert_eq!(whole.saturating_add(whole), whole);
+    assert_eq!(whole.saturating_sub(AddressCount::new(1)), max, "2^128 − 1 borrows from the high part");
+    assert_eq!(whole.saturating_sub(max), AddressCount::new(1));
+    assert_eq!(whole.saturating_sub(whole), AddressCount::ZERO);
+}
