@@ -52,6 +52,12 @@ fn subnet_drops_host_bits() {
     assert_eq!(Subnet::parse("2001:db8::1/64").unwrap().to_string(), "2001:db8::/64");
     assert_eq!(Subnet::parse("192.0.2.0/33"), Err(SyntaxError::PrefixTooLong { len: 33, family: Family::V4 }));
     assert_eq!(Subnet::parse("192.0.2.0"), Err(SyntaxError::NotACidr));
+    // The prefix length is one to three digits and nothing else (Rust's integer parser alone
+    // would take a sign, and leading zeros without a bound).
+    for text in ["192.0.2.0/", "192.0.2.0/+24", "192.0.2.0/-0", "192.0.2.0/0024", "2001:db8::/0064", "192.0.2.0/2 4"] {
+        assert_eq!(Subnet::parse(text), Err(SyntaxError::NotACidr), "{text}");
+    }
+    assert_eq!(Subnet::parse("192.0.2.0/024").unwrap().to_string(), "192.0.2.0/24");
 }
 
 #[test]
