@@ -216,6 +216,12 @@ fn error_aggregation() {
     let mut p6 = pool("2001:db8::/120", "2001:db8::/64");
     p6.aggregation = Some("/128".into());
     assert_eq!(parse_pool_spec("spec.local", &spec(&[], &[p6])).unwrap().v6[0].aggregation, 128);
+    // One to three digits after the slash and nothing else (Rust's integer parser alone takes a
+    // sign and any number of leading zeros).
+    for text in ["/", "/+24", "/-0", "/0024", "/2 4", "/24a"] {
+        assert!(parse_aggregation("f", Some(text), Family::V4, 32).is_err(), "{text}");
+    }
+    assert_eq!(parse_aggregation("f", Some("/024"), Family::V4, 32), Ok(24));
 }
 
 #[test]
@@ -300,4 +306,41 @@ fn address_counts_carry_into_and_borrow_from_two_to_the_128() {
     assert_eq!(whole.saturating_sub(AddressCount::new(1)), max, "2^128 − 1 borrows from the high part");
     assert_eq!(whole.saturating_sub(max), AddressCount::new(1));
     assert_eq!(whole.saturating_sub(whole), AddressCount::ZERO);
+}
+
+/// `skipIPv6DAD` and `balancePools` reach the parsed pools (mutation testing: deleting the field
+/// from the struct expression went unnoticed).
+#[test]
+fn the_spec_flags_reach_the_parsed_pools() {
+    let base = spec(&[pool("192.0.2.240/29", "192.0.2.0/24")], &[]);
+    let p = parse_pool_spec("spec.local", &base).unwrap();
+    assert!(!p.skip_ipv6_dad && !p.balance, "both off by default");
+    let flagged = PoolSpec { skip_ipv6_dad: Some(true), balance_pools: Some(true), ..base };
+    let p = parse_pool_spec("spec.local", &flagged).unwrap();
+    assert!(p.skip_ipv6_dad && p.balance);
+}
+
+/// A local IPv4 pool that covers its subnet skips the network and broadcast addresses, and says
+/// which and why (mutation testing: `skipped_reason` and `Display for Skipped` were unasserted).
+#[test]
+fn skipped_addresses_are_named_with_their_reason() {
+    let p = parse_pool_spec("spec.local", &spec(&[pool("192.0.2.0/24", "192.0.2.0/24")], &[])).unwrap();
+    let network = p.skipped_reason(ip("192.0.2.0")).expect("the network address is skipped");
+    let broadcast = p.skipped_reason(ip("192.0.2.255")).expect("the broadcast address is skipped");
+    assert!(!network.is_empty() && !broadcast.is_empty());
+    assert_eq!(p.skipped_reason(ip("192.0.2.1")), None);
+    let shown = p.skipped[0].to_string();
+    assert!(shown.starts_with("spec.local.v4pools[0].pool \"192.0.2.0/24\": 192.0.2.0"), "{shown}");
+    assert!(shown.ends_with(&format!("({network})")), "{shown}");
+}
+
+/// A subnet whose prefix is too long for its family says so, not merely "not a subnet"
+/// (mutation testing: the match arm for it could be deleted unnoticed).
+#[test]
+fn a_subnet_prefix_too_long_is_named_as_such() {
+    let e = parse_pool_spec("spec.local", &spec(&[pool("192.0.2.240/29", "192.0.2.0/33")], &[])).unwrap_err();
+    assert!(
+        matches!(&e, PoolError::PrefixTooLong { field, len: 33, family: Family::V4, .. } if field == "spec.local.v4pools[0].subnet"),
+        "{e:?}"
+    );
 }
