@@ -383,13 +383,18 @@ fn tail_parts(lab: &Lab, what: &str, appeared: &[Appeared], seen: &BTreeMap<Stri
         Err(e) => -ms(e.duration()),
     };
     let (mut fanout, mut agent, mut observer) = (Vec::new(), Vec::new(), Vec::new());
+    // When the winner logged each add (its first line for the address after the status write).
+    let logged: Vec<Option<SystemTime>> = appeared
+        .iter()
+        .map(|a| {
+            logs.get(&a.node)
+                .and_then(|lines| lines.iter().filter(|(at, ip)| *ip == a.ip && *at >= a.sent).map(|(at, _)| *at).min())
+        })
+        .collect();
     let us = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros();
     if let Ok(path) = std::env::var("AGENT_LAB_DUMP") {
         let mut csv = String::from("name,ip,node,sent_us,seen_us,logged_us,monitor_us\n");
-        for a in appeared {
-            let logged = logs.get(&a.node).and_then(|lines| {
-                lines.iter().filter(|(at, ip)| *ip == a.ip && *at >= a.sent).map(|(at, _)| *at).min()
-            });
+        for (a, logged) in appeared.iter().zip(&logged) {
             csv += &format!(
                 "{},{},{},{},{},{},{}\n",
                 a.name,
@@ -403,13 +408,10 @@ fn tail_parts(lab: &Lab, what: &str, appeared: &[Appeared], seen: &BTreeMap<Stri
         }
         std::fs::write(format!("{path}-{}.csv", what.replace(' ', "_")), csv).unwrap();
     }
-    for a in appeared {
+    for (a, logged) in appeared.iter().zip(logged) {
         if let Some(at) = seen.get(&a.name) {
             fanout.push(signed_ms(a.sent, *at));
         }
-        let logged = logs
-            .get(&a.node)
-            .and_then(|lines| lines.iter().filter(|(at, ip)| *ip == a.ip && *at >= a.sent).map(|(at, _)| *at).min());
         if let Some(logged) = logged {
             agent.push(signed_ms(a.sent, logged));
             observer.push(signed_ms(logged, a.at));

@@ -70,6 +70,32 @@ struct Run {
     changed: usize,
 }
 
+/// Starts the real allocator controller as the leader (`instance` names it); it runs until the
+/// returned sender is used or dropped.
+fn start_allocator(
+    client: &Client,
+    instance: &str,
+    readiness: Readiness,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let settings = Settings {
+        namespace: "purelb-system".into(),
+        lb_class: "purelb.io/purelbv2".into(),
+        default_announcer: true,
+        instance: instance.into(),
+        api_timeout: Duration::from_secs(30),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        controller::run(client, settings, WriteGate::always(), readiness, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (tx, task)
+}
+
 /// One run in a fresh emulator: the raw write rate, then the burst.
 async fn one_run(n: usize) -> Run {
     let emulator = Emulator::start(EmulatorOptions::default()).unwrap();
@@ -103,15 +129,6 @@ async fn one_run(n: usize) -> Run {
     // The burst: n Services exist, the allocator starts and allocates them all.
     create_services(&client, "burst", n, None).await;
     let status_writes_before = emulator.requests("patch", "services/status");
-    let settings = Settings {
-        namespace: "purelb-system".into(),
-        lb_class: "purelb.io/purelbv2".into(),
-        default_announcer: true,
-        instance: "bench".into(),
-        api_timeout: Duration::from_secs(30),
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let alloc_client = client.clone();
     let readiness = Readiness::new();
     let ready_flag = readiness.clone();
     let start = Instant::now();
@@ -121,13 +138,7 @@ async fn one_run(n: usize) -> Run {
         }
         start.elapsed()
     });
-    let task = tokio::spawn(async move {
-        controller::run(alloc_client, settings, WriteGate::always(), readiness, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
+    let (tx, task) = start_allocator(&client, "bench", readiness);
     // Completion is read from the emulator directly, so observing costs the server almost
     // nothing (an HTTP watch would add its own fan-out and decoding to the measurement). The
     // emulator's request counter is polled (cheap); the store is listed only once it says n
@@ -196,24 +207,9 @@ async fn restart(emulator: &Emulator, client: &Client, n: usize) -> (Duration, u
     let api: Api<Service> = Api::namespaced(client.clone(), "burst");
     let probe: Service = serde_json::from_value(json!({"metadata": {"name": "zz-probe"}, "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
     api.create(&PostParams::default(), &probe).await.unwrap();
-    let settings = Settings {
-        namespace: "purelb-system".into(),
-        lb_class: "purelb.io/purelbv2".into(),
-        default_announcer: true,
-        instance: "bench-restarted".into(),
-        api_timeout: Duration::from_secs(30),
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let alloc_client = client.clone();
     let status_writes_before = emulator.requests("patch", "services/status");
     let start = Instant::now();
-    let task = tokio::spawn(async move {
-        controller::run(alloc_client, settings, WriteGate::always(), Readiness::new(), async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
+    let (tx, task) = start_allocator(client, "bench-restarted", Readiness::new());
     let adoption = loop {
         if emulator.requests("patch", "services/status") > status_writes_before {
             let probe = api.get_status("zz-probe").await.unwrap();

@@ -709,11 +709,8 @@ impl Server {
             let (labels, fields) = Self::selectors(req)?;
             let ns = (!target.namespace.is_empty()).then_some(target.namespace.as_str());
             let (all, rev) = self.store.list(&target.key(), ns);
-            let selected = ["labelSelector", "fieldSelector"]
-                .iter()
-                .any(|k| req.query.get(*k).is_some_and(|v| !v.trim().is_empty()));
             // Without a selector every object is listed: none is presented (copied) to be matched.
-            let items: Vec<Arc<Value>> = if selected {
+            let items: Vec<Arc<Value>> = if !labels.is_empty() || !fields.is_empty() {
                 all.into_iter()
                     .filter(|o| {
                         let shown = self.present(target, o);

@@ -85,6 +85,12 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    /// Whether it has no requirement (it matches everything).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether the object's `metadata.labels` satisfy every requirement.
     #[must_use]
     pub fn matches(&self, object: &Value) -> bool {
@@ -137,6 +143,12 @@ impl FieldSelector {
             }
         }
         Ok(Self(terms))
+    }
+
+    /// Whether it has no term (it matches everything).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether the object satisfies every term.
