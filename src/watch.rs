@@ -1,6 +1,6 @@
 //! Watch caches for the controllers: a kube reflector whose events are handed to a callback
 //! (which usually queues work), restarted with backoff on errors. Entry points:
-//! [`spawn_reflector`], [`watch_restartable`], [`restart_all`], [`with_backoff`],
+//! [`spawn_reflector`], [`watch_restartable`], [`restart_quiet_since`], [`with_backoff`],
 //! [`WatchBackoff`].
 
 use std::{
@@ -282,21 +282,34 @@ pub fn with_backoff<K: Send + 'static>(
     .boxed()
 }
 
-/// Every restartable watch of this process starts again (see [`restart_all`]).
-fn restarts() -> &'static tokio::sync::watch::Sender<u64> {
-    static RESTARTS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> = std::sync::OnceLock::new();
-    RESTARTS.get_or_init(|| tokio::sync::watch::channel(0).0)
+/// The restarts asked for so far: a generation number and the instant before which a watch must
+/// have delivered its last item to be started again (see [`restart_quiet_since`]).
+type RestartSignal = (u64, std::time::Instant);
+
+/// Every restartable watch of this process listens here (see [`restart_quiet_since`]).
+fn restarts() -> &'static tokio::sync::watch::Sender<RestartSignal> {
+    static RESTARTS: std::sync::OnceLock<tokio::sync::watch::Sender<RestartSignal>> = std::sync::OnceLock::new();
+    RESTARTS.get_or_init(|| tokio::sync::watch::channel((0, std::time::Instant::now())).0)
 }
 
-/// Starts every watch of this process again with a fresh list (the caches are replaced, not
-/// cleared). For a controller that has just found its API connection working again after an
-/// outage or a cut: a watch whose connection silently hung would otherwise stay stale until the
-/// client's read timeout (minutes) while the controller acts on it (found by the chaos soak).
-pub fn restart_all() {
-    restarts().send_modify(|generation| *generation = generation.wrapping_add(1));
+/// Starts again, with a fresh list (the caches are replaced, not cleared), every watch of this
+/// process that has delivered nothing since `since`. For a controller that has just found its API
+/// connection working again after an outage: a watch whose connection silently hung through it
+/// would otherwise stay stale until the client's read timeout (minutes) while the controller acts
+/// on it (found by the chaos soak).
+///
+/// A watch that delivered an event or an error after `since` is evidently connected (or already
+/// reconnecting) and is left alone: restarting every watch relisted every Service and
+/// EndpointSlice of the cluster whenever a loaded API server answered one renewal late, 184 full
+/// Service lists per agent while 50,000 Services were created (issue 20).
+pub fn restart_quiet_since(since: std::time::Instant) {
+    restarts().send_modify(|(generation, at)| {
+        *generation = generation.wrapping_add(1);
+        *at = since;
+    });
 }
 
-/// A watcher (with [`WatchBackoff`]) that starts again on [`restart_all`].
+/// A watcher (with [`WatchBackoff`]) that starts again on [`restart_quiet_since`].
 pub fn watch_restartable<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -305,31 +318,92 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let make = move || with_backoff(watcher::watcher(api.clone(), config.clone()).boxed());
-    let mut restart = restarts().subscribe();
+    restartable(move || with_backoff(watcher::watcher(api.clone(), config.clone()).boxed()), restarts().subscribe())
+}
+
+/// The stream `make` returns, made again whenever `restart` asks for the restart of watches that
+/// have been quiet since an instant and this one has (nothing delivered since then).
+fn restartable<T: Send + 'static>(
+    make: impl Fn() -> BoxStream<'static, T> + Send + 'static,
+    mut restart: tokio::sync::watch::Receiver<RestartSignal>,
+) -> BoxStream<'static, T> {
     restart.mark_unchanged();
     let first = make();
-    futures::stream::unfold((first, restart, make), |(mut stream, mut restart, make)| async move {
-        loop {
-            tokio::select! {
-                item = stream.next() => return item.map(|item| (item, (stream, restart, make))),
-                changed = restart.changed() => {
-                    if changed.is_err() {
-                        // Cannot happen (the sender is static); never spin on it.
-                        return None;
+    let last_item = std::time::Instant::now();
+    futures::stream::unfold(
+        (first, restart, make, last_item),
+        |(mut stream, mut restart, make, mut last_item)| async move {
+            loop {
+                tokio::select! {
+                    item = stream.next() => {
+                        last_item = std::time::Instant::now();
+                        return item.map(|item| (item, (stream, restart, make, last_item)));
                     }
-                    tracing::info!("starting a watch again after the API connection recovered");
-                    stream = make();
+                    changed = restart.changed() => {
+                        if changed.is_err() {
+                            // Cannot happen (the sender is static or outlives the test); never spin on it.
+                            return None;
+                        }
+                        let since = restart.borrow_and_update().1;
+                        if last_item < since {
+                            tracing::info!("starting a watch again after the API connection recovered");
+                            stream = make();
+                            last_item = std::time::Instant::now();
+                        }
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .boxed()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream of `()` that yields one item every `every` (never when `None`), counting in
+    /// `made` how often it was made.
+    fn counted(
+        made: &std::sync::Arc<AtomicU64>,
+        every: Option<Duration>,
+    ) -> impl Fn() -> BoxStream<'static, ()> + Send + 'static {
+        let made = made.clone();
+        move || {
+            made.fetch_add(1, Ordering::SeqCst);
+            match every {
+                Some(every) => futures::stream::repeat(()).then(move |()| tokio::time::sleep(every)).boxed(),
+                None => futures::stream::pending().boxed(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn after_an_outage_only_the_watches_that_delivered_nothing_since_start_again() {
+        let (signal, receiver) = tokio::sync::watch::channel((0, std::time::Instant::now()));
+        let (busy_made, quiet_made) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
+        let busy = restartable(counted(&busy_made, Some(Duration::from_millis(5))), receiver.clone());
+        let quiet = restartable(counted(&quiet_made, None), receiver);
+        let tasks = [busy, quiet].map(|mut stream| tokio::spawn(async move { while stream.next().await.is_some() {} }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let since = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        signal.send_replace((1, since));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            busy_made.load(Ordering::SeqCst),
+            1,
+            "a watch that delivered after the gap began kept its connection"
+        );
+        assert_eq!(quiet_made.load(Ordering::SeqCst), 2, "a watch quiet since then started again");
+        // An instant nobody delivered after: every watch starts again.
+        signal.send_replace((2, std::time::Instant::now() + Duration::from_secs(3600)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!((busy_made.load(Ordering::SeqCst), quiet_made.load(Ordering::SeqCst)), (2, 3));
+        for task in tasks {
+            task.abort();
+        }
+    }
 
     #[test]
     fn watch_retries_are_bounded_jittered_and_reset() {

@@ -265,6 +265,8 @@ struct Shared {
     /// The successor's Lease is written: no more renewals (a SIGTERM that keeps the addresses).
     kept_for_successor: bool,
     renewed_at: Option<Instant>,
+    /// When a renewal last failed (its answer or its timeout).
+    renew_failed_at: Option<Instant>,
     /// After an outage of this node's Lease: no claims and no drops until then, so that peers
     /// whose renewals the cache does not show yet are not taken for gone.
     recovering_until: Option<Instant>,
@@ -373,6 +375,13 @@ fn trim_service(svc: &mut Service) {
     if let Some(spec) = svc.spec.as_mut() {
         *spec = ServiceSpec { external_traffic_policy: spec.external_traffic_policy.take(), ..ServiceSpec::default() };
     }
+}
+
+/// The instant since which a watch must have delivered something not to be started again, after
+/// renewals resumed following the successful one sent at `last_renewal`: that renewal's send time
+/// or, when a renewal failed after it, the end of the last failure.
+fn quiet_since(last_renewal: Instant, failed_at: Option<Instant>) -> Instant {
+    failed_at.filter(|f| *f > last_renewal).unwrap_or(last_renewal)
 }
 
 /// A key as [`reflect_filtered`] remembers it: whether it is empty (the object is irrelevant)
@@ -890,12 +899,16 @@ impl Agent {
                     // Measured between send times: a renewal answered late but sent on time
                     // is no gap (measured at the answer, every renewal of a slow server looked
                     // like the end of an outage and restarted every watch).
-                    if shared.renewed_at.is_some_and(|t| sent.saturating_duration_since(t) >= window) {
+                    if let Some(last) = shared.renewed_at.filter(|t| sent.saturating_duration_since(*t) >= window) {
                         tracing::info!("this node's Lease is renewed again after an outage");
                         shared.recovering_until = Some(sent + self.settings.lease_duration);
                         // A watch whose connection hung through the outage would stay stale
-                        // until the client's read timeout: start them all again.
-                        crate::watch::restart_all();
+                        // until the client's read timeout: start again every watch that has
+                        // delivered nothing since the last renewal before the gap or, when
+                        // renewals failed, since the last failure ended (a watch that delivered
+                        // after that is connected). Not every watch: a slow server that answers
+                        // one renewal late would relist the whole cluster on every agent.
+                        crate::watch::restart_quiet_since(quiet_since(last, shared.renew_failed_at));
                     }
                     shared.renewed_at = Some(sent);
                     drop(shared);
@@ -904,6 +917,7 @@ impl Agent {
                     }
                 }
                 Err(error) => {
+                    self.shared().renew_failed_at = Some(Instant::now());
                     // One line per distinct problem (not one per renewal), naming the server and
                     // the identity when the server is unreachable or refuses the credentials.
                     let line = match &error {
@@ -2112,6 +2126,16 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watches_are_judged_from_the_last_renewal_or_the_end_of_the_last_failure_after_it() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(quiet_since(t0, None), t0);
+        assert_eq!(quiet_since(t0, Some(later)), later);
+        // A failure before the last successful renewal belongs to an earlier outage.
+        assert_eq!(quiet_since(later, Some(t0)), later);
+    }
 
     fn full_service() -> Service {
         serde_json::from_value(serde_json::json!({
