@@ -37,7 +37,8 @@
 //! The index is pure: no client, no IO, and time is passed in by the caller.
 
 use std::{
-    collections::{BTreeSet, HashMap, hash_map::Entry},
+    borrow::Borrow,
+    collections::{BTreeSet, HashMap, HashSet, hash_map::Entry},
     fmt,
     net::IpAddr,
     sync::Arc,
@@ -119,8 +120,10 @@ impl NodeEndpoints {
 pub struct EndpointIndex {
     /// What each slice contributed, kept so it can be subtracted when the slice changes.
     slices: HashMap<SliceKey, IndexedSlice>,
-    /// The aggregated answer per Service.
-    services: HashMap<ServiceKey, ServiceEndpoints>,
+    /// The aggregated answer per Service (the key shared with the slices' contributions).
+    services: HashMap<Arc<ServiceKey>, ServiceEndpoints>,
+    /// Every node name held, once (listings and tallies share it).
+    node_names: NodeNames,
     /// Slices held without a Service label.
     unlabelled_slices: usize,
     /// Slices listed since the watcher's last `Init`, installed at `InitDone`.
@@ -166,7 +169,8 @@ impl EndpointIndex {
             watcher::Event::InitApply(slice) => {
                 self.last_event_at = Some(now);
                 if let Some(key) = SliceKey::of(slice) {
-                    self.resync_buffer.get_or_insert_with(HashMap::new).insert(key, IndexedSlice::parse(slice));
+                    let parsed = IndexedSlice::parse(slice, &mut self.node_names);
+                    self.resync_buffer.get_or_insert_with(HashMap::new).insert(key, parsed);
                 }
                 BTreeSet::new()
             }
@@ -187,7 +191,8 @@ impl EndpointIndex {
             return BTreeSet::new();
         };
         let mut tracker = ChangeTracker::default();
-        self.put_slice(key, Some(IndexedSlice::parse(slice)), &mut tracker);
+        let parsed = IndexedSlice::parse(slice, &mut self.node_names);
+        self.put_slice(key, Some(parsed), &mut tracker);
         tracker.changed_services(&self.services)
     }
 
@@ -211,9 +216,10 @@ impl EndpointIndex {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         now: Instant,
     ) -> BTreeSet<ServiceKey> {
+        let names = &mut self.node_names;
         let listed = slices
             .into_iter()
-            .filter_map(|slice| SliceKey::of(slice).map(|key| (key, IndexedSlice::parse(slice))))
+            .filter_map(|slice| SliceKey::of(slice).map(|key| (key, IndexedSlice::parse(slice, names))))
             .collect();
         self.install_full_list(listed, now)
     }
@@ -221,7 +227,7 @@ impl EndpointIndex {
     /// True when node `node` has a usable endpoint for `service` in `family`.
     #[must_use]
     pub fn has_usable_endpoint(&self, service: &ServiceKey, family: Family, node: &str) -> bool {
-        self.family_endpoints(service, family).is_some_and(|endpoints| endpoints.usable_nodes.contains(node))
+        self.family_endpoints(service, family).is_some_and(|endpoints| endpoints.is_usable(node))
     }
 
     /// The endpoints node `node` has for `service` in `family` (zero when none or unknown).
@@ -229,16 +235,23 @@ impl EndpointIndex {
     pub fn node_endpoints(&self, service: &ServiceKey, family: Family, node: &str) -> NodeEndpoints {
         self.family_endpoints(service, family)
             .and_then(|endpoints| endpoints.nodes.get(node))
-            .map(|tally| tally.endpoints)
+            .map(NodeTally::endpoints)
             .unwrap_or_default()
     }
 
     /// The nodes with a usable endpoint for `service` in `family`, sorted (empty when the
-    /// Service is unknown). Costs the number of usable nodes.
+    /// Service is unknown). Costs the number of nodes with endpoints of the Service.
     #[must_use]
     pub fn usable_nodes(&self, service: &ServiceKey, family: Family) -> BTreeSet<&str> {
         self.family_endpoints(service, family)
-            .map(|endpoints| endpoints.usable_nodes.iter().map(AsRef::as_ref).collect())
+            .map(|endpoints| {
+                endpoints
+                    .nodes
+                    .iter()
+                    .filter(|(_, tally)| tally.endpoints().is_usable())
+                    .map(|(node, _)| node.as_str())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -246,19 +259,19 @@ impl EndpointIndex {
     /// endpoints, ignored for node health).
     #[must_use]
     pub fn external_endpoints(&self, service: &ServiceKey, family: Family) -> usize {
-        self.family_endpoints(service, family).map_or(0, |endpoints| endpoints.external_listings)
+        self.family_endpoints(service, family).map_or(0, |endpoints| count(endpoints.external_listings))
     }
 
     /// How many slices carry `service`'s label, of any address type and any manager.
     #[must_use]
     pub fn slice_count(&self, service: &ServiceKey) -> usize {
-        self.services.get(service).map_or(0, |endpoints| endpoints.slices)
+        self.services.get(service).map_or(0, |endpoints| count(endpoints.slices))
     }
 
     /// Every Service that has at least one slice, with its number of slices, in no particular
     /// order.
     pub fn slice_counts(&self) -> impl Iterator<Item = (&ServiceKey, usize)> {
-        self.services.iter().map(|(service, endpoints)| (service, endpoints.slices))
+        self.services.iter().map(|(service, endpoints)| (&**service, count(endpoints.slices)))
     }
 
     /// How many slices are held in total, with or without a Service label.
@@ -314,7 +327,7 @@ impl EndpointIndex {
     }
 
     fn family_endpoints(&self, service: &ServiceKey, family: Family) -> Option<&FamilyEndpoints> {
-        self.services.get(service).map(|endpoints| endpoints.family(family))
+        self.services.get(service).and_then(|endpoints| endpoints.family(family))
     }
 
     fn install_full_list(&mut self, listed: HashMap<SliceKey, IndexedSlice>, now: Instant) -> BTreeSet<ServiceKey> {
@@ -328,12 +341,15 @@ impl EndpointIndex {
         for (key, slice) in listed {
             self.put_slice(key, Some(slice), &mut tracker);
         }
-        tracker.changed_services(&self.services)
+        let changed = tracker.changed_services(&self.services);
+        // After the tracker has let go of the names it noted.
+        self.node_names.collect_garbage();
+        changed
     }
 
     /// Sets slice `key` to `new` (`None`: deleted), subtracting what its previous version
     /// contributed and adding what the new one does.
-    fn put_slice(&mut self, key: SliceKey, new: Option<IndexedSlice>, tracker: &mut ChangeTracker) {
+    fn put_slice(&mut self, key: SliceKey, mut new: Option<IndexedSlice>, tracker: &mut ChangeTracker) {
         let old = self.slices.remove(&key);
         if old == new {
             if let Some(unchanged) = old {
@@ -346,7 +362,7 @@ impl EndpointIndex {
             Some(IndexedSlice::Unlabelled) => self.unlabelled_slices = self.unlabelled_slices.saturating_sub(1),
             None => {}
         }
-        match &new {
+        match &mut new {
             Some(IndexedSlice::Labelled(contribution)) => self.contribute(contribution, tracker),
             Some(IndexedSlice::Unlabelled) => self.unlabelled_slices += 1,
             None => {}
@@ -362,12 +378,17 @@ impl EndpointIndex {
         };
         service.count_slice(contribution, Delta::Remove, tracker.flips_of(&contribution.service));
         if service.slices == 0 {
-            self.services.remove(&contribution.service);
+            self.services.remove(&*contribution.service);
         }
+        self.node_names.collect_garbage_when_grown();
     }
 
-    fn contribute(&mut self, contribution: &SliceContribution, tracker: &mut ChangeTracker) {
-        let service = self.services.entry(contribution.service.clone()).or_default();
+    /// Counts `contribution` for its Service, sharing the Service's key with it.
+    fn contribute(&mut self, contribution: &mut SliceContribution, tracker: &mut ChangeTracker) {
+        if let Some((key, _)) = self.services.get_key_value(&*contribution.service) {
+            contribution.service = Arc::clone(key);
+        }
+        let service = self.services.entry(Arc::clone(&contribution.service)).or_default();
         service.count_slice(contribution, Delta::Add, tracker.flips_of(&contribution.service));
     }
 }
@@ -433,23 +454,23 @@ enum IndexedSlice {
 }
 
 impl IndexedSlice {
-    fn parse(slice: &EndpointSlice) -> Self {
+    fn parse(slice: &EndpointSlice, names: &mut NodeNames) -> Self {
         let Some(service) = ServiceKey::of_slice(slice) else {
             return Self::Unlabelled;
         };
         let family = family_of_address_type(&slice.address_type);
-        let listings = family.map(|family| parse_listings(&slice.endpoints, family)).unwrap_or_default();
-        Self::Labelled(SliceContribution { service, family, listings })
+        let listings = family.map(|family| parse_listings(&slice.endpoints, family, names)).unwrap_or_default();
+        Self::Labelled(SliceContribution { service: Arc::new(service), family, listings })
     }
 }
 
 /// What one labelled slice adds to its Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SliceContribution {
-    service: ServiceKey,
+    service: Arc<ServiceKey>,
     /// `None` for address types that never count (`FQDN`).
     family: Option<Family>,
-    listings: Vec<Listing>,
+    listings: Box<[Listing]>,
 }
 
 /// One endpoint as one slice lists it.
@@ -457,8 +478,59 @@ struct SliceContribution {
 struct Listing {
     address: IpAddr,
     /// `None`: an external endpoint.
-    node: Option<Arc<str>>,
+    node: Option<NodeName>,
     readiness: Readiness,
+}
+
+/// A node's name, held once by the index and shared by every listing and tally of the node: a
+/// thin pointer (8 bytes) where a `String` per listing took 24 and an allocation (at 500,000
+/// endpoints the index was most of the agent's memory, issue 20).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct NodeName(Arc<String>);
+
+impl NodeName {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for NodeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The node names the index holds, each once.
+#[derive(Debug, Default)]
+struct NodeNames {
+    names: HashSet<NodeName>,
+    /// How many were held after the last collection.
+    live: usize,
+}
+
+impl NodeNames {
+    fn intern(&mut self, name: &str) -> NodeName {
+        if let Some(known) = self.names.get(name) {
+            return known.clone();
+        }
+        let new = NodeName(Arc::new(name.to_owned()));
+        self.names.insert(new.clone());
+        new
+    }
+
+    /// Forgets the names nothing else holds any more (nodes gone from every slice).
+    fn collect_garbage(&mut self) {
+        self.names.retain(|name| Arc::strong_count(&name.0) > 1);
+        self.live = self.names.len();
+    }
+
+    /// [`Self::collect_garbage`] once the names have doubled since the last collection, so that
+    /// node churn does not grow the set without bound and the cost stays amortised.
+    fn collect_garbage_when_grown(&mut self) {
+        if self.names.len() > 2 * self.live + 64 {
+            self.collect_garbage();
+        }
+    }
 }
 
 /// A deliberately wrong rule for `scripts/injected-bugs.sh` (issue 15): endpoints that serve
@@ -517,18 +589,20 @@ fn endpoint_node(endpoint: &Endpoint) -> Option<&str> {
     endpoint.node_name.as_deref().filter(|node| !node.is_empty())
 }
 
-fn parse_listings(endpoints: &[Endpoint], family: Family) -> Vec<Listing> {
-    // One shared name per node within the slice, rather than one allocation per endpoint.
-    let mut node_names: HashMap<&str, Arc<str>> = HashMap::new();
+fn parse_listings(endpoints: &[Endpoint], family: Family, names: &mut NodeNames) -> Box<[Listing]> {
     endpoints
         .iter()
         .filter_map(|endpoint| {
             let address = endpoint_address(endpoint, family)?;
-            let node = endpoint_node(endpoint)
-                .map(|node| Arc::clone(node_names.entry(node).or_insert_with(|| Arc::from(node))));
+            let node = endpoint_node(endpoint).map(|node| names.intern(node));
             Some(Listing { address, node, readiness: Readiness::of(endpoint.conditions.as_ref()) })
         })
         .collect()
+}
+
+/// A count kept as `u32` (half the memory of `usize` in the per-endpoint tallies), as `usize`.
+fn count(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Whether a contribution is being added or subtracted.
@@ -539,9 +613,9 @@ enum Delta {
 }
 
 impl Delta {
-    fn apply(self, count: &mut usize) {
+    fn apply(self, count: &mut u32) {
         match self {
-            Self::Add => *count += 1,
+            Self::Add => *count = count.saturating_add(1),
             Self::Remove => *count = count.saturating_sub(1),
         }
     }
@@ -549,7 +623,7 @@ impl Delta {
 
 /// Per Service: the nodes whose usability flipped during one operation, with their usability
 /// before it, so that an operation reports only net changes.
-type NodeFlips = HashMap<(Family, Arc<str>), bool>;
+type NodeFlips = HashMap<(Family, NodeName), bool>;
 
 #[derive(Debug, Default)]
 struct ChangeTracker {
@@ -561,13 +635,15 @@ impl ChangeTracker {
         self.flips.entry(service.clone()).or_default()
     }
 
-    fn changed_services(self, services: &HashMap<ServiceKey, ServiceEndpoints>) -> BTreeSet<ServiceKey> {
+    fn changed_services(self, services: &HashMap<Arc<ServiceKey>, ServiceEndpoints>) -> BTreeSet<ServiceKey> {
         self.flips
             .into_iter()
             .filter(|(service, flips)| {
                 let endpoints = services.get(service);
                 flips.iter().any(|((family, node), was_usable)| {
-                    let is_usable = endpoints.is_some_and(|e| e.family(*family).usable_nodes.contains(node));
+                    let is_usable = endpoints
+                        .and_then(|e| e.family(*family))
+                        .is_some_and(|endpoints| endpoints.is_usable(node.as_str()));
                     is_usable != *was_usable
                 })
             })
@@ -580,20 +656,21 @@ impl ChangeTracker {
 #[derive(Debug, Default)]
 struct ServiceEndpoints {
     /// Slices carrying the Service's label, of any address type.
-    slices: usize,
-    ipv4: FamilyEndpoints,
-    ipv6: FamilyEndpoints,
+    slices: u32,
+    /// `None` while the family has nothing (most Services are of one family).
+    ipv4: Option<Box<FamilyEndpoints>>,
+    ipv6: Option<Box<FamilyEndpoints>>,
 }
 
 impl ServiceEndpoints {
-    fn family(&self, family: Family) -> &FamilyEndpoints {
+    fn family(&self, family: Family) -> Option<&FamilyEndpoints> {
         match family {
-            Family::V4 => &self.ipv4,
-            Family::V6 => &self.ipv6,
+            Family::V4 => self.ipv4.as_deref(),
+            Family::V6 => self.ipv6.as_deref(),
         }
     }
 
-    fn family_mut(&mut self, family: Family) -> &mut FamilyEndpoints {
+    fn family_slot(&mut self, family: Family) -> &mut Option<Box<FamilyEndpoints>> {
         match family {
             Family::V4 => &mut self.ipv4,
             Family::V6 => &mut self.ipv6,
@@ -605,9 +682,13 @@ impl ServiceEndpoints {
         let Some(family) = contribution.family else {
             return;
         };
-        let endpoints = self.family_mut(family);
+        let slot = self.family_slot(family);
+        let endpoints = slot.get_or_insert_with(Box::default);
         for listing in &contribution.listings {
             endpoints.count_listing(family, listing, delta, flips);
+        }
+        if endpoints.is_empty() {
+            *slot = None;
         }
     }
 }
@@ -616,19 +697,26 @@ impl ServiceEndpoints {
 /// endpoints are ready or serving-terminating.
 #[derive(Debug, Default)]
 struct FamilyEndpoints {
-    endpoints: HashMap<(IpAddr, Arc<str>), ListingTally>,
-    nodes: HashMap<Arc<str>, NodeTally>,
-    usable_nodes: BTreeSet<Arc<str>>,
-    external_listings: usize,
+    endpoints: HashMap<(IpAddr, NodeName), ListingTally>,
+    nodes: HashMap<NodeName, NodeTally>,
+    external_listings: u32,
 }
 
 impl FamilyEndpoints {
+    fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.nodes.is_empty() && self.external_listings == 0
+    }
+
+    fn is_usable(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|tally| tally.endpoints().is_usable())
+    }
+
     fn count_listing(&mut self, family: Family, listing: &Listing, delta: Delta, flips: &mut NodeFlips) {
         let Some(node) = &listing.node else {
             delta.apply(&mut self.external_listings);
             return;
         };
-        let (before, after) = match self.endpoints.entry((listing.address, Arc::clone(node))) {
+        let (before, after) = match self.endpoints.entry((listing.address, node.clone())) {
             Entry::Occupied(mut entry) => {
                 let tally = entry.get_mut();
                 let before = tally.readiness();
@@ -659,26 +747,21 @@ impl FamilyEndpoints {
     fn recount_node(
         &mut self,
         family: Family,
-        node: &Arc<str>,
+        node: &NodeName,
         before: Option<Readiness>,
         after: Option<Readiness>,
         flips: &mut NodeFlips,
     ) {
-        let tally = self.nodes.entry(Arc::clone(node)).or_default();
-        let was_usable = tally.endpoints.is_usable();
+        let tally = self.nodes.entry(node.clone()).or_default();
+        let was_usable = tally.endpoints().is_usable();
         tally.count(before, Delta::Remove);
         tally.count(after, Delta::Add);
-        let is_usable = tally.endpoints.is_usable();
+        let is_usable = tally.endpoints().is_usable();
         if tally.present == 0 {
-            self.nodes.remove(node);
+            self.nodes.remove(node.as_str());
         }
         if was_usable != is_usable {
-            flips.entry((family, Arc::clone(node))).or_insert(was_usable);
-            if is_usable {
-                self.usable_nodes.insert(Arc::clone(node));
-            } else {
-                self.usable_nodes.remove(node);
-            }
+            flips.entry((family, node.clone())).or_insert(was_usable);
         }
     }
 }
@@ -686,10 +769,10 @@ impl FamilyEndpoints {
 /// All listings of one endpoint (address on a node), merged.
 #[derive(Clone, Copy, Debug, Default)]
 struct ListingTally {
-    listings: usize,
+    listings: u32,
     /// Listings that say at least serving-and-terminating (ready included).
-    at_least_serving_terminating: usize,
-    ready: usize,
+    at_least_serving_terminating: u32,
+    ready: u32,
 }
 
 impl ListingTally {
@@ -721,8 +804,9 @@ impl ListingTally {
 #[derive(Clone, Copy, Debug, Default)]
 struct NodeTally {
     /// Endpoints listed on the node, whatever their readiness.
-    present: usize,
-    endpoints: NodeEndpoints,
+    present: u32,
+    ready: u32,
+    serving_terminating: u32,
 }
 
 impl NodeTally {
@@ -732,10 +816,14 @@ impl NodeTally {
         };
         delta.apply(&mut self.present);
         match readiness {
-            Readiness::Ready => delta.apply(&mut self.endpoints.ready),
-            Readiness::ServingTerminating => delta.apply(&mut self.endpoints.serving_terminating),
+            Readiness::Ready => delta.apply(&mut self.ready),
+            Readiness::ServingTerminating => delta.apply(&mut self.serving_terminating),
             Readiness::NotServing => {}
         }
+    }
+
+    fn endpoints(&self) -> NodeEndpoints {
+        NodeEndpoints { ready: count(self.ready), serving_terminating: count(self.serving_terminating) }
     }
 }
 

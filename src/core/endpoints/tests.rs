@@ -853,3 +853,55 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory (issue 20: 500,000 endpoints in one agent)
+// ---------------------------------------------------------------------------------------------
+
+/// A slice of `web` listing one ready endpoint on each of `nodes`.
+fn slice_on_nodes(nodes: impl Iterator<Item = String>) -> EndpointSlice {
+    let mut builder = slice("ns", "web-abc").service("web");
+    for (i, node) in nodes.enumerate() {
+        builder = builder.endpoint(&format!("192.0.2.{}", i % 250 + 1)).node(&node).ready(true);
+    }
+    builder.build()
+}
+
+#[test]
+fn node_names_are_held_once_and_forgotten_when_no_slice_lists_them() {
+    let mut index = EndpointIndex::new();
+    let web = svc("ns", "web");
+    // Every round lists 100 nodes never seen before (nodes replaced, autoscaling).
+    for round in 0..50 {
+        index.apply(&slice_on_nodes((0..100).map(|n| format!("node-{round}-{n}"))), t0());
+        assert_eq!(index.usable_nodes(&web, Family::V4).len(), 100);
+    }
+    // 5,000 names were seen; only those still listed (and the garbage of the last round or two)
+    // are held.
+    assert!(index.node_names.names.len() <= 2 * 100 + 64 + 100, "{} names held", index.node_names.names.len());
+    // One shared name per node: the listing, the endpoint tally and the node tally hold the same.
+    let name = index.node_names.names.get("node-49-7").expect("a listed node's name is held");
+    assert_eq!(std::sync::Arc::strong_count(&name.0), 4, "the set, the listing, the endpoint's and the node's tally");
+    // A full list forgets the names of the slices it drops.
+    index.replace_all(std::iter::empty(), t0());
+    assert!(index.node_names.names.is_empty(), "{:?}", index.node_names.names);
+    assert!(index.usable_nodes(&web, Family::V4).is_empty());
+}
+
+#[test]
+fn a_family_without_endpoints_keeps_nothing_for_the_service() {
+    let mut index = EndpointIndex::new();
+    let web = svc("ns", "web");
+    index.apply(&slice("ns", "web-abc").service("web").ipv6().endpoint("2001:db8::1").node("n1").build(), t0());
+    let kept = &index.services[&web];
+    assert!(kept.ipv4.is_none() && kept.ipv6.is_some());
+    // The endpoint goes, the (empty) slice stays: the Service is still counted, without a family.
+    index.apply(&slice("ns", "web-abc").service("web").ipv6().build(), t0());
+    let kept = &index.services[&web];
+    assert!(kept.ipv4.is_none() && kept.ipv6.is_none());
+    assert_eq!(index.slice_count(&web), 1);
+    // The slices of a Service share the Service's key with the index.
+    index.apply(&slice("ns", "web-def").service("web").ipv6().endpoint("2001:db8::2").node("n1").build(), t0());
+    let (key, _) = index.services.get_key_value(&web).unwrap();
+    assert_eq!(std::sync::Arc::strong_count(key), 3, "the index and both slices hold one key");
+}
