@@ -364,16 +364,21 @@ fn object_id<K: kube::Resource>(o: &K) -> String {
 }
 
 /// What the agent keeps of a Service in its cache: its metadata without `managedFields` and
-/// kubectl's copy of the last applied object (both can be larger than the rest), its traffic
-/// policy and its status. Nothing else of the spec is read by the agent (ports, selector and
-/// cluster addresses took about a third of a cached Service's memory).
+/// with PureLB's annotations only (kubectl's copy of the last applied object, Helm's and other
+/// tools' annotations can be larger than the rest), its traffic policy and its addresses. Nothing
+/// else of the spec is read by the agent (ports, selector and cluster addresses took about a
+/// third of a cached Service's memory), nor the status conditions (the allocator's two
+/// conditions, with their messages, are about as large again).
 fn trim_service(svc: &mut Service) {
     svc.metadata.managed_fields = None;
     if let Some(annotations) = svc.metadata.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        annotations.retain(|name, _| name.starts_with("purelb.io/"));
     }
     if let Some(spec) = svc.spec.as_mut() {
         *spec = ServiceSpec { external_traffic_policy: spec.external_traffic_policy.take(), ..ServiceSpec::default() };
+    }
+    if let Some(status) = svc.status.as_mut() {
+        status.conditions = None;
     }
 }
 
@@ -2143,11 +2148,14 @@ mod tests {
                 "creationTimestamp": "2026-12-04T10:00:00Z",
                 "labels": {"app": "web"},
                 "annotations": {"purelb.io/pool-type": "local", "purelb.io/allocated-from": "default",
+                    "meta.helm.sh/release-name": "shop",
                     "kubectl.kubernetes.io/last-applied-configuration": "{\"a very\": \"long copy\"}"},
                 "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
             "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}],
                 "selector": {"app": "web"}, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]}}
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]},
+                "conditions": [{"type": "purelb.io/Allocated", "status": "True", "reason": "Allocated",
+                    "message": "192.0.2.10 from ServiceGroup default", "lastTransitionTime": "2026-12-04T10:00:01Z"}]}
         }))
         .unwrap()
     }
@@ -2162,7 +2170,7 @@ mod tests {
         assert!(!service_key(&full).is_empty());
         assert_eq!(decide::pool_kind(&trimmed), decide::pool_kind(&full));
         assert_eq!(decide::ingress_addresses(&trimmed), decide::ingress_addresses(&full));
-        assert_eq!(trimmed.status, full.status);
+        assert_eq!(trimmed.status.as_ref().unwrap().load_balancer, full.status.as_ref().unwrap().load_balancer);
         assert_eq!(trimmed.spec.as_ref().unwrap().external_traffic_policy.as_deref(), Some("Local"));
         for (name, value) in [
             ("name", trimmed.metadata.name.as_deref()),
@@ -2177,7 +2185,9 @@ mod tests {
         assert!(trimmed.metadata.managed_fields.is_none());
         let annotations = trimmed.metadata.annotations.as_ref().unwrap();
         assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert!(!annotations.contains_key("meta.helm.sh/release-name"));
         assert_eq!(annotations.len(), 2);
+        assert!(trimmed.status.as_ref().unwrap().conditions.is_none());
         let spec = trimmed.spec.as_ref().unwrap();
         assert!(spec.ports.is_none() && spec.selector.is_none() && spec.cluster_ips.is_none() && spec.type_.is_none());
         // A Service without a spec stays without one.
