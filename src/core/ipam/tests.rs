@@ -61,6 +61,16 @@ fn subnet_drops_host_bits() {
 }
 
 #[test]
+fn ranges_order_by_family_then_first_then_last_address() {
+    let [v4_low, v4_low_longer, v4_high, v6] =
+        ["192.0.2.0/25", "192.0.2.0/24", "192.0.2.128/25", "2001:db8::/120"].map(|r| AddressRange::parse(r).unwrap());
+    // `<` is `PartialOrd` (mutation testing: `partial_cmp` could answer `None` unnoticed).
+    assert!(v4_low < v4_low_longer && v4_low_longer < v4_high && v4_high < v6);
+    assert_eq!(v4_high.partial_cmp(&v4_low), Some(Ordering::Greater));
+    assert_eq!(v4_low.partial_cmp(&v4_low), Some(Ordering::Equal));
+}
+
+#[test]
 fn overlap_and_containment() {
     let a = AddressRange::parse("192.0.2.0/24").unwrap();
     let b = AddressRange::parse("192.0.2.10-192.0.2.20").unwrap();
@@ -174,6 +184,21 @@ fn error_overlap_inside_a_group_including_containment() {
         ..PoolSpec::default()
     });
     assert!(e.contains("spec.local.v6pool.pool") && e.contains("overlaps spec.local.v6pools[0].pool"), "{e}");
+}
+
+/// The overlap reported is the first candidate's, also when a later candidate that ends where an
+/// earlier group's range ends overlaps both (mutation testing: `>` → `>=` in the sweep made the
+/// later candidate the one that reaches furthest, and the first candidate's overlap went unseen).
+#[test]
+fn the_first_candidate_in_field_order_is_reported_when_ranges_end_together() {
+    let earlier = parse_pool_spec("spec.remote", &spec(&[pool("192.0.2.0-192.0.2.20", "192.0.2.0/24")], &[])).unwrap();
+    let first = parse_pool_spec("spec.local", &spec(&[pool("192.0.2.15-192.0.2.30", "192.0.2.0/24")], &[])).unwrap();
+    let second = parse_pool_spec("spec.remote", &spec(&[pool("192.0.2.10-192.0.2.20", "192.0.2.0/24")], &[])).unwrap();
+    let existing: Vec<(&str, &ParsedRange)> = earlier.all().map(|r| ("purelb-system/a", r)).collect();
+    let own: Vec<&ParsedRange> = first.all().chain(second.all()).collect();
+    let e = find_overlap(&own, &existing).unwrap().to_string();
+    assert!(e.starts_with("spec.local.v4pools[0].pool: \"192.0.2.15-192.0.2.30\" overlaps"), "{e}");
+    assert!(e.contains("of ServiceGroup purelb-system/a"), "{e}");
 }
 
 #[test]
@@ -329,6 +354,12 @@ fn skipped_addresses_are_named_with_their_reason() {
     let broadcast = p.skipped_reason(ip("192.0.2.255")).expect("the broadcast address is skipped");
     assert!(!network.is_empty() && !broadcast.is_empty());
     assert_eq!(p.skipped_reason(ip("192.0.2.1")), None);
+    // What is left to allocate is the range without them (mutation testing: the parsed range
+    // could be the written one, skipped addresses included, unnoticed).
+    assert_eq!(
+        p.v4.iter().map(|r| r.range).collect::<Vec<_>>(),
+        [AddressRange::parse("192.0.2.1-192.0.2.254").unwrap()]
+    );
     let shown = p.skipped[0].to_string();
     assert!(shown.starts_with("spec.local.v4pools[0].pool \"192.0.2.0/24\": 192.0.2.0"), "{shown}");
     assert!(shown.ends_with(&format!("({network})")), "{shown}");
