@@ -11,11 +11,10 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, stream::BoxStream};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use kube::{
     Api,
     runtime::{
-        WatchStreamExt,
         reflector::{self, Store},
         utils::Backoff,
         watcher,
@@ -181,6 +180,17 @@ impl ErrorLog {
     }
 }
 
+/// `event` with its object (if any) made into a `C` by `map`.
+fn map_event<K, C>(event: watcher::Event<K>, map: fn(K) -> C) -> watcher::Event<C> {
+    match event {
+        watcher::Event::Apply(object) => watcher::Event::Apply(map(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(map(object)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(map(object)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// `plural.group` of `K` (`services` for the core group).
 fn resource_name<K: kube::Resource>() -> String
 where
@@ -200,25 +210,28 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
-    spawn_trimmed_reflector(api, config, name, |_: &mut K| {}, on_event)
+    spawn_mapped_reflector(api, config, name, std::convert::identity, on_event)
 }
 
-/// [`spawn_reflector`] whose cache keeps each object as `trim` leaves it (the fields the
-/// process never reads removed, so that they take no memory).
-pub fn spawn_trimmed_reflector<K, F>(
+/// [`spawn_reflector`] whose cache keeps each object as `map` makes it: the fields the process
+/// never reads removed, or a smaller type of its own, so that they take no memory.
+pub fn spawn_mapped_reflector<K, C, F>(
     api: Api<K>,
     config: watcher::Config,
     name: &'static str,
-    trim: fn(&mut K),
+    map: fn(K) -> C,
     mut on_event: F,
-) -> Store<K>
+) -> Store<C>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    F: FnMut(&watcher::Event<K>) + Send + 'static,
+    C: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    C::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    F: FnMut(&watcher::Event<C>) + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watch_restartable(api, config).modify(trim));
+    let stream =
+        reflector::reflector(writer, watch_restartable(api, config).map_ok(move |event| map_event(event, map)));
     let resource = resource_name::<K>();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

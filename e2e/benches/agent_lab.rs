@@ -625,6 +625,11 @@ async fn main() {
     // The cost curve: the agents' RSS at each size, and per Service above the idle agent.
     let rss_point = |size: usize| {
         let max = rss_of_agents();
+        let each: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("{:.1}", rss_kib(pid_of(&lab, &lab::agent_name(node))) as f64 / 1024.0))
+            .collect();
+        println!("agent-lab: agents' RSS at {size} Services: {} MiB", each.join(" / "));
         println!(
             "agent-lab: cost curve: {size} Services ({} endpoints): agent RSS max {:.1} MiB, {:.0} bytes per Service above the idle agent ({:.1} MiB)",
             size * 10,

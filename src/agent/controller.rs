@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{Node, Service, ServiceSpec},
+        core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
     },
     jiff::Timestamp,
@@ -37,6 +37,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use tokio::sync::Notify;
 
 use super::{
+    cached::CachedService,
     config::{self, Config},
     connections,
     decide::{self, Inputs, Kind},
@@ -281,7 +282,7 @@ struct Agent {
     settings: Settings,
     mgr: AddressManager,
     links: rtnetlink::Handle,
-    services: Store<Service>,
+    services: Store<CachedService>,
     leases: Store<Lease>,
     groups: Store<ServiceGroup>,
     lbnas: Store<LBNodeAgent>,
@@ -317,7 +318,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    reflect_filtered(api, config, queue, name, None, Work::Pass, None, |_| {})
+    reflect_filtered(api, config, queue, name, None, Work::Pass, None, std::convert::identity)
 }
 
 /// What in a node Lease changes a decision: renewals alone do not (expiry is scheduled from
@@ -337,18 +338,11 @@ fn lease_key(lease: &Lease) -> String {
 /// `purelb.io/announcing-IPv4`/`-IPv6`, which follow every address move, change no decision).
 /// Empty for a Service that is not PureLB's (no pool type or no address): creating, changing or
 /// deleting one causes no pass.
-fn service_key(svc: &Service) -> String {
-    if decide::pool_kind(svc).is_none() || decide::ingress_addresses(svc).is_empty() {
+fn service_key(svc: &CachedService) -> String {
+    if svc.pool_kind.is_none() || svc.ingress.is_empty() {
         return String::new();
     }
-    let annotation = |name: &str| svc.metadata.annotations.as_ref().and_then(|a| a.get(name));
-    format!(
-        "{:?}|{:?}|{:?}|{:?}",
-        annotation(contract::ANNOTATION_POOL_TYPE),
-        annotation(contract::ANNOTATION_ALLOCATED_FROM),
-        svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_ref()),
-        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref())
-    )
+    format!("{:?}|{:?}|{}|{:?}", svc.pool_kind, svc.allocated_from, svc.local_traffic_policy, svc.ingress)
 }
 
 /// Keeps a reflector's cache and queues a pass when an object changes what `key` says of it
@@ -360,25 +354,6 @@ fn object_id<K: kube::Resource>(o: &K) -> String {
     match o.meta().namespace.as_deref() {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_owned(),
-    }
-}
-
-/// What the agent keeps of a Service in its cache: its metadata without `managedFields` and
-/// with PureLB's annotations only (kubectl's copy of the last applied object, Helm's and other
-/// tools' annotations can be larger than the rest), its traffic policy and its addresses. Nothing
-/// else of the spec is read by the agent (ports, selector and cluster addresses took about a
-/// third of a cached Service's memory), nor the status conditions (the allocator's two
-/// conditions, with their messages, are about as large again).
-fn trim_service(svc: &mut Service) {
-    svc.metadata.managed_fields = None;
-    if let Some(annotations) = svc.metadata.annotations.as_mut() {
-        annotations.retain(|name, _| name.starts_with("purelb.io/"));
-    }
-    if let Some(spec) = svc.spec.as_mut() {
-        *spec = ServiceSpec { external_traffic_policy: spec.external_traffic_policy.take(), ..ServiceSpec::default() };
-    }
-    if let Some(status) = svc.status.as_mut() {
-        status.conditions = None;
     }
 }
 
@@ -399,23 +374,25 @@ fn remembered(key: &str) -> (bool, u64) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn reflect_filtered<K>(
+fn reflect_filtered<K, C>(
     api: Api<K>,
     config: watcher::Config,
     queue: WorkQueue<Work>,
     name: &'static str,
-    key: Option<fn(&K) -> String>,
+    key: Option<fn(&C) -> String>,
     work: Work,
     changed_objects: Option<Arc<std::sync::Mutex<Vec<ServiceKey>>>>,
-    trim: fn(&mut K),
-) -> Store<K>
+    map: fn(K) -> C,
+) -> Store<C>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    C: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    C::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let mut seen: HashMap<String, (bool, u64)> = HashMap::new();
     // Names the object for a pass that covers only the changed objects, before queueing it.
-    let note = move |o: &K| {
+    let note = move |o: &C| {
         if let Some(list) = &changed_objects {
             let meta = o.meta();
             let key = ServiceKey::new(
@@ -425,7 +402,7 @@ where
             list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(key);
         }
     };
-    crate::watch::spawn_trimmed_reflector(api, config, name, trim, move |event| match event {
+    crate::watch::spawn_mapped_reflector(api, config, name, map, move |event| match event {
         Event::Apply(o) => {
             // The key once per event: at 1,000 nodes this runs 500 times a second.
             let changed = key.is_none_or(|key| {
@@ -535,7 +512,7 @@ pub async fn run(
         Some(service_key),
         Work::Services,
         Some(dirty.clone()),
-        trim_service,
+        CachedService::from,
     );
     let leases = reflect_filtered(
         Api::<Lease>::namespaced(client.clone(), &ns),
@@ -549,7 +526,7 @@ pub async fn run(
         Some(lease_key),
         Work::Members,
         None,
-        |_| {},
+        std::convert::identity,
     );
     // The allocator writes the ServiceGroups' status after allocations, the kubelet the Node's
     // status: neither decides anything here (only the specs, the Node's labels, which select
@@ -562,7 +539,7 @@ pub async fn run(
         Some(|g: &ServiceGroup| format!("{:?}", g.spec)),
         Work::Pass,
         None,
-        |_| {},
+        std::convert::identity,
     );
     let lbnas = reflect_filtered(
         Api::<LBNodeAgent>::namespaced(client.clone(), &ns),
@@ -572,7 +549,7 @@ pub async fn run(
         Some(|a: &LBNodeAgent| format!("{:?}|{:?}", a.metadata.labels, a.spec)),
         Work::Pass,
         None,
-        |_| {},
+        std::convert::identity,
     );
     let nodes = reflect_filtered(
         Api::<Node>::all(client.clone()),
@@ -582,7 +559,7 @@ pub async fn run(
         Some(|n: &Node| format!("{:?}|{:?}", n.metadata.labels, shutdown::node_leaving(n))),
         Work::Pass,
         None,
-        |_| {},
+        std::convert::identity,
     );
     let recorder = crate::events::Publisher::start(
         Recorder::new(
@@ -1085,7 +1062,7 @@ impl Agent {
         // Every Service, unless the last decision is brought up to date.
         let scoped = changed.is_some() && last.is_some();
         let all = if scoped { Vec::new() } else { self.services.state() };
-        let services: Vec<&Service> = all.iter().map(AsRef::as_ref).collect();
+        let services: Vec<&CachedService> = all.iter().map(AsRef::as_ref).collect();
         let timers = std::mem::take(&mut state.timers);
         // What was held, for the Events of a pass for some Services (a full pass revisits all).
         let held_before: BTreeMap<IpAddr, (Kind, String, Vec<ServiceKey>)> = if scoped {
@@ -1813,8 +1790,8 @@ impl Agent {
     /// expired or failed is behind until it has listed again. Keeping the address on a stale
     /// cache would leave two holders until it catches up.
     async fn wins_on_fresh_reads(&self, ip: IpAddr) -> bool {
-        let cached: Vec<Arc<Service>> =
-            self.services.state().into_iter().filter(|svc| decide::ingress_addresses(svc).contains(&ip)).collect();
+        let cached: Vec<Arc<CachedService>> =
+            self.services.state().into_iter().filter(|svc| svc.ingress.contains(&ip)).collect();
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
         let read = async {
             futures::try_join!(
@@ -1850,7 +1827,7 @@ impl Agent {
     }
 
     /// `svc` and its EndpointSlices as the API has them now (`None` when it is gone).
-    async fn read_service(&self, svc: &Service) -> Result<Option<(Service, Vec<EndpointSlice>)>, kube::Error> {
+    async fn read_service(&self, svc: &CachedService) -> Result<Option<(Service, Vec<EndpointSlice>)>, kube::Error> {
         let namespace = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
         let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
@@ -2142,58 +2119,44 @@ mod tests {
         assert_eq!(quiet_since(later, Some(t0)), later);
     }
 
-    fn full_service() -> Service {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
-                "creationTimestamp": "2026-12-04T10:00:00Z",
-                "labels": {"app": "web"},
-                "annotations": {"purelb.io/pool-type": "local", "purelb.io/allocated-from": "default",
-                    "meta.helm.sh/release-name": "shop",
-                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a very\": \"long copy\"}"},
-                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
-            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}],
-                "selector": {"app": "web"}, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]},
-                "conditions": [{"type": "purelb.io/Allocated", "status": "True", "reason": "Allocated",
-                    "message": "192.0.2.10 from ServiceGroup default", "lastTransitionTime": "2026-12-04T10:00:01Z"}]}
-        }))
-        .unwrap()
+    fn cached(value: serde_json::Value) -> CachedService {
+        CachedService::from(serde_json::from_value::<Service>(value).unwrap())
     }
 
     #[test]
-    fn a_cached_service_keeps_what_the_agent_reads_and_nothing_else() {
-        let full = full_service();
-        let mut trimmed = full.clone();
-        trim_service(&mut trimmed);
-        // What the decision, the Events and the keys read is unchanged.
-        assert_eq!(service_key(&trimmed), service_key(&full));
-        assert!(!service_key(&full).is_empty());
-        assert_eq!(decide::pool_kind(&trimmed), decide::pool_kind(&full));
-        assert_eq!(decide::ingress_addresses(&trimmed), decide::ingress_addresses(&full));
-        assert_eq!(trimmed.status.as_ref().unwrap().load_balancer, full.status.as_ref().unwrap().load_balancer);
-        assert_eq!(trimmed.spec.as_ref().unwrap().external_traffic_policy.as_deref(), Some("Local"));
-        for (name, value) in [
-            ("name", trimmed.metadata.name.as_deref()),
-            ("namespace", trimmed.metadata.namespace.as_deref()),
-            ("uid", trimmed.metadata.uid.as_deref()),
-            ("resourceVersion", trimmed.metadata.resource_version.as_deref()),
-        ] {
-            assert!(value.is_some(), "{name} is kept (Events name the Service by it)");
-        }
-        assert_eq!(trimmed.metadata.labels, full.metadata.labels);
-        // The rest is gone.
-        assert!(trimmed.metadata.managed_fields.is_none());
-        let annotations = trimmed.metadata.annotations.as_ref().unwrap();
-        assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
-        assert!(!annotations.contains_key("meta.helm.sh/release-name"));
-        assert_eq!(annotations.len(), 2);
-        assert!(trimmed.status.as_ref().unwrap().conditions.is_none());
-        let spec = trimmed.spec.as_ref().unwrap();
-        assert!(spec.ports.is_none() && spec.selector.is_none() && spec.cluster_ips.is_none() && spec.type_.is_none());
-        // A Service without a spec stays without one.
-        let mut bare = Service::default();
-        trim_service(&mut bare);
-        assert_eq!(bare, Service::default());
+    fn a_service_causes_a_pass_only_when_what_the_decision_reads_changes() {
+        let base = serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7",
+                "annotations": {"purelb.io/pool-type": "local", "purelb.io/allocated-from": "default"}},
+            "spec": {"externalTrafficPolicy": "Local"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]}}
+        });
+        let key = service_key(&cached(base.clone()));
+        assert!(!key.is_empty());
+        let with = |pointer: &str, value: serde_json::Value| {
+            let mut changed = base.clone();
+            *changed.pointer_mut(pointer).unwrap() = value;
+            service_key(&cached(changed))
+        };
+        // The allocator's announcing annotations, a new resourceVersion, the ipMode: no pass.
+        assert_eq!(with("/metadata/resourceVersion", "8".into()), key);
+        assert_eq!(
+            with(
+                "/metadata/annotations",
+                serde_json::json!({"purelb.io/pool-type": "local",
+                "purelb.io/allocated-from": "default", "purelb.io/announcing-IPv4": "n1,eth0"})
+            ),
+            key
+        );
+        assert_eq!(with("/status/loadBalancer/ingress/0/ipMode", "Proxy".into()), key);
+        // The address, the group, the pool type, the traffic policy: a pass.
+        assert_ne!(with("/status/loadBalancer/ingress/0/ip", "192.0.2.11".into()), key);
+        assert_ne!(with("/metadata/annotations/purelb.io~1allocated-from", "other".into()), key);
+        assert_ne!(with("/metadata/annotations/purelb.io~1pool-type", "remote".into()), key);
+        assert_ne!(with("/spec/externalTrafficPolicy", "Cluster".into()), key);
+        // Not PureLB's, or no address yet: irrelevant (empty).
+        assert_eq!(with("/metadata/annotations/purelb.io~1pool-type", "other".into()), "");
+        assert_eq!(with("/status/loadBalancer/ingress", serde_json::json!([])), "");
     }
 
     #[test]

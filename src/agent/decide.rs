@@ -14,9 +14,9 @@
 //! - an address several Services use is held while any of them needs it.
 
 use std::{
-    borrow::Borrow,
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    ops::Deref,
 };
 
 use k8s_openapi::api::core::v1::Service;
@@ -144,6 +144,43 @@ pub fn ingress_addresses(svc: &Service) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// What the decision reads of a Service: implemented by the API object and by the agent's
+/// cached summary of it (`agent::cached::CachedService`, a fifth of the memory).
+pub trait ServiceFacts {
+    /// `namespace/name`.
+    fn key(&self) -> ServiceKey;
+    /// The pool type the allocator recorded ([`pool_kind`]).
+    fn pool_kind(&self) -> Option<Kind>;
+    /// The addresses of the status ([`ingress_addresses`]).
+    fn ingress_addresses(&self) -> Vec<IpAddr>;
+    /// `spec.externalTrafficPolicy: Local`.
+    fn local_traffic_policy(&self) -> bool;
+    /// `purelb.io/allocated-from`.
+    fn allocated_from(&self) -> Option<&str>;
+}
+
+impl ServiceFacts for Service {
+    fn key(&self) -> ServiceKey {
+        ServiceKey::of_service(self)
+    }
+
+    fn pool_kind(&self) -> Option<Kind> {
+        pool_kind(self)
+    }
+
+    fn ingress_addresses(&self) -> Vec<IpAddr> {
+        ingress_addresses(self)
+    }
+
+    fn local_traffic_policy(&self) -> bool {
+        traffic_policy_local(self)
+    }
+
+    fn allocated_from(&self) -> Option<&str> {
+        self.metadata.annotations.as_ref()?.get(contract::ANNOTATION_ALLOCATED_FROM).map(String::as_str)
+    }
+}
+
 /// The valid `local` and `remote` ServiceGroups by name (the groups [`Inputs::groups`] wants),
 /// and every range of them (the pool ranges of the ownership rule on kernels without address
 /// marks). Invalid groups and `netbox` groups are left out.
@@ -244,26 +281,26 @@ struct Ours<'s> {
     key: ServiceKey,
     local_policy: bool,
     /// `purelb.io/allocated-from`.
-    group: Option<&'s String>,
+    group: Option<&'s str>,
     ips: Vec<IpAddr>,
 }
 
 /// Decides what `inputs.node` must hold.
 #[must_use]
-pub fn decide<'s>(services: impl IntoIterator<Item = &'s Service>, inputs: &Inputs<'_>) -> Decision {
+pub fn decide<'s, S: ServiceFacts + 's>(services: impl IntoIterator<Item = &'s S>, inputs: &Inputs<'_>) -> Decision {
     let mut decision = Decision::default();
     // What each Service of ours says, read once (a pass covers every Service, so this loop is
     // the pass's cost per Service: docs/scale.md).
     let ours: Vec<Ours<'s>> = services
         .into_iter()
         .filter_map(|svc| {
-            let kind = pool_kind(svc)?;
-            let ips = ingress_addresses(svc);
+            let kind = svc.pool_kind()?;
+            let ips = svc.ingress_addresses();
             (!ips.is_empty()).then(|| Ours {
                 kind,
-                key: ServiceKey::of_service(svc),
-                local_policy: traffic_policy_local(svc),
-                group: svc.metadata.annotations.as_ref().and_then(|a| a.get(contract::ANNOTATION_ALLOCATED_FROM)),
+                key: svc.key(),
+                local_policy: svc.local_traffic_policy(),
+                group: svc.allocated_from(),
                 ips,
             })
         })
@@ -349,7 +386,7 @@ impl Decision {
     /// the changed ones instead of every Service (docs/scale.md, "The tail"). Returns the
     /// Services decided again (the changed ones and those sharing an address with them, also
     /// transitively), so that the caller reports on those alone.
-    pub fn redecide<S: Borrow<Service>>(
+    pub fn redecide<S: Deref<Target = V>, V: ServiceFacts>(
         &mut self,
         changed: &[ServiceKey],
         lookup: impl Fn(&ServiceKey) -> Option<S>,
@@ -357,10 +394,7 @@ impl Decision {
     ) -> Vec<ServiceKey> {
         // The changed Services, as they are now (only PureLB's count).
         let now_ours = |key: &ServiceKey| -> Vec<IpAddr> {
-            lookup(key)
-                .filter(|svc| pool_kind(svc.borrow()).is_some())
-                .map(|svc| ingress_addresses(svc.borrow()))
-                .unwrap_or_default()
+            lookup(key).filter(|svc| svc.pool_kind().is_some()).map(|svc| svc.ingress_addresses()).unwrap_or_default()
         };
         // Every Service that shares an address with one decided again, until none is added:
         // an address is decided from all its Services at once.
@@ -395,7 +429,7 @@ impl Decision {
             keys.extend(more);
         }
         let objects: Vec<S> = keys.iter().filter_map(&lookup).collect();
-        let part = decide(objects.iter().map(Borrow::borrow), inputs);
+        let part = decide(objects.iter().map(Deref::deref), inputs);
         self.considered.retain(|(k, _, _)| !keys.contains(k));
         self.considered.extend(part.considered);
         self.refused.retain(|r| !keys.contains(&r.service));

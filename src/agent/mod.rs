@@ -14,6 +14,7 @@
 //! - [`controller`]: the IO (watch caches, netlink, bursts, Events, metrics); entry point
 //!   [`controller::run`].
 
+pub mod cached;
 pub mod config;
 pub mod connections;
 pub mod controller;

@@ -34,7 +34,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
 
-use super::decide::{self, Decision, Inputs, Kind, Wanted};
+use super::decide::{self, Decision, Inputs, Kind, ServiceFacts, Wanted};
 use crate::{
     api::AddressOptions,
     core::{
@@ -164,11 +164,11 @@ pub struct Timers {
 
 /// Everything one pass decides from. Built only from caches that have all synced.
 #[derive(Debug)]
-pub struct Snapshot<'a> {
+pub struct Snapshot<'a, S = Service> {
     /// This node.
     pub node: &'a str,
     /// Every Service (only PureLB's are considered).
-    pub services: &'a [&'a Service],
+    pub services: &'a [&'a S],
     /// Live members from the node Leases.
     pub members: &'a Members,
     /// The EndpointSlice index.
@@ -338,8 +338,8 @@ pub fn placement(wanted: &Wanted, local_addresses: &[Address], dummy_interface: 
 }
 
 /// The spec of a wanted address at its placement.
-fn wanted_spec(
-    snapshot: &Snapshot<'_>,
+fn wanted_spec<S>(
+    snapshot: &Snapshot<'_, S>,
     wanted: &Wanted,
     ifname: String,
     prefix_len: u8,
@@ -388,8 +388,8 @@ fn services_text(keys: &BTreeSet<&ServiceKey>) -> String {
 }
 
 /// Why `address`, which this node does not hold there, is not this node's.
-fn reason_for(
-    snapshot: &Snapshot<'_>,
+fn reason_for<S>(
+    snapshot: &Snapshot<'_, S>,
     decision: &Decision,
     placements: &BTreeMap<IpAddr, Result<(String, u8), String>>,
     ip: IpAddr,
@@ -456,12 +456,12 @@ fn just_after(d: Duration) -> Duration {
 
 /// One pass: what to add, announce, keep and remove, and the timers afterwards.
 #[must_use]
-pub fn plan(snapshot: &Snapshot<'_>, timers: &Timers) -> Plan {
+pub fn plan<S: ServiceFacts>(snapshot: &Snapshot<'_, S>, timers: &Timers) -> Plan {
     let decision = decide::decide(snapshot.services.iter().copied(), &snapshot.inputs());
     plan_decided(snapshot, timers, decision)
 }
 
-impl<'a> Snapshot<'a> {
+impl<'a, S> Snapshot<'a, S> {
     /// What [`decide`] reads of this snapshot.
     #[must_use]
     pub fn inputs(&self) -> Inputs<'a> {
@@ -474,7 +474,7 @@ impl<'a> Snapshot<'a> {
 /// of the snapshot are not read.
 #[must_use]
 #[allow(clippy::too_many_lines)]
-pub fn plan_decided(snapshot: &Snapshot<'_>, timers: &Timers, decision: Decision) -> Plan {
+pub fn plan_decided<S>(snapshot: &Snapshot<'_, S>, timers: &Timers, decision: Decision) -> Plan {
     let now = snapshot.now;
     let node = snapshot.node;
     let kernel = snapshot.kernel;
