@@ -178,9 +178,42 @@ mod tests {
         let (usable, skipped) = split(&whole, &subnet, true);
         assert_eq!(usable, vec![AddressRange::parse("192.0.2.1-192.0.2.254").unwrap()]);
         assert_eq!(skipped.len(), 2);
-        // A /31 or /32 subnet has no network or broadcast address.
+        // A /31 or /32 subnet has no network or broadcast address; a /30 has both (mutation
+        // testing: `> 30` → `>= 30` went unseen).
         let p2p = Subnet::parse("192.0.2.0/31").unwrap();
         assert_eq!(split(&p2p.range(), &p2p, true).0, vec![p2p.range()]);
+        let smallest = Subnet::parse("192.0.2.0/30").unwrap();
+        assert_eq!(
+            split(&smallest.range(), &smallest, true).0,
+            vec![AddressRange::parse("192.0.2.1-192.0.2.2").unwrap()]
+        );
+    }
+
+    /// A subnet's network and broadcast address inside a special block are skipped once each
+    /// address: the skipped parts never overlap (mutation testing: a part overlapping or inside
+    /// an earlier one could be listed again unnoticed, and the skipped parts then counted more
+    /// addresses than the range has).
+    #[test]
+    fn skipped_parts_never_overlap() {
+        let range = |text: &str| AddressRange::parse(text).unwrap();
+        let loopback = "loopback (127.0.0.0/8)".to_owned();
+        // The network address sorts first (a shorter part at the same start): the block then
+        // starts after it.
+        let subnet = Subnet::parse("127.0.0.0/30").unwrap();
+        let (usable, skipped) = split(&subnet.range(), &subnet, true);
+        assert!(usable.is_empty());
+        assert_eq!(
+            skipped,
+            vec![
+                (range("127.0.0.0/32"), "the network address of 127.0.0.0/30".to_owned()),
+                (range("127.0.0.1-127.0.0.3"), loopback.clone())
+            ]
+        );
+        // Both inside the block, after its start: the block alone.
+        let subnet = Subnet::parse("127.0.0.4/30").unwrap();
+        let (usable, skipped) = split(&range("127.0.0.0-127.0.0.15"), &subnet, true);
+        assert!(usable.is_empty());
+        assert_eq!(skipped, vec![(range("127.0.0.0-127.0.0.15"), loopback)]);
     }
 
     #[test]
