@@ -479,6 +479,24 @@ async fn external_traffic_policy_local_follows_usable_endpoints() {
     let waited = wait_holders(&lab, rip, &[], Duration::from_secs(10)).await;
     eprintln!("MEASURE endpoint not ready -> remote address withdrawn: {:?}", flipped.elapsed());
     assert!(waited >= Duration::from_millis(800), "withdrawn before the settle time: {waited:?}");
+    // The node that stopped announcing says so once (a node that never held it says nothing).
+    let events: Api<Event> = Api::namespaced(lab.client(), "default");
+    let withdrawn = |node: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            let said = format!("node {node} withdrew {rip}");
+            Some(
+                list.items
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some("Withdrawn") && e.message.as_deref() == Some(&said))
+                    .count(),
+            )
+        }
+    };
+    let told = wait_for(Duration::from_secs(10), || async { withdrawn("n2").await.filter(|n| *n > 0) }).await;
+    assert_eq!(told, Some(1), "no single Withdrawn Event from n2 for {rip}");
+    assert_eq!(withdrawn("n3").await, Some(0), "n3 never held {rip}");
     let flipped = Instant::now();
     endpoints(&lab, "routed", &[Backend::ready("n2"), Backend::ready("n3")]).await;
     wait_holders(&lab, rip, &["n2", "n3"], Duration::from_secs(10)).await;
@@ -511,7 +529,6 @@ async fn external_traffic_policy_local_follows_usable_endpoints() {
     let waited = wait_holders(&lab, ip, &[], Duration::from_secs(20)).await;
     eprintln!("MEASURE no endpoint -> local address withdrawn: {:?}", flipped.elapsed());
     assert!(waited >= Duration::from_millis(800), "withdrawn before the settle time: {waited:?}");
-    let events: Api<Event> = Api::namespaced(lab.client(), "default");
     let warned = wait_for(Duration::from_secs(10), || async {
         let list = events.list(&Default::default()).await.ok()?;
         list.items

@@ -164,7 +164,8 @@ struct State {
     /// GARP/NA bursts running, by address.
     bursts: HashMap<IpAddr, BurstHandle>,
     /// What this node last reported per Service and address, with the number of the pass that
-    /// last saw it (entries not seen by the current pass are dropped).
+    /// last saw it (entries not seen by the current pass are dropped). `Note::NotHere` is never
+    /// kept: no entry means not here.
     notes: HashMap<ServiceKey, HashMap<IpAddr, (Note, u64)>>,
     /// Passes run (numbers the `notes`).
     reports: u64,
@@ -1522,13 +1523,24 @@ impl Agent {
             } else {
                 Note::NotHere
             };
-            // Without cloning the key when the Service is known: this loop runs for every
-            // Service on every pass.
-            let notes = match state.notes.get_mut(key) {
-                Some(notes) => notes,
-                None => state.notes.entry(key.clone()).or_default(),
+            let old = if note == Note::NotHere {
+                // Not kept: most Services are not held on most nodes, and a note for each took
+                // about 480 bytes per Service on every agent (issue 20). Absent means not here;
+                // only leaving `Announcing` or `Failed` is a change to report.
+                let old = state.notes.get_mut(key).and_then(|notes| notes.remove(ip)).map(|(n, _)| n);
+                if state.notes.get(key).is_some_and(HashMap::is_empty) {
+                    state.notes.remove(key);
+                }
+                old
+            } else {
+                // Without cloning the key when the Service is known: this loop runs for every
+                // Service on every pass.
+                let notes = match state.notes.get_mut(key) {
+                    Some(notes) => notes,
+                    None => state.notes.entry(key.clone()).or_default(),
+                };
+                notes.insert(*ip, (note.clone(), this_report)).map(|(n, _)| n)
             };
-            let old = notes.insert(*ip, (note.clone(), this_report)).map(|(n, _)| n);
             if old.as_ref() == Some(&note) {
                 continue;
             }
