@@ -204,6 +204,24 @@ mod tests {
         assert_eq!(u.available(), AddressCount::new(1));
     }
 
+    /// Releasing the first or the last address of a run shortens it and leaves no empty run
+    /// behind (mutation testing: `<` → `<=` twice in `release` kept an inverted run unnoticed).
+    #[test]
+    fn releasing_an_end_of_a_run_shortens_it() {
+        let mut u = RangeUsage::new(r("192.0.2.0/28"));
+        for last in 1..=4 {
+            u.take(ip(&format!("192.0.2.{last}"))).unwrap();
+        }
+        assert_eq!(u.run_count(), 1);
+        assert!(u.release(ip("192.0.2.1")));
+        assert_eq!(u.run_count(), 1, "{:?}", u.runs);
+        assert!(u.release(ip("192.0.2.4")));
+        assert_eq!(u.run_count(), 1, "{:?}", u.runs);
+        let used: Vec<bool> = (0..6).map(|last| u.is_used(ip(&format!("192.0.2.{last}")))).collect();
+        assert_eq!(used, [false, false, true, true, false, false]);
+        assert_eq!(u.take_lowest(), Some(ip("192.0.2.0")));
+    }
+
     #[test]
     fn huge_ipv6_ranges_are_exact() {
         let mut u = RangeUsage::new(r("2001:db8::/64"));
