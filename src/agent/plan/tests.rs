@@ -766,6 +766,10 @@ fn a_local_address_of_a_local_policy_service_without_any_endpoint_settles_too() 
     world.endpoints = index(&[slice("web", ME)]);
     let timers = applied(world.plan(&Timers { held: BTreeMap::from([(addr, held_local(addr))]), ..Timers::default() }));
     assert!(timers.held.contains_key(&addr));
+    // Holding it, with nothing kept for a successor: what the others announce decides nothing
+    // (mutation testing: `waits_on_holders` → `true`, or its first `!` deleted, went unseen).
+    assert!(!timers.waits_on_holders());
+    assert!(!Timers::default().waits_on_holders());
     // A rollout: the only endpoint is gone for a moment.
     world.endpoints = index(&[]);
     let plan = world.plan(&timers);
