@@ -905,3 +905,22 @@ fn a_family_without_endpoints_keeps_nothing_for_the_service() {
     let (key, _) = index.services.get_key_value(&web).unwrap();
     assert_eq!(std::sync::Arc::strong_count(key), 3, "the index and both slices hold one key");
 }
+
+/// Garbage names are collected once the set has doubled (plus 64) since the last collection, not
+/// before: collecting reads every name (mutation testing: the bound could move unnoticed).
+#[test]
+fn node_names_are_collected_once_they_doubled_and_not_before() {
+    let mut names = NodeNames::default();
+    let held: Vec<NodeName> = (0..100).map(|i| names.intern(&format!("held-{i}"))).collect();
+    names.collect_garbage();
+    assert_eq!(names.live, 100);
+    for i in 0..164 {
+        let _ = names.intern(&format!("gone-{i}"));
+    }
+    names.collect_garbage_when_grown();
+    assert_eq!(names.names.len(), 264, "at the bound: kept");
+    let _ = names.intern("one-more");
+    names.collect_garbage_when_grown();
+    assert_eq!(names.names.len(), 100, "past it: only the held names stay");
+    assert_eq!(held.len(), 100);
+}
