@@ -344,6 +344,11 @@ fn endpoints_without_node_name_are_external() {
     let mut index = index;
     index.delete(&s, t0());
     assert_eq!(index.external_endpoints(&web, Family::V4), 0);
+    // Only external endpoints: still counted (mutation testing: a family with no endpoint on a
+    // node could be taken for empty and dropped, with its external count).
+    let only_external = slice("ns", "web-2").service("web").endpoint("192.0.2.4").endpoint("192.0.2.5").build();
+    index.apply(&only_external, t0());
+    assert_eq!(index.external_endpoints(&web, Family::V4), 2);
 }
 
 #[test]
