@@ -295,14 +295,15 @@ pub fn with_backoff<K: Send + 'static>(
     .boxed()
 }
 
-/// The restarts asked for so far: a generation number and the instant before which a watch must
-/// have delivered its last item to be started again (see [`restart_quiet_since`]).
-type RestartSignal = (u64, std::time::Instant);
+/// The last restart asked for: the instant before which a watch must have delivered its last
+/// item to be started again (see [`restart_quiet_since`]). Every send notifies, also of the same
+/// instant.
+type RestartSignal = std::time::Instant;
 
 /// Every restartable watch of this process listens here (see [`restart_quiet_since`]).
 fn restarts() -> &'static tokio::sync::watch::Sender<RestartSignal> {
     static RESTARTS: std::sync::OnceLock<tokio::sync::watch::Sender<RestartSignal>> = std::sync::OnceLock::new();
-    RESTARTS.get_or_init(|| tokio::sync::watch::channel((0, std::time::Instant::now())).0)
+    RESTARTS.get_or_init(|| tokio::sync::watch::channel(std::time::Instant::now()).0)
 }
 
 /// Starts again, with a fresh list (the caches are replaced, not cleared), every watch of this
@@ -316,10 +317,7 @@ fn restarts() -> &'static tokio::sync::watch::Sender<RestartSignal> {
 /// EndpointSlice of the cluster whenever a loaded API server answered one renewal late, 184 full
 /// Service lists per agent while 50,000 Services were created (issue 20).
 pub fn restart_quiet_since(since: std::time::Instant) {
-    restarts().send_modify(|(generation, at)| {
-        *generation = generation.wrapping_add(1);
-        *at = since;
-    });
+    restarts().send_replace(since);
 }
 
 /// A watcher (with [`WatchBackoff`]) that starts again on [`restart_quiet_since`].
@@ -357,7 +355,7 @@ fn restartable<T: Send + 'static>(
                             // Cannot happen (the sender is static or outlives the test); never spin on it.
                             return None;
                         }
-                        let since = restart.borrow_and_update().1;
+                        let since = *restart.borrow_and_update();
                         if last_item < since {
                             tracing::info!("starting a watch again after the API connection recovered");
                             stream = make();
@@ -393,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_an_outage_only_the_watches_that_delivered_nothing_since_start_again() {
-        let (signal, receiver) = tokio::sync::watch::channel((0, std::time::Instant::now()));
+        let (signal, receiver) = tokio::sync::watch::channel(std::time::Instant::now());
         let (busy_made, quiet_made) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
         let busy = restartable(counted(&busy_made, Some(Duration::from_millis(5))), receiver.clone());
         let quiet = restartable(counted(&quiet_made, None), receiver);
@@ -401,7 +399,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let since = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        signal.send_replace((1, since));
+        signal.send_replace(since);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             busy_made.load(Ordering::SeqCst),
@@ -410,7 +408,7 @@ mod tests {
         );
         assert_eq!(quiet_made.load(Ordering::SeqCst), 2, "a watch quiet since then started again");
         // An instant nobody delivered after: every watch starts again.
-        signal.send_replace((2, std::time::Instant::now() + Duration::from_secs(3600)));
+        signal.send_replace(std::time::Instant::now() + Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!((busy_made.load(Ordering::SeqCst), quiet_made.load(Ordering::SeqCst)), (2, 3));
         for task in tasks {

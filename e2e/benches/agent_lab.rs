@@ -620,16 +620,14 @@ async fn main() {
         all_running(&lab);
         return;
     }
-    let rss_of_agents = || nodes.iter().map(|node| rss_kib(pid_of(&lab, &lab::agent_name(node)))).max().unwrap_or(0);
-    let rss_before = rss_of_agents();
+    let rss_of_each = || nodes.iter().map(|node| rss_kib(pid_of(&lab, &lab::agent_name(node)))).collect::<Vec<u64>>();
+    let rss_before = rss_of_each().into_iter().max().unwrap_or(0);
     // The cost curve: the agents' RSS at each size, and per Service above the idle agent.
     let rss_point = |size: usize| {
-        let max = rss_of_agents();
-        let each: Vec<String> = nodes
-            .iter()
-            .map(|node| format!("{:.1}", rss_kib(pid_of(&lab, &lab::agent_name(node))) as f64 / 1024.0))
-            .collect();
-        println!("agent-lab: agents' RSS at {size} Services: {} MiB", each.join(" / "));
+        let each = rss_of_each();
+        let max = each.iter().copied().max().unwrap_or(0);
+        let shown: Vec<String> = each.iter().map(|kib| format!("{:.1}", *kib as f64 / 1024.0)).collect();
+        println!("agent-lab: agents' RSS at {size} Services: {} MiB", shown.join(" / "));
         println!(
             "agent-lab: cost curve: {size} Services ({} endpoints): agent RSS max {:.1} MiB, {:.0} bytes per Service above the idle agent ({:.1} MiB)",
             size * 10,

@@ -30,19 +30,17 @@ pub struct CachedService {
 
 impl From<Service> for CachedService {
     fn from(svc: Service) -> Self {
-        let facts = (
-            decide::pool_kind(&svc),
-            svc.allocated_from().map(Box::from),
-            svc.local_traffic_policy(),
-            decide::ingress_addresses(&svc).into_boxed_slice(),
-        );
+        let pool_kind = decide::pool_kind(&svc);
+        let allocated_from = svc.allocated_from().map(Box::from);
+        let local_traffic_policy = svc.local_traffic_policy();
+        let ingress = decide::ingress_addresses(&svc).into_boxed_slice();
         let ObjectMeta { name, namespace, uid, .. } = svc.metadata;
         Self {
             metadata: ObjectMeta { name, namespace, uid, ..ObjectMeta::default() },
-            pool_kind: facts.0,
-            allocated_from: facts.1,
-            local_traffic_policy: facts.2,
-            ingress: facts.3,
+            pool_kind,
+            allocated_from,
+            local_traffic_policy,
+            ingress,
         }
     }
 }

@@ -1527,11 +1527,12 @@ impl Agent {
                 // Not kept: most Services are not held on most nodes, and a note for each took
                 // about 480 bytes per Service on every agent (issue 20). Absent means not here;
                 // only leaving `Announcing` or `Failed` is a change to report.
-                let old = state.notes.get_mut(key).and_then(|notes| notes.remove(ip)).map(|(n, _)| n);
-                if state.notes.get(key).is_some_and(HashMap::is_empty) {
+                let notes = state.notes.get_mut(key);
+                let old = notes.and_then(|notes| Some((notes.remove(ip)?.0, notes.is_empty())));
+                if old.as_ref().is_some_and(|(_, emptied)| *emptied) {
                     state.notes.remove(key);
                 }
-                old
+                old.map(|(note, _)| note)
             } else {
                 // Without cloning the key when the Service is known: this loop runs for every
                 // Service on every pass.
