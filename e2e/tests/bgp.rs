@@ -537,4 +537,10 @@ spec:
     let summary = lab.vtysh("show bgp ipv6 unicast summary").unwrap();
     assert!(summary.contains("2001:db8::11"), "{summary}");
     assert!(!lab.vtysh("show bgp ipv4 unicast 2001:db8:f::10/128").unwrap_or_default().contains("2001:db8:f::10/128 "));
+    // A passing run leaves nothing behind: the daemons' directories and logs go with the lab's.
+    let dir = lab.dir().to_owned();
+    lab.shutdown().unwrap();
+    let left: Vec<_> =
+        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(!dir.exists(), "{} is left with {left:?}", dir.display());
 }

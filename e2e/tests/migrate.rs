@@ -293,7 +293,7 @@ async fn go_purelb(
     let (code, converted, report) = migrate(lab, &["--from", "purelb"]);
     assert_eq!(code, 0, "{report}\n{converted}");
     assert!(report.contains(&format!("{SERVICES} kept")), "{report}");
-    let backup = lab.dir().join(format!("go-purelb-{version}.yaml"));
+    let backup = lab.scratch_dir().unwrap().join(format!("go-purelb-{version}.yaml"));
     let objects = [
         json!({"apiVersion": api_version, "kind": "ServiceGroup", "metadata": {"name": "default", "namespace": "purelb"}, "spec": group_spec_of(&client, &api_version).await}),
         json!({"apiVersion": api_version, "kind": "LBNodeAgent", "metadata": {"name": "default", "namespace": "purelb"}, "spec": agent_spec}),
@@ -333,8 +333,12 @@ async fn go_purelb_v1_services_keep_their_addresses_through_migrate_apply() {
         None,
     )
     .await;
-    let backup = lab.dir().join("go-purelb-v1.yaml");
+    let backup = lab.scratch_dir().unwrap().join("go-purelb-v1.yaml");
     check_takeover(&lab, &want, &["--from", "purelb", "-f", backup.to_str().unwrap(), "--apply"]).await;
+    // The backup goes with the lab: a passing run leaves no directory behind.
+    let dir = lab.dir().to_owned();
+    lab.shutdown().unwrap();
+    assert!(!dir.exists(), "{} is left", dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +352,7 @@ async fn go_purelb_v017_services_keep_their_addresses_through_migrate_apply() {
         Some("purelb.io/purelbv2"),
     )
     .await;
-    let backup = lab.dir().join("go-purelb-v2.yaml");
+    let backup = lab.scratch_dir().unwrap().join("go-purelb-v2.yaml");
     check_takeover(&lab, &want, &["--from", "purelb", "-f", backup.to_str().unwrap(), "--apply"]).await;
 }
 

@@ -230,7 +230,7 @@ fn kubectl_installed() {
 
 /// A directory holding `kubectl-purelb`, a link to the purelb binary, as a user installs it.
 fn plugin_dir(lab: &Lab) -> PathBuf {
-    let dir = lab.dir().join("plugins");
+    let dir = lab.scratch_dir().unwrap().join("plugins");
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join("kubectl-purelb");
     let _ = std::fs::remove_file(&link);

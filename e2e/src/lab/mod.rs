@@ -62,6 +62,9 @@ pub const KUBECONFIG_FILE: &str = "kubeconfig";
 pub const API_DATA_DIR: &str = "apiserver-data";
 /// The emulator's change log inside [`API_DATA_DIR`].
 pub const API_CHANGE_LOG: &str = "changes.jsonl";
+/// A directory inside the lab directory for files a test or command writes for the lab's run
+/// ([`Lab::scratch_dir`]); it goes with the lab's logs.
+pub const SCRATCH_DIR: &str = "scratch";
 
 /// Name of the agent process of `node`.
 #[must_use]
@@ -435,12 +438,21 @@ pub struct TeardownReport {
 /// Whether `name` is a file the lab writes into its directory.
 fn is_lab_file(name: &str, with_logs: bool) -> bool {
     let log_owner = |stem: &str| {
-        stem == APISERVER || is_allocator(stem) || stem.starts_with("agent-") || stem.starts_with("serve-")
+        stem == APISERVER
+            || is_allocator(stem)
+            || ["agent-", "serve-", "bird-", "frr-"].iter().any(|owner| stem.starts_with(owner))
     };
     name == STATE_FILE
         || name == KUBECONFIG_FILE
         || name.ends_with(".kubeconfig")
         || (with_logs && name.strip_suffix(".log").is_some_and(log_owner))
+}
+
+/// Whether `name` is a directory the lab makes in its directory and removes with its logs:
+/// BIRD's per node (configuration, control socket, passwords) and its Secret stand-in, FRR's,
+/// and the scratch directory.
+fn is_lab_dir(name: &str) -> bool {
+    name == SCRATCH_DIR || name == "frr" || name.starts_with("bird-")
 }
 
 fn remove_lab_files(dir: &Path, keep_logs: bool) {
@@ -452,7 +464,11 @@ fn remove_lab_files(dir: &Path, keep_logs: bool) {
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if entry.file_name().to_str().is_some_and(|n| is_lab_file(n, !keep_logs)) {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && !keep_logs && is_lab_dir(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else if !is_dir && is_lab_file(&name, !keep_logs) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -1068,6 +1084,18 @@ impl Lab {
         &self.dir
     }
 
+    /// A directory for files a test or command writes for this lab's run (a backup, a plugin
+    /// link), made on first use; the lab removes it with its logs, so nothing is left behind.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be made.
+    pub fn scratch_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.dir.join(SCRATCH_DIR);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     /// The admin kubeconfig (token-less, works from the root namespace).
     #[must_use]
     pub fn kubeconfig(&self) -> &Path {
@@ -1673,9 +1701,64 @@ mod tests {
         for name in ["apiserver.log", "agent-n2.log", "serve-n1.log", "allocator.log", "allocator-2.log"] {
             assert!(is_lab_file(name, true) && !is_lab_file(name, false), "{name}");
         }
+        for name in ["bird-n1.log", "frr-bgpd.log"] {
+            assert!(is_lab_file(name, true) && !is_lab_file(name, false), "{name}");
+        }
         for name in ["notes.txt", "other.log", "kubeconfig.bak", "state.json.bak", "allocator-x.log"] {
             assert!(!is_lab_file(name, true), "{name}");
         }
+    }
+
+    /// A BGP lab's directory after a run: its daemons' directories and logs, a test's scratch
+    /// files. Without logs everything the lab made goes, and with it the directory; a file the
+    /// lab did not write stays (and keeps the directory).
+    #[test]
+    fn a_bgp_labs_directory_is_removed_with_everything_the_lab_made() {
+        struct Gone(PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("purelb-lab-unit-rm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _gone = Gone(dir.clone());
+        let files = [
+            "state.json",
+            "kubeconfig",
+            "apiserver.log",
+            "agent-n1.log",
+            "bird-n1/bird.conf",
+            "bird-n1/passwords/router.conf",
+            "bird-n1.log",
+            "bird-secrets/router",
+            "frr/bgpd.conf",
+            "frr-bgpd.log",
+            "scratch/go-purelb-v1.yaml",
+            "apiserver-data/changes.jsonl",
+        ];
+        let make = |names: &[&str]| {
+            for name in names {
+                let path = dir.join(name);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, "x").unwrap();
+            }
+        };
+        make(&files);
+        remove_lab_files(&dir, true);
+        for kept in ["bird-n1/bird.conf", "bird-n1.log", "frr/bgpd.conf", "frr-bgpd.log", "scratch/go-purelb-v1.yaml"] {
+            assert!(dir.join(kept).exists(), "{kept} is kept with the logs");
+        }
+        assert!(!dir.join("state.json").exists());
+        make(&["notes.txt"]);
+        remove_lab_files(&dir, false);
+        let left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, ["notes.txt"]);
+        std::fs::remove_file(dir.join("notes.txt")).unwrap();
+        make(&files);
+        remove_lab_files(&dir, false);
+        assert!(!dir.exists(), "the lab's directory is removed");
     }
 
     #[test]
