@@ -178,8 +178,6 @@ struct State {
     /// Addresses the last pass could not hold (their Events are revisited by the next pass).
     failed: Vec<IpAddr>,
     config_error: Option<String>,
-    /// Elected node per local address at the last pass.
-    winners: BTreeMap<IpAddr, Option<String>>,
     /// BGPPeers and ServiceGroups left out of BIRD's configuration, with why (Events on change).
     bgp_problems: BTreeMap<(&'static str, String), String>,
     /// The election's members at the last pass (an expiry timer compares against them).
@@ -961,7 +959,10 @@ impl Agent {
     /// or when only what they announce changed and a rule of this node waits on that (make
     /// before break, a quiet takeover, a drain); else only the next timer. Renewals move every
     /// expiry on, so at 1,000 nodes this fires about once per renew interval; a pass over every
-    /// Service each time was the whole cost of an idle agent.
+    /// Service each time was the whole cost of an idle agent. The pass decides again only the
+    /// Services with an address in a subnet of a node whose candidacy changed
+    /// ([`Members::election_changes`]): at 1,000 nodes on many subnets a node that comes or
+    /// goes costs the Services of its subnets, not all 50,000.
     async fn members_changed(&self) -> Result<bool, AgentError> {
         let leases = self.leases.state();
         let members = Members::from_leases(leases.iter().map(AsRef::as_ref), Timestamp::now());
@@ -977,7 +978,8 @@ impl Agent {
             return Ok(true);
         }
         drop(state);
-        self.pass().await
+        // The Services whose addresses the change touches are decided again, not every one.
+        self.pass_for(Some(Vec::new())).await
     }
 
     /// One level-triggered pass over every Service: [`Self::pass_for`] without a scope.
@@ -1057,11 +1059,25 @@ impl Agent {
         let ifaces = self.announce_interfaces(&config, &kernel).await;
         let (groups, ranges) = decide::parse_groups(self.groups.state().iter().map(AsRef::as_ref));
         let endpoints_version = self.endpoints_version.load(std::sync::atomic::Ordering::Acquire);
-        let last = state.decided.take().filter(|last| {
-            last.members.same_election(&members) && last.groups == groups && last.endpoints_version == endpoints_version
-        });
+        // The last decision is brought up to date for the changed Services and those whose
+        // addresses the membership change touches, when the groups and endpoints are as it saw
+        // them and that is at most half the Services (beyond, deciding all costs less).
+        let previous = state.decided.take();
+        let (last, changed) = match (previous, changed) {
+            (Some(last), Some(mut changed)) if last.groups == groups && last.endpoints_version == endpoints_version => {
+                changed.extend(last.decision.services_touched_by(&last.members.election_changes(&members)));
+                changed.sort();
+                changed.dedup();
+                if changed.len() <= last.decision.considered.len() / 2 {
+                    (Some(last), Some(changed))
+                } else {
+                    (Some(last), None)
+                }
+            }
+            (previous, _) => (previous, None),
+        };
         // Every Service, unless the last decision is brought up to date.
-        let scoped = changed.is_some() && last.is_some();
+        let scoped = changed.is_some();
         let all = if scoped { Vec::new() } else { self.services.state() };
         let services: Vec<&CachedService> = all.iter().map(AsRef::as_ref).collect();
         let timers = std::mem::take(&mut state.timers);
@@ -1071,7 +1087,7 @@ impl Agent {
         } else {
             BTreeMap::new()
         };
-        let (planned, scope) = {
+        let (planned, scope, changes) = {
             let index = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let snapshot = plan::Snapshot {
                 node: &self.settings.node,
@@ -1092,29 +1108,30 @@ impl Agent {
                 now: Instant::now(),
                 timing: self.timing(),
             };
-            let (decision, scope) = match (changed, last) {
+            let (decision, scope, changes) = match (changed, last) {
                 (Some(changed), Some(last)) => {
                     let mut decision = last.decision;
                     let lookup =
                         |k: &ServiceKey| self.services.get(&reflector::ObjectRef::new(&k.name).within(&k.namespace));
-                    let scope = decision.redecide(&changed, lookup, &snapshot.inputs());
-                    (decision, Some(scope))
+                    let redecided = decision.redecide(&changed, lookup, &snapshot.inputs());
+                    (decision, Some(redecided.services), redecided.winner_changes)
                 }
-                _ => (decide::decide(services.iter().copied(), &snapshot.inputs()), None),
+                (_, last) => {
+                    let decision = decide::decide(services.iter().copied(), &snapshot.inputs());
+                    let changes = last.map_or(0, |last| decision.winner_changes_since(&last.decision));
+                    (decision, None, changes)
+                }
             };
             let planned = plan::plan_decided(&snapshot, &timers, decision);
             self.report_staleness(&index);
-            (planned, scope)
+            (planned, scope, changes)
         };
         drop(services);
         drop(all);
         let plan::Plan { decision, actions, mut failures, orphans, wake_after, timers: next, .. } = planned;
-        let changes =
-            decision.winners.iter().filter(|(ip, w)| state.winners.get(*ip).is_some_and(|old| old != *w)).count();
         if changes > 0 {
             metrics::counter!(catalog::ELECTION_WINNER_CHANGES).increment(changes as u64);
         }
-        state.winners.clone_from(&decision.winners);
         state.export_slice_counts(
             &decision,
             &self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner),

@@ -14,7 +14,7 @@
 //! - an address several Services use is held while any of them needs it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     ops::Deref,
 };
@@ -25,7 +25,7 @@ use kube::ResourceExt;
 use crate::{
     api::{NetboxSpec, ServiceGroup, contract},
     core::{
-        election::{Members, Winner},
+        election::{ElectionChanges, Members, Winner},
         endpoints::{EndpointIndex, ServiceKey},
         ipam::{AddressRange, Family, ParsedPools, ParsedRange, Subnet, parse_aggregation, parse_pool_spec},
     },
@@ -378,57 +378,64 @@ pub fn decide<'s, S: ServiceFacts + 's>(services: impl IntoIterator<Item = &'s S
     decision
 }
 
+/// What [`Decision::redecide`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redecided {
+    /// The Services decided again (sorted): the changed ones and those sharing an address with
+    /// them, also transitively.
+    pub services: Vec<ServiceKey>,
+    /// Local addresses decided again whose elected node changed
+    /// (`purelb_election_winner_changes_total`).
+    pub winner_changes: usize,
+}
+
 impl Decision {
     /// Decides again after the Services `changed` changed (created, edited or deleted: their
     /// objects now, `None` when gone, come from `lookup`), nothing else having changed since
-    /// this decision was made with the same `inputs`. Equal to [`decide`] over every Service
-    /// (up to the order of the lists), at the cost of the Services that share an address with
-    /// the changed ones instead of every Service (docs/scale.md, "The tail"). Returns the
-    /// Services decided again (the changed ones and those sharing an address with them, also
-    /// transitively), so that the caller reports on those alone.
+    /// this decision was made with the same `inputs` — or only the members' election, and then
+    /// `changed` includes [`Self::services_touched_by`] those changes. Equal to [`decide`] over
+    /// every Service (up to the order of the lists), at the cost of the Services that share an
+    /// address with the changed ones instead of every Service (docs/scale.md, "The tail").
     pub fn redecide<S: Deref<Target = V>, V: ServiceFacts>(
         &mut self,
         changed: &[ServiceKey],
         lookup: impl Fn(&ServiceKey) -> Option<S>,
         inputs: &Inputs<'_>,
-    ) -> Vec<ServiceKey> {
+    ) -> Redecided {
         // The changed Services, as they are now (only PureLB's count).
         let now_ours = |key: &ServiceKey| -> Vec<IpAddr> {
             lookup(key).filter(|svc| svc.pool_kind().is_some()).map(|svc| svc.ingress_addresses()).unwrap_or_default()
         };
         // Every Service that shares an address with one decided again, until none is added:
-        // an address is decided from all its Services at once.
-        let mut keys: Vec<ServiceKey> = changed.to_vec();
-        keys.sort();
-        keys.dedup();
-        let mut ips: Vec<IpAddr> = Vec::new();
-        let mut seen = 0;
-        while seen < keys.len() {
-            let new_keys = &keys[seen..];
-            seen = keys.len();
+        // an address is decided from all its Services at once. Sets, not lists: a membership
+        // change may decide thousands again.
+        let mut keys: HashSet<ServiceKey> = changed.iter().cloned().collect();
+        let mut frontier: Vec<ServiceKey> = keys.iter().cloned().collect();
+        let mut ips: HashSet<IpAddr> = HashSet::new();
+        while !frontier.is_empty() {
+            let new_keys: HashSet<&ServiceKey> = frontier.iter().collect();
             let mut new_ips: Vec<IpAddr> =
                 self.considered.iter().filter(|(k, _, _)| new_keys.contains(k)).map(|(_, ip, _)| *ip).collect();
-            for key in new_keys {
+            for key in &frontier {
                 new_ips.extend(now_ours(key));
             }
-            new_ips.retain(|ip| !ips.contains(ip));
-            new_ips.sort();
-            new_ips.dedup();
+            let new_ips: HashSet<IpAddr> = new_ips.into_iter().filter(|ip| ips.insert(*ip)).collect();
             if new_ips.is_empty() {
                 break;
             }
-            let mut more: Vec<ServiceKey> = self
+            frontier = self
                 .considered
                 .iter()
                 .filter(|(k, ip, _)| new_ips.contains(ip) && !keys.contains(k))
                 .map(|(k, _, _)| k.clone())
                 .collect();
-            more.sort();
-            more.dedup();
-            ips.extend(new_ips);
-            keys.extend(more);
+            frontier.sort();
+            frontier.dedup();
+            keys.extend(frontier.iter().cloned());
         }
-        let objects: Vec<S> = keys.iter().filter_map(&lookup).collect();
+        let mut services: Vec<ServiceKey> = keys.iter().cloned().collect();
+        services.sort();
+        let objects: Vec<S> = services.iter().filter_map(&lookup).collect();
         let part = decide(objects.iter().map(Deref::deref), inputs);
         self.considered.retain(|(k, _, _)| !keys.contains(k));
         self.considered.extend(part.considered);
@@ -439,9 +446,32 @@ impl Decision {
         // Every Service of these addresses was decided again: their entries are replaced.
         self.wanted.retain(|ip, _| !ips.contains(ip));
         self.wanted.extend(part.wanted);
+        let winner_changes =
+            part.winners.iter().filter(|(ip, w)| self.winners.get(*ip).is_some_and(|old| old != *w)).count();
         self.winners.retain(|ip, _| !ips.contains(ip));
         self.winners.extend(part.winners);
+        Redecided { services, winner_changes }
+    }
+
+    /// The Services with an address whose election `changes` may have changed (to decide
+    /// again with [`Self::redecide`] after a membership change), sorted.
+    #[must_use]
+    pub fn services_touched_by(&self, changes: &ElectionChanges) -> Vec<ServiceKey> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let mut keys: Vec<ServiceKey> =
+            self.considered.iter().filter(|(_, ip, _)| changes.touches(*ip)).map(|(k, _, _)| k.clone()).collect();
+        keys.sort();
+        keys.dedup();
         keys
+    }
+
+    /// The local addresses whose elected node differs from `earlier`'s (addresses elected in
+    /// only one of them do not count).
+    #[must_use]
+    pub fn winner_changes_since(&self, earlier: &Self) -> usize {
+        self.winners.iter().filter(|(ip, w)| earlier.winners.get(*ip).is_some_and(|old| old != *w)).count()
     }
 }
 

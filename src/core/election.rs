@@ -293,6 +293,28 @@ impl Holder {
     }
 }
 
+/// Where two member tables elect differently ([`Members::election_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElectionChanges {
+    subnets: Vec<Subnet>,
+}
+
+impl ElectionChanges {
+    /// Whether every address has the same candidates in both tables.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.subnets.is_empty()
+    }
+
+    /// Whether `address` may have other candidates in the newer table (`false`: the same
+    /// candidates and winner in both).
+    #[must_use]
+    pub fn touches(&self, address: IpAddr) -> bool {
+        let address = address.to_canonical();
+        self.subnets.iter().any(|s| s.contains(address))
+    }
+}
+
 /// The live members of the election at one instant, built from the node Leases.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members {
@@ -398,6 +420,40 @@ impl Members {
                 .values()
                 .zip(other.members.values())
                 .all(|(a, b)| a.node == b.node && a.holding == b.holding)
+    }
+
+    /// What differs in the election between this table and `newer`: the subnets of every node
+    /// whose candidacy changed (it came or went, started or stopped draining, or announces on
+    /// other subnets), in both versions. Every address outside them has the same candidates,
+    /// and so the same winner, in both tables: after a membership change only the addresses
+    /// [`ElectionChanges::touches`] need a new election (what Lease instances, expiry times and
+    /// `purelb.io/announcing` say elects nobody).
+    #[must_use]
+    pub fn election_changes(&self, newer: &Self) -> ElectionChanges {
+        let mut subnets: Vec<Subnet> = Vec::new();
+        let mut add = |member: &Member| {
+            for subnet in &member.subnets {
+                if !subnets.contains(subnet) {
+                    subnets.push(*subnet);
+                }
+            }
+        };
+        for (node, old) in &self.members {
+            match newer.members.get(node) {
+                Some(new) if new.subnets == old.subnets && new.draining == old.draining => {}
+                Some(new) => {
+                    add(old);
+                    add(new);
+                }
+                None => add(old),
+            }
+        }
+        for (node, new) in &newer.members {
+            if !self.members.contains_key(node) {
+                add(new);
+            }
+        }
+        ElectionChanges { subnets }
     }
 
     /// The nodes that may hold `address`: live, not draining, with a subnet containing it.

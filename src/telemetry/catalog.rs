@@ -54,7 +54,7 @@ catalog! {
     WORKQUEUE_ADDS = "purelb_workqueue_adds_total", Counter, [], "Items added to the work queue.";
     WORKQUEUE_RETRIES = "purelb_workqueue_retries_total", Counter, [], "Items re-queued with backoff after a failure.";
     WORKQUEUE_WORK_DURATION = "purelb_workqueue_work_duration_seconds", Histogram, [], "Time spent processing one work item.";
-    DECISION_PASSES = "purelb_decision_passes_total", Counter, [Agent], "Decision passes the agent ran (each decides every Service against the kernel); Lease renewals that change nothing cause none.";
+    DECISION_PASSES = "purelb_decision_passes_total", Counter, [Agent], "Decision passes the agent ran (each brings the decision up to date against the kernel: for the Services that changed or whose addresses a membership change touches, or for every Service); Lease renewals that change nothing cause none.";
     WATCH_EVENTS = "purelb_watch_events_total", Counter, [], "Objects changed or deleted as the watch of each cached resource reported them (label watch), relists not counted: what the API server sends this process.";
     ADDRESS_POOL_SIZE = "purelb_address_pool_size", Gauge, [Allocator], "Addresses in the pool (ServiceGroup) per family.";
     ADDRESS_POOL_IN_USE = "purelb_address_pool_addresses_in_use", Gauge, [Allocator], "Addresses of the pool held by Services, per family.";

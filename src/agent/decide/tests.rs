@@ -467,8 +467,84 @@ proptest::proptest! {
             let full = decide(new.values(), &inputs);
             proptest::prop_assert_eq!(sorted(incremental), sorted(full), "on {}", node);
             for key in &changed {
-                proptest::prop_assert!(redone.contains(key));
+                proptest::prop_assert!(redone.services.contains(key));
             }
+        }
+    }
+}
+
+/// Members from (node, subnets, draining) triples.
+fn random_members(spec: &[(u8, u8, bool)]) -> Members {
+    const SUBNETS: [&str; 4] = ["192.0.2.0/24", "198.51.100.0/24", "192.0.2.240/30", "192.0.2.0/24,198.51.100.0/24"];
+    let leases: Vec<Lease> = spec
+        .iter()
+        .map(|(node, subnets, draining)| {
+            let mut lease = lease(["n1", "n2", "n3"][usize::from(*node)], SUBNETS[usize::from(*subnets)]);
+            if *draining {
+                lease
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(contract::LEASE_ANNOTATION_DRAINING.to_owned(), "true".to_owned());
+            }
+            lease
+        })
+        .collect();
+    Members::from_leases(&leases, now())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// After a membership change (and Service changes), deciding again the changed Services
+    /// and those with an address the election changes touch gives the decision over every
+    /// Service with the new members.
+    #[test]
+    fn redeciding_what_a_membership_change_touches_equals_deciding_all(
+        services in proptest::collection::vec(random_service(), 0..8),
+        changes in proptest::collection::vec((0u8..8, proptest::option::of(random_service())), 0..3),
+        before in proptest::collection::vec((0u8..3, 0u8..4, proptest::prelude::any::<bool>()), 0..4),
+        after in proptest::collection::vec((0u8..3, 0u8..4, proptest::prelude::any::<bool>()), 0..4),
+        endpoints in proptest::collection::vec((0u8..8, 0usize..3), 0..6),
+    ) {
+        let (before, after) = (random_members(&before), random_members(&after));
+        let groups = groups(None);
+        let mut index = EndpointIndex::new();
+        let now = std::time::Instant::now();
+        for (i, (service, node)) in endpoints.iter().enumerate() {
+            let node = ["n1", "n2", "n3"][*node];
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("e{i}"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": format!("s{service}")}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": node}]
+            }))
+            .unwrap();
+            index.apply(&slice, now);
+        }
+        let old = build(&services);
+        let mut new = old.clone();
+        let mut changed = Vec::new();
+        for (name, replacement) in &changes {
+            match replacement {
+                Some((_, kind, ips, local)) => new.extend(build(&[(*name, *kind, ips.clone(), *local)])),
+                None => {
+                    new.remove(&format!("s{name}"));
+                }
+            }
+            changed.push(ServiceKey::new("default", format!("s{name}")));
+        }
+        for node in ["n1", "n2", "n3"] {
+            let old_inputs = Inputs { node, members: &before, endpoints: &index, groups: &groups };
+            let new_inputs = Inputs { node, members: &after, endpoints: &index, groups: &groups };
+            let mut incremental = decide(old.values(), &old_inputs);
+            let mut scope = changed.clone();
+            scope.extend(incremental.services_touched_by(&before.election_changes(&after)));
+            let full = decide(new.values(), &new_inputs);
+            let winner_changes = full.winner_changes_since(&incremental);
+            let redone = incremental.redecide(&scope, |k| new.get(&k.name), &new_inputs);
+            proptest::prop_assert_eq!(redone.winner_changes, winner_changes, "on {}", node);
+            proptest::prop_assert_eq!(sorted(incremental), sorted(full), "on {}", node);
         }
     }
 }

@@ -431,3 +431,87 @@ fn renewals_change_nothing_but_membership_changes_do() {
     }
     assert!(before.same_election(&renewed) && before.same_holding(&renewed));
 }
+
+#[test]
+fn election_changes_name_the_subnets_of_the_nodes_whose_candidacy_changed() {
+    let base = || {
+        vec![
+            lease("node-a").subnets("192.0.2.0/24"),
+            lease("node-b").subnets("198.51.100.0/24").instance("u1"),
+            lease("node-c").subnets("203.0.113.0/24"),
+        ]
+    };
+    let before = table(base());
+    let with_b = |edit: fn(LeaseBuilder) -> LeaseBuilder| {
+        table(
+            base()
+                .into_iter()
+                .map(|l| {
+                    if l.lease.spec.as_ref().unwrap().holder_identity.as_deref() == Some("node-b") {
+                        edit(l)
+                    } else {
+                        l
+                    }
+                })
+                .collect(),
+        )
+    };
+    let in_b = ip("198.51.100.7");
+    let elsewhere = [ip("192.0.2.7"), ip("203.0.113.7"), ip("2001:db8::7")];
+    // Nothing an election reads changed: renewals, what it announces, a new instance.
+    for other in [with_b(|l| l.renewed_ago(-1)), with_b(|l| l.announcing("198.51.100.7")), with_b(|l| l.instance("u2"))]
+    {
+        assert!(before.election_changes(&other).is_empty());
+    }
+    // node-b drains, goes, expires, or comes: its subnet, nothing else.
+    for other in [
+        with_b(LeaseBuilder::draining),
+        with_b(|l| l.renewed_ago(11)),
+        table(
+            base()
+                .into_iter()
+                .filter(|l| l.lease.spec.as_ref().unwrap().holder_identity.as_deref() != Some("node-b"))
+                .collect(),
+        ),
+    ] {
+        for (old, new) in [(&before, &other), (&other, &before)] {
+            let changes = old.election_changes(new);
+            assert!(changes.touches(in_b), "{changes:?}");
+            assert!(changes.touches(ip("::ffff:198.51.100.7")), "IPv4-mapped as IPv4");
+            assert!(elsewhere.iter().all(|a| !changes.touches(*a)), "{changes:?}");
+        }
+    }
+    // A subnet change: the old and the new subnet.
+    let moved = before.election_changes(&with_b(|l| l.subnets("2001:db8::/64")));
+    assert!(moved.touches(in_b) && moved.touches(ip("2001:db8::7")));
+    assert!(!moved.touches(ip("192.0.2.7")) && !moved.touches(ip("203.0.113.7")));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    /// Every address the changes do not touch has the same candidates and winner in both tables.
+    #[test]
+    fn untouched_addresses_keep_their_candidates_and_winner(
+        old in proptest::collection::vec((0u8..4, 0u8..4, any::<bool>(), any::<bool>()), 0..5),
+        new in proptest::collection::vec((0u8..4, 0u8..4, any::<bool>(), any::<bool>()), 0..5),
+        last in 0u8..=255,
+        network in 0u8..4,
+    ) {
+        const SUBNETS: [&str; 4] = ["192.0.2.0/24", "198.51.100.0/24", "192.0.2.128/25", "192.0.2.0/24,198.51.100.0/24"];
+        let build = |spec: &[(u8, u8, bool, bool)]| {
+            table(spec.iter().map(|(node, subnets, draining, expired)| {
+                let l = lease(&format!("n{node}")).subnets(SUBNETS[usize::from(*subnets)]);
+                let l = if *draining { l.draining() } else { l };
+                if *expired { l.renewed_ago(11) } else { l }
+            }).collect())
+        };
+        let (old, new) = (build(&old), build(&new));
+        let changes = old.election_changes(&new);
+        let address = IpAddr::from([[192, 0, 2], [198, 51, 100], [203, 0, 113], [192, 0, 2]][usize::from(network)].iter().copied().chain([last]).collect::<Vec<u8>>().try_into().map(|a: [u8; 4]| a).unwrap());
+        if !changes.touches(address) {
+            let names = |m: &Members| m.candidates(address).map(|c| c.node.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(names(&old), names(&new));
+            prop_assert_eq!(old.winner(address), new.winner(address));
+        }
+    }
+}
