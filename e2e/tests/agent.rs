@@ -1723,6 +1723,37 @@ async fn services_that_are_not_purelbs_cause_no_pass() {
     let after = passes().await;
     eprintln!("MEASURE 60 events of Services that are not PureLB's: {} decision passes", after - before);
     assert!(after - before <= 1.0, "{} decision passes for Services that are not PureLB's", after - before);
+    // Their endpoints neither: a ClusterIP Service's only endpoint on this node goes unready and
+    // ready again ten times (a pass over every Service each time before).
+    {
+        use purelb::k8s_openapi::api::discovery::v1::EndpointSlice;
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "plain-eps"}, "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), "default");
+        let slice = |ready: bool| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "plain-eps-1", "labels": {"kubernetes.io/service-name": "plain-eps"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.9.0.1"], "conditions": {"ready": ready}, "nodeName": lab.node_names()[0]}],
+                "ports": [{"name": "", "port": 80, "protocol": "TCP"}]
+            }))
+            .unwrap()
+        };
+        slices.create(&PostParams::default(), &slice(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = passes().await;
+        for i in 0..10 {
+            slices.replace("plain-eps-1", &PostParams::default(), &slice(i % 2 == 1)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let flips = passes().await - before;
+        eprintln!("MEASURE 10 endpoint flips of a Service that is not PureLB's: {flips} decision passes");
+        assert!(flips <= 1.0, "{flips} decision passes for the endpoints of a Service that is not PureLB's");
+    }
+    let after = passes().await;
     // An annotation the decision does not read changes nothing either (the allocator's
     // `purelb.io/announcing-IPv4` follows every move).
     let patch = serde_json::json!({"metadata": {"annotations": {"x": "y", "purelb.io/announcing-IPv4": "n2,eth0"}}});

@@ -305,10 +305,12 @@ struct Agent {
     bgp: Option<(Store<BGPPeer>, crate::bgp::BgpHandle)>,
     /// The notifications this agent's own address changes will cause (no pass for them).
     echoes: std::sync::Mutex<Echoes>,
-    /// Services changed since the last pass for them ([`Work::Services`]).
+    /// Services changed since the last pass for them ([`Work::Services`]): their objects, or
+    /// the nodes with usable endpoints for them.
     dirty: Arc<std::sync::Mutex<Vec<ServiceKey>>>,
-    /// Counts the changes of the EndpointSlice index (a decision made before one is not
-    /// brought up to date, it is made again).
+    /// Counts the full lists of the EndpointSlice index (a decision made before one is not
+    /// brought up to date, it is made again; a change of some Services' endpoints marks those
+    /// Services [`Self::dirty`] instead).
     endpoints_version: std::sync::atomic::AtomicU64,
 }
 
@@ -459,9 +461,28 @@ fn watch_endpoints(agent: &Arc<Agent>) {
                         agent.report_staleness(&index);
                         (changed, matches!(event, Event::InitDone))
                     };
-                    if done || !changed.is_empty() {
+                    if done {
+                        // A new list: every Service is decided against it.
                         agent.endpoints_version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         agent.queue.add(Work::Pass);
+                    } else {
+                        // Only the decisions of the Services whose usable nodes changed read
+                        // them: a pass for those PureLB Services, as for a Service change (a
+                        // rollout of 1,000 Services' pods costs their decisions, not 1,000
+                        // passes over every Service; other Services' endpoints cost none).
+                        let ours: Vec<ServiceKey> = changed
+                            .into_iter()
+                            .filter(|k| {
+                                agent
+                                    .services
+                                    .get(&reflector::ObjectRef::new(&k.name).within(&k.namespace))
+                                    .is_some_and(|svc| svc.pool_kind.is_some())
+                            })
+                            .collect();
+                        if !ours.is_empty() {
+                            agent.dirty().extend(ours);
+                            agent.queue.add(Work::Services);
+                        }
                     }
                 }
                 Err(error) => {

@@ -426,6 +426,36 @@ async fn counters(lab: &Lab, agent: &str) -> Option<AgentCounters> {
     })
 }
 
+/// Waits until no agent received a Service event and no agent's work queue had an item waiting
+/// for two samples a second apart (an overloaded agent's queue always holds membership work:
+/// then `Some(timeout)`, said in the report).
+async fn settle(lab: &Lab, agents: &[String], timeout: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let sample = || async {
+        let mut events = 0.0;
+        let mut depth = 0.0;
+        for agent in agents {
+            if let Some(page) = lab.scrape(agent).await {
+                events += metric_sum(&page, "purelb_watch_events_total", "watch=\"services\"");
+                depth += metric_sum(&page, "purelb_workqueue_depth", "");
+            }
+        }
+        (events, depth)
+    };
+    let mut last = sample().await.0;
+    let mut quiet = 0;
+    while quiet < 2 {
+        if started.elapsed() > timeout {
+            return Some(timeout);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (events, depth) = sample().await;
+        quiet = if (events - last).abs() < 0.5 && depth < 0.5 { quiet + 1 } else { 0 };
+        last = events;
+    }
+    None
+}
+
 const REAL_GROUP: &str = "apiVersion: purelb.io/v2
 kind: ServiceGroup
 metadata: {name: real, namespace: purelb-system}
@@ -574,6 +604,11 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             // Let the agents see every new member and settle.
             tokio::time::sleep(timing.lease + Duration::from_secs(3)).await;
             let agents: Vec<String> = lab.node_names().iter().map(|n| super::agent_name(n)).collect();
+            // And work off the Services and EndpointSlices just created (50,000 of each take
+            // the agents longer than a lease): the window measures an idle cluster.
+            if let Some(waited) = settle(&lab, &agents, Duration::from_secs(300)).await {
+                let _ = writeln!(progress, "scale: the agents still worked off watch events after {waited:?}");
+            }
             let apiserver = pid_of(&lab, super::APISERVER);
             let mut before = BTreeMap::new();
             for agent in &agents {
