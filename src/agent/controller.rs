@@ -197,7 +197,7 @@ struct Decided {
 impl State {
     /// `purelb_endpointslice_count` per Service this node evaluates and
     /// `purelb_endpointslice_endpoints_without_node`: for every Service (`scope` `None`), or
-    /// for the Services in `scope` (the others are as the last pass left them). Series are
+    /// for the Services in `scope`, sorted (the others are as the last pass left them). Series are
     /// written only when a count changed: most passes change none.
     fn export_slice_counts(
         &mut self,
@@ -233,9 +233,16 @@ impl State {
                 }
             }
             Some(scope) => {
+                debug_assert!(scope.is_sorted());
+                // `scope` is sorted; one walk over `considered`, not one per key.
+                let evaluated: HashSet<&ServiceKey> = decision
+                    .considered
+                    .iter()
+                    .filter(|(k, _, _)| scope.binary_search(k).is_ok())
+                    .map(|(k, _, _)| k)
+                    .collect();
                 for key in scope {
-                    let evaluated = decision.considered.iter().rev().any(|(k, _, _)| k == key);
-                    if evaluated {
+                    if evaluated.contains(key) {
                         let n = count(key);
                         if self.slice_counts.insert(key.clone(), n) != Some(n) {
                             scoped::set_gauge(catalog::ENDPOINTSLICE_COUNT, series(key), n.0 as f64);
@@ -1514,7 +1521,10 @@ impl Agent {
         state.reports += 1;
         let this_report = state.reports;
         let node = &self.settings.node;
-        let in_scope = |key: &ServiceKey| scope.is_none_or(|scope| scope.contains(key));
+        debug_assert!(scope.is_none_or(<[ServiceKey]>::is_sorted));
+        // `scope` is sorted: a search, not a scan, per entry (a membership change may decide
+        // thousands of Services again; a scan made this loop quadratic).
+        let in_scope = |key: &ServiceKey| scope.is_none_or(|scope| scope.binary_search(key).is_ok());
         let no_endpoint: HashMap<(&ServiceKey, IpAddr), Option<&String>> = decision
             .no_endpoint
             .iter()

@@ -112,6 +112,9 @@ pub struct Point {
     pub apiserver_cpu_percent: f64,
     /// SIGKILL of a real holder → another real agent holds the address, in ms.
     pub failover_ms: Vec<f64>,
+    /// The killed agent started again → ready (`/readyz`: its caches and EndpointSlices listed,
+    /// a first pass run), in ms.
+    pub restart_ready_ms: Vec<f64>,
 }
 
 /// What `purelb-lab scale` measured.
@@ -132,7 +135,7 @@ impl ScaleReport {
     pub fn print(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "{:<12} {:>6} {:>8} {:>10} {:>10} {:>9} {:>8} {:>10} {:>8} {:>9} {:>14}",
+            "{:<12} {:>6} {:>8} {:>10} {:>10} {:>9} {:>8} {:>10} {:>8} {:>9} {:>14} {:>14}",
             "leases",
             "nodes",
             "services",
@@ -143,13 +146,15 @@ impl ScaleReport {
             "µs/event",
             "rss MiB",
             "api cpu %",
-            "failover ms"
+            "failover ms",
+            "restart ms"
         )?;
         for p in &self.points {
             let failover = p.failover_ms.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(" ");
+            let restart = p.restart_ready_ms.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(" ");
             writeln!(
                 out,
-                "{:<12} {:>6} {:>8} {:>10.0} {:>10.1} {:>9.2} {:>8.2} {:>10.1} {:>8.1} {:>9.1} {:>14}",
+                "{:<12} {:>6} {:>8} {:>10.0} {:>10.1} {:>9.2} {:>8.2} {:>10.1} {:>8.1} {:>9.1} {:>14} {:>14}",
                 p.timing.describe(),
                 p.nodes,
                 p.services,
@@ -160,7 +165,8 @@ impl ScaleReport {
                 p.agent_cpu_us_per_event,
                 p.agent_rss_mib,
                 p.apiserver_cpu_percent,
-                failover
+                failover,
+                restart
             )?;
         }
         writeln!(out, "(idle window {:.0} s per point; cpu % is of one core)", self.window_s)
@@ -636,6 +642,7 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             #[allow(clippy::cast_precision_loss)]
             let n = agents.len().max(1) as f64;
             let mut failover_ms = Vec::new();
+            let mut restart_ready_ms = Vec::new();
             for k in 0..options.failovers {
                 let ip = real_ip(k);
                 let Some(holder) = one_holder(&lab, ip, Duration::from_secs(30)).await else {
@@ -645,7 +652,13 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
                 lab.kill_agent(&holder)?;
                 let took = taken_over(&lab, ip, &holder, timing.lease * 5).await;
                 lab.restart_agent(&holder)?;
-                lab.wait_ready(&super::agent_name(&holder), Duration::from_secs(60)).await;
+                // The next failover's successor may be this agent: it must be ready first.
+                let restarted = Instant::now();
+                if lab.wait_ready(&super::agent_name(&holder), Duration::from_secs(300)).await {
+                    restart_ready_ms.push(restarted.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    let _ = writeln!(progress, "scale: {holder} was not ready 300 s after its restart");
+                }
                 match took {
                     Some((_, d)) => failover_ms.push(d.as_secs_f64() * 1000.0),
                     None => {
@@ -668,6 +681,7 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
                 agent_rss_mib: rss,
                 apiserver_cpu_percent: api_after.saturating_sub(api_before).as_secs_f64() / elapsed * 100.0,
                 failover_ms,
+                restart_ready_ms,
             };
             let _ = writeln!(
                 progress,
