@@ -628,6 +628,7 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             let (renewed_after, failed) = sim.renewals();
             let api_after = apiserver.map(cpu_time).unwrap_or_default();
             let (mut events, mut passes, mut cpu_max, mut per_event, mut rss) = (0.0, 0.0, 0.0_f64, 0.0, 0.0_f64);
+            let mut rss_each = Vec::new();
             for agent in &agents {
                 let after = counters(&lab, agent).await.unwrap_or_default();
                 let b = before.get(agent).copied().unwrap_or_default();
@@ -637,7 +638,9 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
                 passes += (after.passes - b.passes) / elapsed;
                 cpu_max = cpu_max.max(cpu * 100.0);
                 per_event += if e > 0.0 { cpu * 1e6 / e } else { 0.0 };
-                rss = rss.max(pid_of(&lab, agent).map_or(0.0, rss_mib));
+                let own = pid_of(&lab, agent).map_or(0.0, rss_mib);
+                rss_each.push(format!("{agent} {own:.1}"));
+                rss = rss.max(own);
             }
             #[allow(clippy::cast_precision_loss)]
             let n = agents.len().max(1) as f64;
@@ -685,7 +688,7 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             };
             let _ = writeln!(
                 progress,
-                "scale: {} nodes {}: {:.0} renewals/s ({failed} failed in all), {:.1} lease events/s, {:.2} passes/s, cpu {:.2} %, rss {:.1} MiB, api cpu {:.1} %, failover {:?} ms",
+                "scale: {} nodes {}: {:.0} renewals/s ({failed} failed in all), {:.1} lease events/s, {:.2} passes/s, cpu {:.2} %, rss {:.1} MiB ({}), api cpu {:.1} %, failover {:?} ms",
                 timing.describe(),
                 point.nodes,
                 point.renewals_per_s,
@@ -693,6 +696,7 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
                 point.passes_per_s,
                 point.agent_cpu_percent,
                 point.agent_rss_mib,
+                rss_each.join(", "),
                 point.apiserver_cpu_percent,
                 point.failover_ms
             );
