@@ -411,6 +411,24 @@ fn build(random: &[RandomService]) -> BTreeMap<String, Service> {
     out
 }
 
+/// An index with one slice per (Service `s<n>`, node `n1`..`n3`) pair: a ready endpoint there.
+fn random_index(endpoints: &[(u8, usize)]) -> EndpointIndex {
+    let mut index = EndpointIndex::new();
+    let now = std::time::Instant::now();
+    for (i, (service, node)) in endpoints.iter().enumerate() {
+        let node = ["n1", "n2", "n3"][*node];
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("e{i}"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": format!("s{service}")}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": node}]
+        }))
+        .unwrap();
+        index.apply(&slice, now);
+    }
+    index
+}
+
 /// The lists in one order, so that two decisions compare.
 fn sorted(mut d: Decision) -> Decision {
     d.considered.sort();
@@ -432,19 +450,7 @@ proptest::proptest! {
     ) {
         let members = members();
         let groups = groups(None);
-        let mut index = EndpointIndex::new();
-        let now = std::time::Instant::now();
-        for (i, (service, node)) in endpoints.iter().enumerate() {
-            let node = ["n1", "n2", "n3"][*node];
-            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("e{i}"), "namespace": "default",
-                             "labels": {"kubernetes.io/service-name": format!("s{service}")}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": node}]
-            }))
-            .unwrap();
-            index.apply(&slice, now);
-        }
+        let index = random_index(&endpoints);
         let old = build(&before);
         let mut new = old.clone();
         let mut changed = Vec::new();
@@ -509,19 +515,7 @@ proptest::proptest! {
     ) {
         let (before, after) = (random_members(&before), random_members(&after));
         let groups = groups(None);
-        let mut index = EndpointIndex::new();
-        let now = std::time::Instant::now();
-        for (i, (service, node)) in endpoints.iter().enumerate() {
-            let node = ["n1", "n2", "n3"][*node];
-            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("e{i}"), "namespace": "default",
-                             "labels": {"kubernetes.io/service-name": format!("s{service}")}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": node}]
-            }))
-            .unwrap();
-            index.apply(&slice, now);
-        }
+        let index = random_index(&endpoints);
         let old = build(&services);
         let mut new = old.clone();
         let mut changed = Vec::new();
