@@ -447,6 +447,7 @@ impl Decision {
         }
         let objects: Vec<S> = services.iter().filter_map(&lookup).collect();
         let part = decide(objects.iter().map(Deref::deref), inputs);
+        let winner_changes = part.winner_changes_since(self);
         let decided = |k: &ServiceKey| services.binary_search(k).is_ok();
         self.considered.retain(|(k, _, _)| !decided(k));
         self.considered.extend(part.considered);
@@ -457,8 +458,6 @@ impl Decision {
         // Every Service of these addresses was decided again: their entries are replaced.
         self.wanted.retain(|ip, _| ips.binary_search(ip).is_err());
         self.wanted.extend(part.wanted);
-        let winner_changes =
-            part.winners.iter().filter(|(ip, w)| self.winners.get(*ip).is_some_and(|old| old != *w)).count();
         self.winners.retain(|ip, _| ips.binary_search(ip).is_err());
         self.winners.extend(part.winners);
         Redecided { services, winner_changes }

@@ -429,6 +429,26 @@ fn random_index(endpoints: &[(u8, usize)]) -> EndpointIndex {
     index
 }
 
+/// `old` with each change applied (a replacement, or `None`: the Service deleted), and the keys
+/// of the Services changed.
+fn changed_services(
+    old: &BTreeMap<String, Service>,
+    changes: &[(u8, Option<RandomService>)],
+) -> (BTreeMap<String, Service>, Vec<ServiceKey>) {
+    let mut new = old.clone();
+    let mut changed = Vec::new();
+    for (name, replacement) in changes {
+        match replacement {
+            Some((_, kind, ips, local)) => new.extend(build(&[(*name, *kind, ips.clone(), *local)])),
+            None => {
+                new.remove(&format!("s{name}"));
+            }
+        }
+        changed.push(ServiceKey::new("default", format!("s{name}")));
+    }
+    (new, changed)
+}
+
 /// The lists in one order, so that two decisions compare.
 fn sorted(mut d: Decision) -> Decision {
     d.considered.sort();
@@ -452,20 +472,7 @@ proptest::proptest! {
         let groups = groups(None);
         let index = random_index(&endpoints);
         let old = build(&before);
-        let mut new = old.clone();
-        let mut changed = Vec::new();
-        for (name, replacement) in &changes {
-            let key = format!("s{name}");
-            match replacement {
-                Some((_, kind, ips, local)) => {
-                    new.extend(build(&[(*name, *kind, ips.clone(), *local)]));
-                }
-                None => {
-                    new.remove(&key);
-                }
-            }
-            changed.push(ServiceKey::new("default", key));
-        }
+        let (new, changed) = changed_services(&old, &changes);
         for node in ["n1", "n2", "n3"] {
             let inputs = Inputs { node, members: &members, endpoints: &index, groups: &groups };
             let mut incremental = decide(old.values(), &inputs);
@@ -517,17 +524,7 @@ proptest::proptest! {
         let groups = groups(None);
         let index = random_index(&endpoints);
         let old = build(&services);
-        let mut new = old.clone();
-        let mut changed = Vec::new();
-        for (name, replacement) in &changes {
-            match replacement {
-                Some((_, kind, ips, local)) => new.extend(build(&[(*name, *kind, ips.clone(), *local)])),
-                None => {
-                    new.remove(&format!("s{name}"));
-                }
-            }
-            changed.push(ServiceKey::new("default", format!("s{name}")));
-        }
+        let (new, changed) = changed_services(&old, &changes);
         for node in ["n1", "n2", "n3"] {
             let old_inputs = Inputs { node, members: &before, endpoints: &index, groups: &groups };
             let new_inputs = Inputs { node, members: &after, endpoints: &index, groups: &groups };
