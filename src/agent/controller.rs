@@ -40,7 +40,7 @@ use super::{
     cached::CachedService,
     config::{self, Config},
     connections,
-    decide::{self, Inputs, Kind},
+    decide::{self, Decision, Inputs, Kind},
     echo::{Echo, Echoes},
     lease::{self, LeaseContent, LeaseError, LeaseSettings},
     plan::{self, Action, AddWhy, HeldState, Outcome, Timers},
@@ -55,6 +55,7 @@ use crate::{
         election::{self, HeldAddress, Members},
         endpoints::{EndpointIndex, ServiceKey},
         ipam::{Family, ParsedPools},
+        memory,
         netlink::{Address, AddressManager, AddressSnapshot, AddressSpec, Link, LinkRef, NetlinkError},
         queue::WorkQueue,
     },
@@ -126,6 +127,11 @@ const RACE_WAIT: Duration = Duration::from_millis(300);
 /// How long a node that sees another host claim one of its addresses waits for the API's
 /// answer (node Leases, the Services on the address and their EndpointSlices) before it yields.
 const FRESH_READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// After a pass that decided at least this many addresses at once, the memory it freed is
+/// returned to the system ([`memory::release_freed`]: a millisecond per 10,000 or so; below
+/// this size what a pass frees is not worth it).
+const RELEASE_FREED_AFTER: usize = 1_000;
 
 /// Records a graceful handover of one address as done (`purelb_handover_duration_seconds`,
 /// from the start of the drain).
@@ -1145,8 +1151,11 @@ impl Agent {
                     (decision, Some(redecided.services), redecided.winner_changes)
                 }
                 (_, last) => {
+                    // Only the last winners are needed (to count changes): the rest goes before
+                    // the new decision is built, not after.
+                    let last = last.map(|last| Decision { winners: last.decision.winners, ..Decision::default() });
                     let decision = decide::decide(services.iter().copied(), &snapshot.inputs());
-                    let changes = last.map_or(0, |last| decision.winner_changes_since(&last.decision));
+                    let changes = last.map_or(0, |last| decision.winner_changes_since(&last));
                     (decision, None, changes)
                 }
             };
@@ -1231,7 +1240,14 @@ impl Agent {
         if changed {
             self.kick_lease.notify_one();
         }
+        let decided_all = scope.is_none().then_some(decision.considered.len());
         state.decided = Some(Decided { decision, members, groups, endpoints_version });
+        drop(state);
+        if decided_all.is_some_and(|n| n >= RELEASE_FREED_AFTER) {
+            // A full pass at this size freed megabytes that glibc would keep mapped
+            // (docs/scale.md, "Agent memory after membership churn").
+            memory::release_freed();
+        }
         Ok(true)
     }
 

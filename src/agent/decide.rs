@@ -236,10 +236,10 @@ pub(crate) fn netbox_pools(netbox: &NetboxSpec) -> Option<ParsedPools> {
     Some(ParsedPools { v4: vec![whole(Family::V4)?], v6: vec![whole(Family::V6)?], ..ParsedPools::default() })
 }
 
-/// Who holds a local address.
+/// Who holds a local address (the elected node's name itself goes to [`Decision::winners`]).
 enum LocalChoice {
-    /// This node.
-    Node(String),
+    /// A node; `true` when it is this one.
+    Node(bool),
     /// Nobody: every Service of the address has `externalTrafficPolicy: Local` and no candidate
     /// has a usable endpoint; the node that would win without that rule reports it.
     NoEndpoint(Option<String>),
@@ -247,27 +247,35 @@ enum LocalChoice {
     Nobody,
 }
 
-/// Elects the holder of a local address from all the Services that use it (`sharers`: key and
-/// whether it has `externalTrafficPolicy: Local`). Without a `Local` Service: the hash winner.
-/// With some: the winner among candidates with a usable endpoint for every `Local` Service,
-/// else for at least one of them; else, when a `Cluster` Service shares the address, the hash
-/// winner (it serves from any node), else nobody.
-fn local_choice(ip: IpAddr, sharers: &[(ServiceKey, bool)], inputs: &Inputs<'_>) -> LocalChoice {
-    let local: Vec<&ServiceKey> = sharers.iter().filter(|(_, l)| *l).map(|(k, _)| k).collect();
-    if local.is_empty() {
-        return inputs.members.winner(ip).map_or(LocalChoice::Nobody, |n| LocalChoice::Node(n.to_owned()));
+/// Elects the holder of a local address from all the local Services that use it (`sharers`,
+/// each with whether it has `externalTrafficPolicy: Local`). Without a `Local` Service: the
+/// hash winner. With some: the winner among candidates with a usable endpoint for every `Local`
+/// Service, else for at least one of them; else, when a `Cluster` Service shares the address,
+/// the hash winner (it serves from any node), else nobody. Returns the elected node too.
+fn local_choice<'k>(
+    ip: IpAddr,
+    sharers: impl Iterator<Item = (&'k ServiceKey, bool)> + Clone,
+    inputs: &Inputs<'_>,
+) -> (LocalChoice, Option<String>) {
+    let elected = |node: String| {
+        let mine = node == inputs.node;
+        (LocalChoice::Node(mine), Some(node))
+    };
+    let mut local = sharers.clone().filter(|(_, l)| *l).map(|(k, _)| k).peekable();
+    if local.peek().is_none() {
+        return inputs.members.winner(ip).map_or((LocalChoice::Nobody, None), |n| elected(n.to_owned()));
     }
     let family = Family::of(ip);
-    let all = |node: &str| local.iter().all(|k| inputs.endpoints.has_usable_endpoint(k, family, node));
+    let all = |node: &str| local.clone().all(|k| inputs.endpoints.has_usable_endpoint(k, family, node));
     if let Winner::Preferred(node) = inputs.members.winner_preferring(ip, all) {
-        return LocalChoice::Node(node);
+        return elected(node);
     }
-    let any = |node: &str| local.iter().any(|k| inputs.endpoints.has_usable_endpoint(k, family, node));
+    let any = |node: &str| local.clone().any(|k| inputs.endpoints.has_usable_endpoint(k, family, node));
     match inputs.members.winner_preferring(ip, any) {
-        Winner::Preferred(node) => LocalChoice::Node(node),
-        Winner::Fallback(node) if sharers.iter().any(|(_, l)| !l) => LocalChoice::Node(node),
-        Winner::Fallback(node) => LocalChoice::NoEndpoint(Some(node)),
-        Winner::None => LocalChoice::Nobody,
+        Winner::Preferred(node) => elected(node),
+        Winner::Fallback(node) if sharers.clone().any(|(_, l)| !l) => elected(node),
+        Winner::Fallback(node) => (LocalChoice::NoEndpoint(Some(node)), None),
+        Winner::None => (LocalChoice::Nobody, None),
     }
 }
 
@@ -286,6 +294,10 @@ struct Ours<'s> {
 }
 
 /// Decides what `inputs.node` must hold.
+///
+/// Its temporary memory is a few dozen bytes per Service besides the decision it returns (no
+/// copy of a Service's key but the one `considered` keeps, no map per address): a full pass
+/// over 50,000 Services must not grow the agent by its own size (docs/scale.md).
 #[must_use]
 pub fn decide<'s, S: ServiceFacts + 's>(services: impl IntoIterator<Item = &'s S>, inputs: &Inputs<'_>) -> Decision {
     let mut decision = Decision::default();
@@ -305,20 +317,26 @@ pub fn decide<'s, S: ServiceFacts + 's>(services: impl IntoIterator<Item = &'s S
             })
         })
         .collect();
-    // Every Service of a local address, so that the address is elected once, whatever the
-    // Services sharing it say (one holder, never one per Service). The local Services of an
-    // address elect its one holder; a remote Service sharing it changes nothing (local wins,
+    // Every (address, Service) of a local Service, sorted by address, so that the address is
+    // elected once from all its local Services, whatever the Services sharing it say (one
+    // holder, never one per Service). A remote Service sharing it changes nothing (local wins,
     // docs/agent.md).
-    let mut sharers: HashMap<IpAddr, Vec<(ServiceKey, bool)>> = HashMap::new();
-    for svc in ours.iter().filter(|o| o.kind == Kind::Local) {
-        for ip in &svc.ips {
-            sharers.entry(*ip).or_default().push((svc.key.clone(), svc.local_policy));
-        }
-    }
-    let mut choices: HashMap<IpAddr, LocalChoice> = HashMap::new();
-    for Ours { kind, key, local_policy, group, ips } in ours {
+    let mut local_uses: Vec<(IpAddr, usize)> = ours
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.kind == Kind::Local)
+        .flat_map(|(i, o)| o.ips.iter().map(move |ip| (*ip, i)))
+        .collect();
+    local_uses.sort_unstable();
+    // The choice for a local address, made at its first use: at the position of its first
+    // entry in `local_uses`.
+    let mut choices: Vec<Option<LocalChoice>> = Vec::new();
+    choices.resize_with(local_uses.len(), || None);
+    decision.considered.reserve_exact(ours.iter().map(|o| o.ips.len()).sum());
+    for Ours { kind, key, local_policy, group, ips } in &ours {
+        let (kind, local_policy) = (*kind, *local_policy);
         let group = group.and_then(|name| inputs.groups.get(name));
-        for ip in ips {
+        for &ip in ips {
             decision.considered.push((key.clone(), ip, kind));
             let refusal = crate::core::ipam::special::special_purpose(ip)
                 .map(str::to_owned)
@@ -329,19 +347,24 @@ pub fn decide<'s, S: ServiceFacts + 's>(services: impl IntoIterator<Item = &'s S
                 continue;
             }
             let family = Family::of(ip);
-            let usable = |node: &str| inputs.endpoints.has_usable_endpoint(&key, family, node);
+            let usable = |node: &str| inputs.endpoints.has_usable_endpoint(key, family, node);
+            let first = local_uses.partition_point(|(a, _)| *a < ip);
+            let uses = first..first + local_uses[first..].partition_point(|(a, _)| *a == ip);
             // An address a local Service uses is local for every Service on it (one holder).
-            let kind = if sharers.contains_key(&ip) { Kind::Local } else { kind };
+            let kind = if uses.is_empty() { kind } else { Kind::Local };
             let mine = match kind {
                 Kind::Local => {
-                    let choice = choices
-                        .entry(ip)
-                        .or_insert_with(|| local_choice(ip, sharers.get(&ip).map_or(&[][..], Vec::as_slice), inputs));
-                    match choice {
-                        LocalChoice::Node(node) => {
-                            decision.winners.insert(ip, Some(node.clone()));
-                            node == inputs.node
+                    let choice = choices[first].get_or_insert_with(|| {
+                        let sharers =
+                            local_uses[uses.clone()].iter().map(|&(_, i)| (&ours[i].key, ours[i].local_policy));
+                        let (choice, elected) = local_choice(ip, sharers, inputs);
+                        if let Some(node) = elected {
+                            decision.winners.insert(ip, Some(node));
                         }
+                        choice
+                    });
+                    match choice {
+                        LocalChoice::Node(mine) => *mine,
                         LocalChoice::NoEndpoint(reporter) => {
                             if local_policy {
                                 decision.no_endpoint.push(NoEndpoint {

@@ -52,10 +52,20 @@ pub const MAX_SUBNETS: usize = 256;
 /// candidate with the lowest key wins.
 #[must_use]
 pub fn election_key(node: &str, address: IpAddr) -> [u8; 32] {
+    key_of(node, &address_text(address))
+}
+
+/// The address as [`election_key`] writes it.
+fn address_text(address: IpAddr) -> String {
+    address.to_canonical().to_string()
+}
+
+/// [`election_key`] with the address already written (once per election, not per candidate).
+fn key_of(node: &str, address_text: &str) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(node.as_bytes());
     hasher.update(b"#");
-    hasher.update(address.to_canonical().to_string().as_bytes());
+    hasher.update(address_text.as_bytes());
     hasher.finalize().into()
 }
 
@@ -63,7 +73,8 @@ pub fn election_key(node: &str, address: IpAddr) -> [u8; 32] {
 /// repeated name can cause, go to the lower name). `None` when there are no candidates.
 #[must_use]
 pub fn elect<'a>(candidates: impl IntoIterator<Item = &'a str>, address: IpAddr) -> Option<&'a str> {
-    lowest(candidates.into_iter().map(|node| (election_key(node, address), node))).map(|(_, node)| node)
+    let text = address_text(address);
+    lowest(candidates.into_iter().map(|node| (key_of(node, &text), node))).map(|(_, node)| node)
 }
 
 #[cfg(not(purelb_bug = "highest_hash"))]

@@ -7,10 +7,12 @@
 //! - [`netlink`]: the address manager (links, addresses, default routes, ownership, drift).
 //! - [`announce`]: gratuitous ARP and unsolicited NA packets, sockets and bursts.
 //! - [`election`]: node membership from Leases and the per-address winner.
+//! - [`memory`]: returning freed memory to the system after a large pass.
 
 pub mod announce;
 pub mod election;
 pub mod endpoints;
 pub mod ipam;
+pub mod memory;
 pub mod netlink;
 pub mod queue;
