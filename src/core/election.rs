@@ -27,7 +27,11 @@
 //! - `purelb.io/draining`: `"true"` (case-insensitive, whitespace ignored) while the node hands its
 //!   addresses over before exiting; anything else means not draining.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+};
 
 use k8s_openapi::{
     api::coordination::v1::Lease,
@@ -40,7 +44,7 @@ use crate::{
         LEASE_ANNOTATION_ANNOUNCING, LEASE_ANNOTATION_DRAINING, LEASE_ANNOTATION_INSTANCE, LEASE_ANNOTATION_SUBNETS,
         NODE_LEASE_PREFIX,
     },
-    core::ipam::{Subnet, ip_value},
+    core::ipam::{AddressRange, Subnet, ip_value},
 };
 
 /// The most subnets read from one Lease's `purelb.io/subnets` annotation; further entries are
@@ -331,6 +335,38 @@ impl ElectionChanges {
 pub struct Members {
     members: BTreeMap<String, Member>,
     skipped: Vec<SkippedLease>,
+    /// The candidates by announce subnet, built with the table: an election looks at the few
+    /// distinct subnets instead of every member's (at 1,003 members and 50,000 addresses the
+    /// scan of every member was most of a full decision: docs/scale.md).
+    by_subnet: Vec<SubnetCandidates>,
+}
+
+/// The non-draining members with one announce subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SubnetCandidates {
+    range: AddressRange,
+    /// Sorted by name.
+    nodes: Vec<String>,
+}
+
+/// The candidates of every announce subnet of `members`, in a fixed order (equal tables give
+/// equal indexes).
+fn subnet_index(members: &BTreeMap<String, Member>) -> Vec<SubnetCandidates> {
+    let mut by_subnet: HashMap<Subnet, usize> = HashMap::new();
+    let mut index: Vec<SubnetCandidates> = Vec::new();
+    // Members in name order: each subnet's nodes come out sorted.
+    for member in members.values().filter(|m| !m.draining) {
+        for subnet in &member.subnets {
+            let at = *by_subnet.entry(*subnet).or_insert_with(|| {
+                index.push(SubnetCandidates { range: subnet.range(), nodes: Vec::new() });
+                index.len() - 1
+            });
+            if let Some(entry) = index.get_mut(at) {
+                entry.nodes.push(member.node.clone());
+            }
+        }
+    }
+    index
 }
 
 impl Members {
@@ -349,6 +385,7 @@ impl Members {
                 Err(reason) => table.skipped.push(SkippedLease { lease: name.to_owned(), reason }),
             }
         }
+        table.by_subnet = subnet_index(&table.members);
         table
     }
 
@@ -472,10 +509,21 @@ impl Members {
         self.members.values().filter(move |m| m.is_candidate_for(address))
     }
 
+    /// The names of [`Self::candidates`] for `address`, from the subnet index. A node on two
+    /// overlapping subnets of the address is named twice, which elects the same: the lowest key
+    /// wins once however often it is listed.
+    fn candidate_names(&self, address: IpAddr) -> impl Iterator<Item = &str> + Clone {
+        let address = address.to_canonical();
+        self.by_subnet
+            .iter()
+            .filter(move |entry| entry.range.contains(address))
+            .flat_map(|entry| entry.nodes.iter().map(String::as_str))
+    }
+
     /// The node that should hold `address`, or `None` when no node is a candidate.
     #[must_use]
     pub fn winner(&self, address: IpAddr) -> Option<&str> {
-        elect(self.candidates(address).map(|m| m.node.as_str()), address)
+        elect(self.candidate_names(address), address)
     }
 
     /// The winner among candidates for which `preferred` is true (such as nodes with a usable
@@ -483,7 +531,7 @@ impl Members {
     /// among all candidates, reported as [`Winner::Fallback`].
     #[must_use]
     pub fn winner_preferring(&self, address: IpAddr, preferred: impl Fn(&str) -> bool) -> Winner {
-        if let Some(node) = elect(self.candidates(address).map(|m| m.node.as_str()).filter(|n| preferred(n)), address) {
+        if let Some(node) = elect(self.candidate_names(address).filter(|n| preferred(n)), address) {
             return Winner::Preferred(node.to_owned());
         }
         match self.winner(address) {

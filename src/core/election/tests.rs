@@ -515,3 +515,52 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    /// The subnet index elects exactly as a scan of every member does: overlapping subnets (a
+    /// node on two of them is one candidate), draining and expired members, both families and
+    /// IPv4-mapped addresses, with and without a preference.
+    #[test]
+    fn the_subnet_index_elects_as_a_scan_of_every_member(
+        spec in proptest::collection::vec((0u8..6, 0u8..6, any::<bool>(), any::<bool>()), 0..8),
+        last in 0u8..=255,
+        network in 0u8..5,
+        mapped in any::<bool>(),
+        preferred in proptest::collection::vec(any::<bool>(), 6),
+    ) {
+        const SUBNETS: [&str; 6] = [
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "192.0.2.128/25",
+            "192.0.2.0/24,198.51.100.0/24,192.0.0.0/16",
+            "2001:db8::/64,192.0.2.0/23",
+            "2001:db8::/32, 2001:db8::/64",
+        ];
+        let members = table(spec.iter().map(|(node, subnets, draining, expired)| {
+            let l = lease(&format!("n{node}")).subnets(SUBNETS[usize::from(*subnets)]);
+            let l = if *draining { l.draining() } else { l };
+            if *expired { l.renewed_ago(11) } else { l }
+        }).collect());
+        let v4 = |a: [u8; 3]| IpAddr::from([a[0], a[1], a[2], last]);
+        let address = match network {
+            0 => v4([192, 0, 2]),
+            1 => v4([198, 51, 100]),
+            2 => v4([192, 0, 3]),
+            3 => v4([203, 0, 113]),
+            _ => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(last)]),
+        };
+        let address = match address {
+            IpAddr::V4(v4) if mapped => IpAddr::V6(v4.to_ipv6_mapped()),
+            other => other,
+        };
+        let scanned: Vec<&str> = members.candidates(address).map(|m| m.node.as_str()).collect();
+        prop_assert_eq!(members.winner(address), elect(scanned.iter().copied(), address));
+        let prefer = |node: &str| preferred[usize::from(node.as_bytes()[1] - b'0')];
+        let expected = match elect(scanned.iter().copied().filter(|n| prefer(n)), address) {
+            Some(node) => Winner::Preferred(node.to_owned()),
+            None => elect(scanned.iter().copied(), address).map_or(Winner::None, |n| Winner::Fallback(n.to_owned())),
+        };
+        prop_assert_eq!(members.winner_preferring(address, prefer), expected);
+    }
+}
