@@ -35,6 +35,9 @@ python3 -c 'import sys, helm_python; sys.exit(helm_python.__version__ != "0.2.2"
   || python3 -m pip install --quiet --disable-pip-version-check "helm-python-sdk==0.2.2"
 python3 scripts/chart-check.py
 
+echo "== The benchmark report's parsers (BENCHMARKS.md is written from what they read)"
+python3 scripts/bench-report.py --self-test
+
 echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"

@@ -98,6 +98,12 @@ pub struct Point {
     pub services: usize,
     /// Lease renewals the simulator made per second in the window.
     pub renewals_per_s: f64,
+    /// Simulated Leases the simulator let lapse in the window: renewals sent more than a lease
+    /// duration after the same node's previous one (a real membership change the agents must
+    /// act on; non-zero means the machine could not keep the simulated cluster alive).
+    pub sim_lapses: u64,
+    /// The longest time between two renewals of one simulated node in the window, ms.
+    pub sim_max_gap_ms: f64,
     /// Lease events each real agent received per second (mean over the agents).
     pub lease_events_per_s: f64,
     /// Decision passes per second of each real agent (mean): renewals are the only change.
@@ -135,11 +141,12 @@ impl ScaleReport {
     pub fn print(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "{:<12} {:>6} {:>8} {:>10} {:>10} {:>9} {:>8} {:>10} {:>8} {:>9} {:>14} {:>14}",
+            "{:<12} {:>6} {:>8} {:>10} {:>7} {:>10} {:>9} {:>8} {:>10} {:>8} {:>9} {:>14} {:>14}",
             "leases",
             "nodes",
             "services",
             "renewals/s",
+            "lapsed",
             "events/s",
             "passes/s",
             "cpu %",
@@ -150,15 +157,17 @@ impl ScaleReport {
             "restart ms"
         )?;
         for p in &self.points {
-            let failover = p.failover_ms.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(" ");
-            let restart = p.restart_ready_ms.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(" ");
+            // Comma-separated, so that the two lists stay two columns for a parser.
+            let failover = p.failover_ms.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(",");
+            let restart = p.restart_ready_ms.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(",");
             writeln!(
                 out,
-                "{:<12} {:>6} {:>8} {:>10.0} {:>10.1} {:>9.2} {:>8.2} {:>10.1} {:>8.1} {:>9.1} {:>14} {:>14}",
+                "{:<12} {:>6} {:>8} {:>10.0} {:>7} {:>10.1} {:>9.2} {:>8.2} {:>10.1} {:>8.1} {:>9.1} {:>14} {:>14}",
                 p.timing.describe(),
                 p.nodes,
                 p.services,
                 p.renewals_per_s,
+                p.sim_lapses,
                 p.lease_events_per_s,
                 p.passes_per_s,
                 p.agent_cpu_percent,
@@ -169,7 +178,11 @@ impl ScaleReport {
                 restart
             )?;
         }
-        writeln!(out, "(idle window {:.0} s per point; cpu % is of one core)", self.window_s)
+        writeln!(
+            out,
+            "(idle window {:.0} s per point; cpu % is of one core; lapsed: simulated Leases renewed more than a lease late in the window, a real membership change)",
+            self.window_s
+        )
     }
 }
 
@@ -186,6 +199,10 @@ pub struct Simulator {
     nodes: Arc<Mutex<Vec<SimNode>>>,
     renewals: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    /// Renewals sent more than a lease after the node's previous one.
+    lapses: Arc<AtomicU64>,
+    /// The longest gap between two renewals of one node since the last [`Simulator::lapses`], µs.
+    max_gap_us: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     timing: Timing,
@@ -222,10 +239,15 @@ impl Simulator {
         let nodes: Arc<Mutex<Vec<SimNode>>> = Arc::default();
         let renewals = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
+        let lapses = Arc::new(AtomicU64::new(0));
+        let max_gap_us = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = watch::channel(false);
         let task = {
             let (client, nodes, renewals, errors) = (client.clone(), nodes.clone(), renewals.clone(), errors.clone());
+            let (lapses, max_gap_us) = (lapses.clone(), max_gap_us.clone());
             tokio::spawn(async move {
+                // When each node's last renewal was sent (by its index).
+                let mut last_sent: Vec<Option<Instant>> = Vec::new();
                 // Every node renews once per interval, spread evenly over it: each tick renews
                 // the nodes whose slot came up.
                 let tick = Duration::from_millis(20);
@@ -240,7 +262,7 @@ impl Simulator {
                         _ = stopped.changed() => return,
                     }
                     // Only the nodes due are copied out of the lock, not all of them per tick.
-                    let batch: Vec<SimNode> = {
+                    let batch: Vec<(usize, SimNode)> = {
                         let all = lock(&nodes);
                         if all.is_empty() {
                             continue;
@@ -257,10 +279,23 @@ impl Simulator {
                             started.elapsed().as_nanos() * u128::from(n) / timing.renew.as_nanos().max(1),
                         )
                         .unwrap_or(u64::MAX);
-                        (done..due.max(done)).map(|k| all[(k % n) as usize].clone()).collect()
+                        (done..due.max(done)).map(|k| ((k % n) as usize, all[(k % n) as usize].clone())).collect()
                     };
                     done += batch.len() as u64;
-                    stream::iter(batch)
+                    let sent = Instant::now();
+                    for (i, _) in &batch {
+                        if last_sent.len() <= *i {
+                            last_sent.resize(*i + 1, None);
+                        }
+                        if let Some(previous) = last_sent[*i].replace(sent) {
+                            let gap = sent.saturating_duration_since(previous);
+                            if gap > timing.lease {
+                                lapses.fetch_add(1, Ordering::Relaxed);
+                            }
+                            max_gap_us.fetch_max(u64::try_from(gap.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                        }
+                    }
+                    stream::iter(batch.into_iter().map(|(_, node)| node))
                         .for_each_concurrent(32, |node| {
                             let (client, renewals, errors) = (&client, &renewals, &errors);
                             async move {
@@ -274,7 +309,13 @@ impl Simulator {
                 }
             })
         };
-        Self { client, nodes, renewals, errors, stop, task, timing }
+        Self { client, nodes, renewals, errors, lapses, max_gap_us, stop, task, timing }
+    }
+
+    /// Lapses so far (renewals sent more than a lease after the node's previous one), and the
+    /// longest gap between two renewals of one node since the last call.
+    pub fn lapses(&self) -> (u64, Duration) {
+        (self.lapses.load(Ordering::Relaxed), Duration::from_micros(self.max_gap_us.swap(0, Ordering::Relaxed)))
     }
 
     /// Simulated nodes now.
@@ -622,10 +663,12 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             }
             let api_before = apiserver.map(cpu_time).unwrap_or_default();
             let (renewed_before, _) = sim.renewals();
+            let (lapses_before, _) = sim.lapses();
             let started = Instant::now();
             tokio::time::sleep(options.window).await;
             let elapsed = started.elapsed().as_secs_f64();
             let (renewed_after, failed) = sim.renewals();
+            let (lapses_after, max_gap) = sim.lapses();
             let api_after = apiserver.map(cpu_time).unwrap_or_default();
             let (mut events, mut passes, mut cpu_max, mut per_event, mut rss) = (0.0, 0.0, 0.0_f64, 0.0, 0.0_f64);
             let mut rss_each = Vec::new();
@@ -677,6 +720,8 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
                 nodes: size + agents.len(),
                 services: options.services + options.failovers,
                 renewals_per_s: (renewed_after - renewed_before) as f64 / elapsed,
+                sim_lapses: lapses_after - lapses_before,
+                sim_max_gap_ms: max_gap.as_secs_f64() * 1000.0,
                 lease_events_per_s: events / n,
                 passes_per_s: passes / n,
                 agent_cpu_percent: cpu_max,
@@ -688,10 +733,12 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
             };
             let _ = writeln!(
                 progress,
-                "scale: {} nodes {}: {:.0} renewals/s ({failed} failed in all), {:.1} lease events/s, {:.2} passes/s, cpu {:.2} %, rss {:.1} MiB ({}), api cpu {:.1} %, failover {:?} ms",
+                "scale: {} nodes {}: {:.0} renewals/s ({failed} failed in all; {} lapsed in the window, longest gap {:.0} ms), {:.1} lease events/s, {:.2} passes/s, cpu {:.2} %, rss {:.1} MiB ({}), api cpu {:.1} %, failover {:?} ms",
                 timing.describe(),
                 point.nodes,
                 point.renewals_per_s,
+                point.sim_lapses,
+                point.sim_max_gap_ms,
                 point.lease_events_per_s,
                 point.passes_per_s,
                 point.agent_cpu_percent,
@@ -714,6 +761,59 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table keeps one column per figure (what `scripts/bench-report.py` reads): the lapses
+    /// after the renewals, the failovers and the restarts as two comma-separated lists, a
+    /// missing failover leaving its list shorter, not the columns shifted.
+    #[test]
+    fn the_table_has_one_column_per_figure() {
+        let point = |failover_ms: Vec<f64>| Point {
+            timing: Timing { lease: Duration::from_secs(2), renew: Duration::from_secs(1) },
+            nodes: 1003,
+            services: 50_002,
+            renewals_per_s: 1000.2,
+            sim_lapses: 3,
+            sim_max_gap_ms: 1021.0,
+            lease_events_per_s: 1008.3,
+            passes_per_s: 0.0,
+            agent_cpu_percent: 4.0,
+            agent_cpu_us_per_event: 38.1,
+            agent_rss_mib: 216.6,
+            apiserver_cpu_percent: 11.9,
+            failover_ms,
+            restart_ready_ms: vec![4550.2, 3862.0],
+        };
+        let report = ScaleReport { points: vec![point(vec![1224.0, 1467.4]), point(vec![2178.0])], window_s: 15.0 };
+        let mut out = Vec::new();
+        report.print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<Vec<&str>> =
+            text.lines().filter(|l| l.starts_with("2 s / 1 s")).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            rows[0],
+            [
+                "2",
+                "s",
+                "/",
+                "1",
+                "s",
+                "1003",
+                "50002",
+                "1000",
+                "3",
+                "1008.3",
+                "0.00",
+                "4.00",
+                "38.1",
+                "216.6",
+                "11.9",
+                "1224,1467",
+                "4550,3862"
+            ],
+            "{text}"
+        );
+        assert_eq!(rows[1][15..], ["2178", "4550,3862"], "{text}");
+    }
 
     #[test]
     fn metrics_are_summed_by_label() {
