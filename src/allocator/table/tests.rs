@@ -503,6 +503,12 @@ fn adoption_records_only_our_services_and_is_held_says_so() {
     foreign.0["metadata"]["annotations"]["purelb.io/allocated-by"] = json!("someone-else");
     a.adopt(&foreign.req()).unwrap();
     assert!(!a.is_held(ip("192.0.2.240")), "a Service PureLB did not allocate was adopted");
+    // Ours once, but no longer handled (another loadBalancerClass): nothing recorded either.
+    let mut moved_away = svc("n", "moved-away").status(&["192.0.2.242"], "default");
+    moved_away.0["spec"]["loadBalancerClass"] = json!("example.com/other");
+    assert!(!moved_away.req().handled);
+    a.adopt(&moved_away.req()).unwrap();
+    assert!(!a.is_held(ip("192.0.2.242")), "a Service PureLB no longer handles was adopted");
     a.adopt(&svc("n", "ours").status(&["192.0.2.241"], "default").req()).unwrap();
     assert!(a.is_held(ip("192.0.2.241")));
     assert_eq!(addrs(&a.decide(&svc("n", "new").req(), NS)), [ip("192.0.2.240")]);
