@@ -527,6 +527,19 @@ fn forgetting_a_service_also_frees_the_address_it_was_giving_up() {
     assert_eq!(addrs(&a.decide(&svc("n", "t").req(), NS)), [ip("192.0.2.240")]);
 }
 
+/// A Service that keeps its address when its sharing key changes keeps the key the address is
+/// shared under: the address is not moved, and the table still says which key shares it.
+#[test]
+fn a_kept_address_keeps_the_sharing_key_it_was_taken_under() {
+    let mut a = default_and_other();
+    let first = a.decide(&svc("n", "s").share("k1").req(), NS);
+    let again = a.decide(&svc("n", "s").share("k2").req(), NS);
+    assert_eq!(addrs(&again), addrs(&first), "the address moved");
+    let key = ServiceKey::new("n", "s");
+    let holding = a.holders().find(|(k, _)| **k == key).map(|(_, h)| h.clone()).unwrap();
+    assert_eq!(holding.sharing_key.as_deref(), Some("k1"));
+}
+
 #[test]
 fn a_new_address_takes_the_new_sharing_key() {
     let mut a = default_and_other();
