@@ -539,3 +539,21 @@ proptest::proptest! {
         }
     }
 }
+
+/// `purelb_election_winner_changes_total` counts the addresses elected in both decisions whose
+/// elected node differs, not the addresses elected in only one of them.
+#[test]
+fn winner_changes_count_only_addresses_elected_in_both_with_another_node() {
+    let address = |last: u8| IpAddr::from([192, 0, 2, last]);
+    let elected = |pairs: &[(u8, Option<&str>)]| Decision {
+        winners: pairs.iter().map(|(last, node)| (address(*last), node.map(str::to_owned))).collect(),
+        ..Decision::default()
+    };
+    let earlier = elected(&[(1, Some("a")), (2, Some("a")), (3, Some("b")), (4, Some("c")), (5, None)]);
+    // 1 stays, 2 and 3 move, 4 is elected no more, 5 now has a node, 6 is new.
+    let later = elected(&[(1, Some("a")), (2, Some("b")), (3, Some("a")), (5, Some("c")), (6, Some("a"))]);
+    assert_eq!(later.winner_changes_since(&earlier), 3);
+    assert_eq!(earlier.winner_changes_since(&later), 3);
+    assert_eq!(later.winner_changes_since(&later), 0);
+    assert_eq!(later.winner_changes_since(&Decision::default()), 0);
+}
