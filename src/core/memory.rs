@@ -11,22 +11,21 @@
 //! and there it does nothing.
 
 /// Returns the allocator's free pages to the system (glibc: `malloc_trim(0)`, every arena);
-/// nothing with other C libraries. Returns whether anything was released.
-pub fn release_freed() -> bool {
-    release()
+/// nothing with other C libraries.
+pub fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    release();
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn release() -> bool {
+fn release() {
     // SAFETY: malloc_trim takes no pointer, only walks the allocator's own free lists under
-    // its locks, and may be called from any thread at any time.
-    unsafe { libc::malloc_trim(0) == 1 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release() -> bool {
-    false
+    // its locks, and may be called from any thread at any time. What it returns (whether memory
+    // was released) changes nothing for the caller.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]
