@@ -118,6 +118,7 @@ async fn one_run(n: usize) -> Run {
     // Raw write throughput: one client patching the status of n Services, one at a time.
     create_services(&client, "raw", n, Some("bench.example/not-purelb")).await;
     let raw_api: Api<Service> = Api::namespaced(client.clone(), "raw");
+    let cpu_before = process_cpu();
     let start = Instant::now();
     for i in 0..n {
         let body = json!({"status": {"loadBalancer": {"ingress": [{"ip": format!("2001:db8:1::{i:x}")}]}}});
@@ -125,10 +126,12 @@ async fn one_run(n: usize) -> Run {
     }
     let raw = start.elapsed();
     let raw_rate = n as f64 / raw.as_secs_f64();
+    let raw_cores = (process_cpu() - cpu_before).as_secs_f64() / raw.as_secs_f64();
 
     // The burst: n Services exist, the allocator starts and allocates them all.
     create_services(&client, "burst", n, None).await;
     let status_writes_before = emulator.requests("patch", "services/status");
+    let cpu_before = process_cpu();
     let readiness = Readiness::new();
     let ready_flag = readiness.clone();
     let start = Instant::now();
@@ -169,13 +172,16 @@ async fn one_run(n: usize) -> Run {
         assert!(start.elapsed() < Duration::from_secs(600), "only {}/{n} allocated after 10 minutes", done.len());
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let burst_cores = (process_cpu() - cpu_before).as_secs_f64() / elapsed.as_secs_f64();
     let synced = ready_watch.await.unwrap();
     let rate = n as f64 / elapsed.as_secs_f64();
     let writes = emulator.requests("patch", "services") + emulator.requests("patch", "services/status")
         - status_writes_before
         + emulator.requests("create", "events");
     println!(
-        "raw {raw_rate:.0} writes/s; allocator: caches synced after {:.2} s, {n} Services (no duplicates) in {:.2} s = {rate:.0} Services/s = {:.0}% of raw; {:.2} writes per Service, {} of them answered 409 Conflict",
+        "raw {raw_rate:.0} writes/s ({raw_cores:.2} cores busy, {:.0} µs of CPU per write); burst: {burst_cores:.2} cores busy, {:.0} µs of CPU per Service; allocator: caches synced after {:.2} s, {n} Services (no duplicates) in {:.2} s = {rate:.0} Services/s = {:.0}% of raw; {:.2} writes per Service, {} of them answered 409 Conflict",
+        1e6 * raw_cores / raw_rate,
+        1e6 * burst_cores / rate,
         synced.as_secs_f64(),
         elapsed.as_secs_f64(),
         100.0 * rate / raw_rate,
@@ -231,6 +237,16 @@ async fn restart(emulator: &Emulator, client: &Client, n: usize) -> (Duration, u
     let _ = tx.send(());
     let _ = task.await;
     (adoption, changed)
+}
+
+/// CPU time (user and system, every thread) of this process so far, from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime (fields 14 and 15) in clock ticks of 1/100 s (`getconf CLK_TCK`).
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
 }
 
 /// Median, min and max.

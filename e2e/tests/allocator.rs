@@ -799,3 +799,44 @@ async fn a_group_change_never_shows_old_addresses_under_the_new_group() {
         assert!(ips.iter().all(|ip| ip.starts_with(prefix)), "addresses under the wrong group: {revisions:?}");
     }
 }
+
+/// A repeated Event (same type, reason, message and object) is counted in its series, one
+/// object with `series.count`, as client-go and kube do; another message is another Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_is_counted_in_its_series() {
+    use purelb::events::{EventType, Publisher, Reporter};
+    use purelb::k8s_openapi::api::events::v1::Event as EventV1;
+    use purelb::kube::Resource;
+    let (_emu, client) = setup().await;
+    create_svc(&client, "web", "repeat", json!({}), json!({"type": "ClusterIP"})).await;
+    let svc = Api::<Service>::namespaced(client.clone(), "web").get("repeat").await.unwrap();
+    let publisher = Publisher::start(
+        client.clone(),
+        Reporter { controller: "purelb-allocator".to_owned(), instance: Some("test".to_owned()) },
+        Duration::from_secs(10),
+    );
+    let reference = svc.object_ref(&());
+    for note in ["address 192.0.2.1 assigned", "address 192.0.2.1 assigned", "address 192.0.2.2 assigned"] {
+        publisher.publish(&reference, vec![(EventType::Normal, "AddressAssigned", note.to_owned())]);
+    }
+    let api: Api<EventV1> = Api::namespaced(client.clone(), "web");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut events: Vec<(String, i32)> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("repeat"))
+            .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+            .collect();
+        events.sort();
+        let want = vec![("address 192.0.2.1 assigned".to_owned(), 2), ("address 192.0.2.2 assigned".to_owned(), 1)];
+        if events == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Events after 20 s: {events:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -28,7 +28,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        events::{EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
         reflector::{self, Store},
         watcher::{self, Event},
     },
@@ -595,13 +595,8 @@ pub async fn run(
         std::convert::identity,
     );
     let recorder = crate::events::Publisher::start(
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: contract::MANAGER_AGENT.to_owned(),
-                instance: Some(settings.reporter_instance.clone()),
-            },
-        ),
+        client.clone(),
+        Reporter { controller: contract::MANAGER_AGENT.to_owned(), instance: Some(settings.reporter_instance.clone()) },
         settings.api_timeout,
     );
     let (conflicts, mut conflict_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -22,8 +22,9 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
+    core::PartialObjectMeta,
     runtime::{
-        events::{EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
         reflector::{self, Store},
         watcher::{self, Event},
     },
@@ -312,10 +313,8 @@ pub async fn run_with_netbox(
         }
     };
     let recorder = crate::events::Publisher::start(
-        Recorder::new(
-            client.clone(),
-            Reporter { controller: contract::MANAGER_ALLOCATOR.to_owned(), instance: Some(settings.instance.clone()) },
-        ),
+        client.clone(),
+        Reporter { controller: contract::MANAGER_ALLOCATOR.to_owned(), instance: Some(settings.instance.clone()) },
         settings.api_timeout,
     );
     let netbox = netbox::Link::new(client.clone(), &settings.namespace, netbox);
@@ -889,7 +888,9 @@ impl Worker {
         if let Some(version) = version {
             body["metadata"]["resourceVersion"] = Value::String(version);
         }
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        // Only the new resourceVersion is read from the answer: decoding it as metadata skips
+        // building the whole Service again (the watch brings it anyway).
+        let api: Api<PartialObjectMeta<Service>> = Api::namespaced(self.client.clone(), &key.namespace);
         let action = if status { "update the status of" } else { "update the annotations of" };
         // A Service's status is written with a strategic merge patch: its conditions merge by
         // `type` (a merge patch would replace the whole list, other controllers' entries too).
@@ -1044,7 +1045,7 @@ impl Worker {
         if status == old {
             return Ok(());
         }
-        let api: Api<crate::api::BGPPeer> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<PartialObjectMeta<crate::api::BGPPeer>> = Api::namespaced(self.client.clone(), &ns);
         let mut body = json!({"status": status});
         if let Some(version) = peer.resource_version() {
             body["metadata"] = json!({"resourceVersion": version});
@@ -1144,7 +1145,7 @@ impl Worker {
             );
         }
         let Some(status) = status else { return Ok(()) };
-        let api: Api<ServiceGroup> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<PartialObjectMeta<ServiceGroup>> = Api::namespaced(self.client.clone(), &ns);
         let mut body = json!({"status": status});
         if let Some(version) = group.resource_version() {
             body["metadata"] = json!({"resourceVersion": version});

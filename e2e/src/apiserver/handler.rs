@@ -1111,19 +1111,22 @@ impl Server {
         target: &Target,
         req: &ApiRequest,
         expected_rv: Option<&str>,
-        compute: impl FnOnce(&Value) -> ApiResult<Value>,
+        compute: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<(StatusCode, Value)> {
-        let (deleted, stored) = self.store.transact(&target.key(), &target.namespace, &target.name, |cur| {
-            let cur = cur.ok_or_else(|| target.not_found(&target.name))?;
-            if expected_rv.is_some_and(|rv| cur["metadata"]["resourceVersion"].as_str() != Some(rv)) {
-                return Err(target.conflict(&target.name));
-            }
-            let doc = compute(cur)?;
-            let next = self.merge_write(target, cur, &doc, req)?;
-            let write = self.finish_write(target, next);
-            let deleted = matches!(write, Write::Delete).then(|| cur.clone());
-            Ok((write, deleted))
-        })?;
+        // Computed outside the store's lock and applied if the object is still the one it was
+        // computed from (`transact_optimistic`), as a real server's guaranteed update.
+        let (deleted, stored) =
+            self.store.transact_optimistic(&target.key(), &target.namespace, &target.name, |cur| {
+                let cur = cur.ok_or_else(|| target.not_found(&target.name))?;
+                if expected_rv.is_some_and(|rv| cur["metadata"]["resourceVersion"].as_str() != Some(rv)) {
+                    return Err(target.conflict(&target.name));
+                }
+                let doc = compute(cur)?;
+                let next = self.merge_write(target, cur, &doc, req)?;
+                let write = self.finish_write(target, next);
+                let deleted = matches!(write, Write::Delete).then(|| cur.clone());
+                Ok((write, deleted))
+            })?;
         self.after_write(target, stored.as_deref(), deleted.as_ref());
         let shown = stored.or(deleted.map(Arc::new)).ok_or_else(|| target.not_found(&target.name))?;
         Ok((StatusCode::OK, self.present(target, &shown)))
