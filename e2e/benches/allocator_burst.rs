@@ -131,6 +131,8 @@ async fn one_run(n: usize) -> Run {
     // The burst: n Services exist, the allocator starts and allocates them all.
     create_services(&client, "burst", n, None).await;
     let status_writes_before = emulator.requests("patch", "services/status");
+    let (lists_before, watches_before) =
+        (emulator.requests("list", "services"), emulator.requests("watch", "services"));
     let cpu_before = process_cpu();
     let readiness = Readiness::new();
     let ready_flag = readiness.clone();
@@ -173,13 +175,15 @@ async fn one_run(n: usize) -> Run {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let burst_cores = (process_cpu() - cpu_before).as_secs_f64() / elapsed.as_secs_f64();
+    let lists = emulator.requests("list", "services") - lists_before;
+    let watches = emulator.requests("watch", "services") - watches_before;
     let synced = ready_watch.await.unwrap();
     let rate = n as f64 / elapsed.as_secs_f64();
     let writes = emulator.requests("patch", "services") + emulator.requests("patch", "services/status")
         - status_writes_before
         + emulator.requests("create", "events");
     println!(
-        "raw {raw_rate:.0} writes/s ({raw_cores:.2} cores busy, {:.0} µs of CPU per write); burst: {burst_cores:.2} cores busy, {:.0} µs of CPU per Service; allocator: caches synced after {:.2} s, {n} Services (no duplicates) in {:.2} s = {rate:.0} Services/s = {:.0}% of raw; {:.2} writes per Service, {} of them answered 409 Conflict",
+        "raw {raw_rate:.0} writes/s ({raw_cores:.2} cores busy, {:.0} µs of CPU per write); burst: {burst_cores:.2} cores busy, {:.0} µs of CPU per Service; allocator: caches synced after {:.2} s, {n} Services (no duplicates) in {:.2} s = {rate:.0} Services/s = {:.0}% of raw; {:.2} writes per Service, {} of them answered 409 Conflict; Service lists {lists}, watches {watches}",
         1e6 * raw_cores / raw_rate,
         1e6 * burst_cores / rate,
         synced.as_secs_f64(),
