@@ -84,7 +84,7 @@ impl SeriesCache {
     }
 
     /// Records an occurrence of `key` at `now` in the series `namespace`/`name`.
-    fn seen(&mut self, key: String, namespace: String, name: String, count: i32, now: Instant) {
+    fn record(&mut self, key: String, namespace: String, name: String, count: i32, now: Instant) {
         self.seen.push_back((now, key.clone()));
         self.series.insert(key, Series { namespace, name, count, last: now });
     }
@@ -130,7 +130,7 @@ impl Writer {
             let patch = json!({"series": {"count": count, "lastObservedTime": MicroTime(stamp)}});
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    self.cache.seen(key, namespace, name, count, now);
+                    self.cache.record(key, namespace, name, count, now);
                     return Ok(());
                 }
                 // The Event expired on the server (its TTL) or was deleted: a new one.
@@ -169,7 +169,7 @@ impl Writer {
         };
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         api.create(&PostParams::default(), &event).await?;
-        self.cache.seen(key, namespace, name, 1, now);
+        self.cache.record(key, namespace, name, 1, now);
         Ok(())
     }
 }
@@ -222,7 +222,7 @@ mod tests {
     fn seen_at(cache: &mut SeriesCache, key: &str, at: Instant) {
         cache.forget_old(at);
         let count = cache.series.get(key).map_or(1, |s| s.count + 1);
-        cache.seen(key.to_owned(), "ns".to_owned(), format!("{key}.1"), count, at);
+        cache.record(key.to_owned(), "ns".to_owned(), format!("{key}.1"), count, at);
     }
 
     #[test]

@@ -243,14 +243,9 @@ async fn restart(emulator: &Emulator, client: &Client, n: usize) -> (Duration, u
     (adoption, changed)
 }
 
-/// CPU time (user and system, every thread) of this process so far, from `/proc/self/stat`.
+/// CPU time (user and system, every thread) of this process so far.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    // utime and stime (fields 14 and 15) in clock ticks of 1/100 s (`getconf CLK_TCK`).
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    Duration::from_millis(ticks * 10)
+    purelb_e2e::lab::scale::cpu_time(std::process::id())
 }
 
 /// Median, min and max.

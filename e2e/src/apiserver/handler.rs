@@ -5,6 +5,7 @@
 //! fault injection. Entry point: [`Server::handle`].
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     convert::Infallible,
     pin::Pin,
@@ -663,6 +664,23 @@ impl Server {
         v
     }
 
+    /// Whether `stored` already is what this resource/version shows (`api_version` is
+    /// `target.def.api_version(&target.version)`): then it is shown as stored, not copied.
+    fn stored_as_shown(target: &Target, api_version: &str, stored: &Value) -> bool {
+        target.def.view == View::Own
+            && stored["apiVersion"].as_str() == Some(api_version)
+            && stored["kind"].as_str() == Some(target.def.kind.as_str())
+    }
+
+    /// [`Server::present`] without a copy when the stored form is the shown one.
+    fn shown<'a>(&self, target: &Target, api_version: &str, stored: &'a Value) -> Cow<'a, Value> {
+        if Self::stored_as_shown(target, api_version, stored) {
+            Cow::Borrowed(stored)
+        } else {
+            Cow::Owned(self.present(target, stored))
+        }
+    }
+
     /// Shown form → stored form.
     fn to_storage(target: &Target, shown: &Value) -> Value {
         match target.def.view {
@@ -742,28 +760,21 @@ impl Server {
         // Written item by item: an object stored as this version shows it is written as stored,
         // not copied first (the copies were a fifth of the allocator's first list of 50,000
         // Services).
+        let api_version = target.def.api_version(&target.version);
         let mut body = serde_json::to_vec(&json!({
             "kind": format!("{}List", target.def.kind),
-            "apiVersion": target.def.api_version(&target.version),
+            "apiVersion": api_version,
             "metadata": metadata,
         }))
         .unwrap_or_default();
         body.pop(); // the closing brace
         body.extend_from_slice(b",\"items\":[");
-        let api_version = target.def.api_version(&target.version);
         for (i, object) in page.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            let as_stored = target.def.view == View::Own
-                && object["apiVersion"].as_str() == Some(api_version.as_str())
-                && object["kind"].as_str() == Some(target.def.kind.as_str());
-            let written = if as_stored {
-                serde_json::to_writer(&mut body, &**object)
-            } else {
-                serde_json::to_writer(&mut body, &self.present(target, object))
-            };
-            written.map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+            serde_json::to_writer(&mut body, &*self.shown(target, &api_version, object))
+                .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
         }
         body.extend_from_slice(b"]}");
         let mut response = Response::new(ResponseBody::Full(Some(Bytes::from(body))));
@@ -1472,9 +1483,7 @@ impl Server {
             // Objects stored in the shape this watch shows need no conversion: select on them
             // directly and reuse the change's one serialisation.
             let api_version = target.def.api_version(&target.version);
-            let as_stored = |o: &Value| {
-                target.def.view == View::Own && !as_table && o["apiVersion"].as_str() == Some(api_version.as_str())
-            };
+            let as_stored = |o: &Value| !as_table && Self::stored_as_shown(&target, &api_version, o);
             let encode = |kind: &str, change: &super::store::Change| {
                 if as_stored(&change.object) {
                     let mut bytes = Vec::with_capacity(change.encoded().len() + 32);
@@ -1489,11 +1498,7 @@ impl Server {
                 }
             };
             let matches = |o: &Value| {
-                let shown = if as_stored(o) {
-                    std::borrow::Cow::Borrowed(o)
-                } else {
-                    std::borrow::Cow::Owned(server.present(&target, o))
-                };
+                let shown = server.shown(&target, &api_version, o);
                 let ns_ok = target.namespace.is_empty()
                     || o["metadata"]["namespace"].as_str() == Some(target.namespace.as_str());
                 let name_ok = target.name.is_empty() || o["metadata"]["name"].as_str() == Some(target.name.as_str());

@@ -396,8 +396,9 @@ fn api_error(action: String, source: purelb::kube::Error) -> LabError {
     LabError::Api { action, source: Box::new(source) }
 }
 
-/// CPU time (user + system) of `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
+/// CPU time (user + system, every thread) of process `pid` so far.
+#[must_use]
+pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command may contain spaces: the fields start after the last ')'.
     let fields: Vec<&str> =
