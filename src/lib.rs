@@ -29,6 +29,11 @@ pub mod watch;
 pub use k8s_openapi;
 /// The Kubernetes client and runtime.
 pub use kube;
+/// The `purelb` binary's global allocator (mimalloc, without transparent huge pages; see
+/// docs/design.md, "The memory allocator"). A bench that runs PureLB's controllers in its own
+/// process declares it too, so that it measures what the binary does:
+/// `#[global_allocator] static A: purelb::GlobalAllocator = purelb::GlobalAllocator;`
+pub use mimalloc::MiMalloc as GlobalAllocator;
 
 /// The version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,6 +5,10 @@ use std::{io::Write, process::ExitCode};
 use clap::Parser;
 use purelb::cli::{Cli, Command};
 
+/// mimalloc, not the C library's allocator: docs/design.md, "The memory allocator".
+#[global_allocator]
+static ALLOCATOR: purelb::GlobalAllocator = purelb::GlobalAllocator;
+
 fn main() -> ExitCode {
     let cli = parse();
     // Combinations clap cannot see: exit 2 with clap's usage, before anything starts.

@@ -30,6 +30,11 @@ use purelb::{
 use purelb_e2e::apiserver::{Emulator, EmulatorOptions};
 use serde_json::json;
 
+/// The `purelb` binary's allocator: the allocator controller runs in this process, and its cost
+/// per Service depends on the heap it allocates from (docs/scale.md, "The memory allocator").
+#[global_allocator]
+static ALLOCATOR: purelb::GlobalAllocator = purelb::GlobalAllocator;
+
 async fn http_client(emulator: &Emulator) -> (purelb_e2e::apiserver::HttpServer, Client) {
     let server = emulator.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = std::env::temp_dir().join(format!("purelb-burst-{}", std::process::id()));
@@ -68,6 +73,18 @@ struct Run {
     adoption: Duration,
     /// Addresses the restarted allocator changed.
     changed: usize,
+    /// The `purelb allocator` process ([`process_adoption`]).
+    process: Process,
+}
+
+/// The real `purelb allocator` process adopting the allocated Services.
+struct Process {
+    adoption: Duration,
+    /// Its resident set after the adoption and its peak (`VmHWM`), MiB.
+    rss: f64,
+    peak: f64,
+    /// Addresses it changed.
+    changed: usize,
 }
 
 /// Starts the real allocator controller as the leader (`instance` names it); it runs until the
@@ -99,7 +116,7 @@ fn start_allocator(
 /// One run in a fresh emulator: the raw write rate, then the burst.
 async fn one_run(n: usize) -> Run {
     let emulator = Emulator::start(EmulatorOptions::default()).unwrap();
-    let (_server, client) = http_client(&emulator).await;
+    let (server, client) = http_client(&emulator).await;
     Api::<CustomResourceDefinition>::all(client.clone())
         .create(&PostParams::default(), &ServiceGroup::crd())
         .await
@@ -195,7 +212,8 @@ async fn one_run(n: usize) -> Run {
     let _ = tx.send(());
     let _ = task.await;
     let (adoption, changed) = restart(&emulator, &client, n).await;
-    Run { raw_rate, rate, synced, writes_per_service: writes as f64 / n as f64, adoption, changed }
+    let process = process_adoption(&emulator, &client, &server.url(), n).await;
+    Run { raw_rate, rate, synced, writes_per_service: writes as f64 / n as f64, adoption, changed, process }
 }
 
 /// Every burst Service's addresses, by name.
@@ -243,6 +261,61 @@ async fn restart(emulator: &Emulator, client: &Client, n: usize) -> (Duration, u
     (adoption, changed)
 }
 
+/// The release `purelb` binary's allocator (leader election on, as deployed) started against
+/// the emulator once the n Services (and the restart's probe) are allocated, with one more new
+/// Service: its adoption time (start → that Service has its address) and its memory then, the
+/// figure a memory limit must allow for (the chart's default limit is 256 MiB). The Services of
+/// the raw phase are in its cache too (another class, as a cluster's other Services are).
+async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: usize) -> Process {
+    let binary = purelb_e2e::lab::built_binary("purelb", &["release"])
+        .expect("the release purelb binary is missing: build it with `cargo build --release -p purelb --bin purelb`");
+    let dir = std::env::temp_dir().join(format!("purelb-burst-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    purelb_e2e::apiserver::write_kubeconfig(&kubeconfig, url, None, "default").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let before = addresses(emulator);
+    let api: Api<Service> = Api::namespaced(client.clone(), "burst");
+    let probe: Service = serde_json::from_value(json!({"metadata": {"name": "zz-probe-process"}, "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
+    api.create(&PostParams::default(), &probe).await.unwrap();
+    let log = dir.join("allocator.log");
+    let start = Instant::now();
+    let mut child = tokio::process::Command::new(&binary)
+        .args(["allocator", "--namespace", "purelb-system", "--log-level", "warn", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let pid = child.id().unwrap();
+    let adoption = loop {
+        let probe = api.get_status("zz-probe-process").await.unwrap();
+        if probe.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).is_some_and(|i| !i.is_empty()) {
+            break start.elapsed();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("purelb allocator exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "the allocator process did not allocate after 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss, peak) =
+        (purelb_e2e::lab::scale::memory_mib(pid, "VmRSS"), purelb_e2e::lab::scale::memory_mib(pid, "VmHWM"));
+    let after = addresses(emulator);
+    let changed = before.iter().filter(|(name, ingress)| after.get(*name) != Some(ingress)).count();
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "burst: {n} Services: the purelb allocator process (release binary) adopted them in {:.2} s; RSS {rss:.1} MiB, peak {peak:.1} MiB; {changed} addresses changed",
+        adoption.as_secs_f64()
+    );
+    Process { adoption, rss, peak, changed }
+}
+
 /// CPU time (user and system, every thread) of this process so far.
 fn process_cpu() -> Duration {
     purelb_e2e::lab::scale::cpu_time(std::process::id())
@@ -265,13 +338,17 @@ async fn main() {
         // A run in a process of its own (see below): the figures for the parent on one line.
         let run = one_run(n).await;
         println!(
-            "burst-run: {} {} {} {} {} {}",
+            "burst-run: {} {} {} {} {} {} {} {} {} {}",
             run.raw_rate,
             run.rate,
             run.synced.as_secs_f64(),
             run.writes_per_service,
             run.adoption.as_secs_f64(),
-            run.changed
+            run.changed,
+            run.process.adoption.as_secs_f64(),
+            run.process.rss,
+            run.process.peak,
+            run.process.changed,
         );
         return;
     }
@@ -313,6 +390,12 @@ fn run_in_own_process(n: usize) -> Run {
                     writes_per_service: x(3),
                     adoption: Duration::from_secs_f64(x(4)),
                     changed: f[5].parse().unwrap(),
+                    process: Process {
+                        adoption: Duration::from_secs_f64(x(6)),
+                        rss: x(7),
+                        peak: x(8),
+                        changed: f[9].parse().unwrap(),
+                    },
                 });
             }
             None => println!("{line}"),
@@ -350,5 +433,14 @@ fn summarize(n: usize, all: &[Run]) {
         "burst: restart adoption of {n} Services over {runs} runs: median {adoption:.2} s (min {adoption_min:.2}, max {adoption_max:.2}; target <= 10 s: {}); addresses changed: {changed} (target 0: {})",
         if adoption_max <= 10.0 { "met" } else { "MISSED" },
         if changed == 0 { "met" } else { "MISSED" }
+    );
+    let (adoption, adoption_min, adoption_max) = spread(all.iter().map(|r| r.process.adoption.as_secs_f64()).collect());
+    let (rss, rss_min, rss_max) = spread(all.iter().map(|r| r.process.rss).collect());
+    let (peak, peak_min, peak_max) = spread(all.iter().map(|r| r.process.peak).collect());
+    let changed: usize = all.iter().map(|r| r.process.changed).sum();
+    println!(
+        "burst: the purelb allocator process at {n} Services over {runs} runs: adoption median {adoption:.2} s (min {adoption_min:.2}, max {adoption_max:.2}); \
+         RSS median {rss:.1} MiB (min {rss_min:.1}, max {rss_max:.1}), peak median {peak:.1} MiB (min {peak_min:.1}, max {peak_max:.1}; the chart's limit 256 MiB: {}); addresses changed: {changed}",
+        if peak_max <= 256.0 { "fits" } else { "EXCEEDED" }
     );
 }

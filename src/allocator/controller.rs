@@ -185,10 +185,13 @@ struct State {
     ready: bool,
 }
 
+/// A watch cache of `api` that keeps each object as `keep` makes it and queues `map`'s work for
+/// each change.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     queue: WorkQueue<Work>,
+    keep: fn(K) -> K,
     map: fn(&K) -> Option<Work>,
     name: &'static str,
 ) -> Store<K>
@@ -196,7 +199,7 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    crate::watch::spawn_reflector(api, config, name, move |event| match event {
+    crate::watch::spawn_mapped_reflector(api, config, name, keep, move |event| match event {
         Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => {
             if let Some(work) = map(o) {
                 queue.add(work);
@@ -264,6 +267,7 @@ pub async fn run_with_netbox(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         queue.clone(),
+        super::request::cached,
         |s| Some(Work::Service(ServiceKey::of_service(s))),
         "services",
     );
@@ -271,6 +275,7 @@ pub async fn run_with_netbox(
         Api::<ServiceGroup>::all(client.clone()),
         watcher::Config::default(),
         queue.clone(),
+        std::convert::identity,
         |_| Some(Work::Groups),
         "servicegroups",
     );
@@ -282,6 +287,7 @@ pub async fn run_with_netbox(
             contract::LABEL_COMPONENT_AGENT.1
         )),
         queue.clone(),
+        std::convert::identity,
         |_| Some(Work::Announcers),
         "leases",
     );
@@ -289,6 +295,7 @@ pub async fn run_with_netbox(
         Api::<crate::api::BGPPeer>::namespaced(client.clone(), &settings.namespace),
         watcher::Config::default(),
         queue.clone(),
+        std::convert::identity,
         |p| Some(Work::PeerStatus(p.name_any())),
         "bgppeers",
     );

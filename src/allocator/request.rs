@@ -11,7 +11,10 @@ use crate::{
         ANNOTATION_ALLOW_SHARED_IP, ANNOTATION_SERVICE_GROUP,
     },
     core::ipam::Family,
-    k8s_openapi::api::core::v1::Service,
+    k8s_openapi::{
+        api::core::v1::{Service, ServicePort, ServiceSpec},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    },
 };
 
 /// `namespace/name` of a Service (shared with the EndpointSlice index).
@@ -231,10 +234,160 @@ impl ServiceRequest {
     }
 }
 
+/// What the allocator keeps of a Service in its watch cache, which holds every Service of the
+/// cluster: what [`ServiceRequest::from_service`], [`age_key`] and the allocator's writes read
+/// (name, namespace, uid, resourceVersion, generation, creation time, the `purelb.io/`
+/// annotations, the spec fields of a request, the status). The rest takes memory for nothing:
+/// managedFields, other annotations (kubectl's last-applied copy of the whole object), labels,
+/// the selector, cluster IPs, port names and node ports.
+#[must_use]
+pub fn cached(svc: Service) -> Service {
+    let Service { metadata, spec, status } = svc;
+    let ObjectMeta { name, namespace, uid, resource_version, generation, creation_timestamp, annotations, .. } =
+        metadata;
+    let annotations = annotations
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k.starts_with(PURELB_ANNOTATION_PREFIX))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .filter(|a| !a.is_empty());
+    let spec = spec.map(|s| ServiceSpec {
+        type_: s.type_,
+        load_balancer_class: s.load_balancer_class,
+        load_balancer_ip: s.load_balancer_ip,
+        ip_families: s.ip_families,
+        ip_family_policy: s.ip_family_policy,
+        external_traffic_policy: s.external_traffic_policy,
+        ports: s.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort { port: p.port, protocol: p.protocol, ..ServicePort::default() })
+                .collect()
+        }),
+        ..ServiceSpec::default()
+    });
+    let metadata = ObjectMeta {
+        name,
+        namespace,
+        uid,
+        resource_version,
+        generation,
+        creation_timestamp,
+        annotations,
+        ..ObjectMeta::default()
+    };
+    Service { metadata, spec, status }
+}
+
+/// Every annotation PureLB reads or writes on a Service starts with this.
+const PURELB_ANNOTATION_PREFIX: &str = "purelb.io/";
+
 /// The order in which Services claim addresses when a table is rebuilt (allocator start, a new
 /// leader, `purelb status`, `purelb migrate`): oldest first, then by namespace/name, so that the
 /// older of two Services claiming one address keeps it.
 #[must_use]
 pub fn age_key(svc: &Service) -> (Option<k8s_openapi::jiff::Timestamp>, ServiceKey) {
     (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), ServiceKey::of_service(svc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ServiceRequest, age_key, cached};
+    use crate::k8s_openapi::api::core::v1::Service;
+
+    fn service(extra: serde_json::Value) -> Service {
+        let mut svc = serde_json::json!({
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "6c1f0c57-0000-4000-8000-000000000001",
+                "resourceVersion": "42", "generation": 3, "creationTimestamp": "2026-12-01T10:00:00Z",
+                "labels": {"app": "web"},
+                "annotations": {
+                    "purelb.io/service-group": "edge", "purelb.io/allow-shared-ip": "web",
+                    "purelb.io/allocated-by": "PureLB", "purelb.io/allocated-from": "edge",
+                    "purelb.io/announcing-IPv4": "n1,eth0",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {
+                "type": "LoadBalancer", "loadBalancerClass": "purelb.io/purelbv2",
+                "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+                "externalTrafficPolicy": "Local", "selector": {"app": "web"},
+                "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::a"],
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"},
+                          {"name": "dns", "port": 53, "protocol": "UDP"}]
+            },
+            "status": {
+                "loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}, {"ip": "2001:db8::10"}]},
+                "conditions": [{"type": "purelb.io/Allocated", "status": "True", "reason": "Allocated", "message": "from edge",
+                                "lastTransitionTime": "2026-12-01T10:00:01Z", "observedGeneration": 3}]
+            }
+        });
+        merge(&mut svc, extra);
+        serde_json::from_value(svc).unwrap_or_default()
+    }
+
+    /// A JSON merge patch (RFC 7386): `null` removes, objects merge, anything else replaces.
+    fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+        match (target, patch) {
+            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(&k);
+                    } else {
+                        merge(t.entry(k).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p,
+        }
+    }
+
+    /// The cached copy reads as the whole Service does (the request, the age order, what the
+    /// writes compare) and has lost what nothing reads.
+    #[test]
+    fn the_cached_service_reads_as_the_whole_one() {
+        for extra in [
+            serde_json::json!({}),
+            serde_json::json!({"metadata": {"annotations": {"purelb.io/addresses": "192.0.2.7"}}}),
+            serde_json::json!({"metadata": {"annotations": {"purelb.io/addresses": "no-such-address"}}}),
+            serde_json::json!({"metadata": {"annotations": null}}),
+            serde_json::json!({"spec": {"loadBalancerIP": "192.0.2.8", "loadBalancerClass": null, "ipFamilyPolicy": "RequireDualStack"}}),
+            serde_json::json!({"spec": {"type": "ClusterIP", "externalTrafficPolicy": "Cluster", "ports": null}}),
+        ] {
+            let whole = service(extra.clone());
+            assert!(whole.metadata.name.is_some(), "the test Service parses: {extra}");
+            let kept = cached(whole.clone());
+            for (class, default) in [("purelb.io/purelbv2", true), ("other", false)] {
+                assert_eq!(
+                    ServiceRequest::from_service(&kept, class, default),
+                    ServiceRequest::from_service(&whole, class, default),
+                    "{extra}"
+                );
+            }
+            assert_eq!(age_key(&kept), age_key(&whole));
+            assert_eq!(kept.status, whole.status);
+            let meta = |s: &Service| {
+                (
+                    s.metadata.name.clone(),
+                    s.metadata.namespace.clone(),
+                    s.metadata.uid.clone(),
+                    s.metadata.resource_version.clone(),
+                    s.metadata.generation,
+                )
+            };
+            assert_eq!(meta(&kept), meta(&whole));
+            let purelb: Vec<_> =
+                whole.metadata.annotations.iter().flatten().filter(|(k, _)| k.starts_with("purelb.io/")).collect();
+            assert_eq!(kept.metadata.annotations.iter().flatten().collect::<Vec<_>>(), purelb, "{extra}");
+        }
+        let kept = cached(service(serde_json::json!({})));
+        assert!(kept.metadata.managed_fields.is_none() && kept.metadata.labels.is_none());
+        let spec = kept.spec.unwrap_or_default();
+        assert!(spec.selector.is_none() && spec.cluster_ip.is_none() && spec.cluster_ips.is_none());
+        assert!(
+            spec.ports.iter().flatten().all(|p| p.name.is_none() && p.node_port.is_none() && p.target_port.is_none())
+        );
+    }
 }

@@ -425,10 +425,17 @@ fn clock_ticks() -> u64 {
 
 /// Resident set size of `pid`, MiB.
 fn rss_mib(pid: u32) -> f64 {
+    memory_mib(pid, "VmRSS")
+}
+
+/// A memory figure of `pid` from `/proc/PID/status` (`VmRSS`, `VmHWM`: the peak RSS), MiB; 0
+/// when the process or the field is gone.
+#[must_use]
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
