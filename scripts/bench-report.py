@@ -411,6 +411,7 @@ def parse_allocator_burst(out: str) -> Report:
     t = r.table("measurement", "median (min–max over the runs)")
     s.find_all(r"^burst: \d+ Services, run \d+: raw ")
     s.find_all(r"^burst: \d+ Services: restart: ")
+    s.find_all(r"^burst: \d+ Services: the purelb allocator process \(release binary\) adopted them in ")
     raws = s.find_all(r"^burst: emulator raw write throughput at (?P<n>\d+) Services over (?P<runs>\d+) runs: "
                       r"median (?P<rate>[\d.]+) writes/s \(min (?P<min>[\d.]+), max (?P<max>[\d.]+)\)")
     if not raws:
@@ -455,6 +456,17 @@ def parse_allocator_burst(out: str) -> Report:
                          f"{m['max']} s (worst run), {changed} changed")
         else:
             r.not_parsed(t, f"restart adoption of {n:,}")
+        m = s.find(rf"^burst: the purelb allocator process at {n} Services over \d+ runs: adoption median (?P<s>[\d.]+) s "
+                   r"\(min (?P<min>[\d.]+), max (?P<max>[\d.]+)\); RSS median (?P<rss>[\d.]+) MiB \(min (?P<rmin>[\d.]+), "
+                   r"max (?P<rmax>[\d.]+)\), peak median (?P<peak>[\d.]+) MiB \(min (?P<pmin>[\d.]+), max (?P<pmax>[\d.]+); "
+                   r"the chart's limit \d+ MiB: \w+\); addresses changed: (?P<changed>\d+)")
+        if m:
+            t.rows.append([f"{n:,} Services: the `purelb allocator` process (release binary) started on them: adoption; "
+                           "memory (the raw phase's Services of another class are in its cache too)",
+                           f"{m['s']} s ({m['min']}–{m['max']} s); RSS {m['rss']} MiB ({m['rmin']}–{m['rmax']}), "
+                           f"peak {m['peak']} MiB ({m['pmin']}–{m['pmax']}); {m['changed']} addresses changed"])
+        else:
+            r.not_parsed(t, f"the allocator process at {n:,}")
     r.unparsed = s.leftovers()
     return r
 
@@ -977,7 +989,7 @@ BENCHES: list[Bench] = [
           "counter, then its store (observing costs the server almost nothing); no duplicate address is asserted. "
           "Then the allocator is stopped, one more Service created and a new allocator started: the adoption time "
           "is until that newest Service has its address, and every other address is compared before and after.",
-          baseline="the emulator's raw write throughput"),
+          baseline="the emulator's raw write throughput", prepare=[CARGO_RELEASE_BINS]),
     Bench("agent_lab", "Node agent in the lab", "#6 agent",
           ["cargo", "bench", "--locked", "-p", "purelb-e2e", "--bench", "agent_lab"], parse_agent_lab,
           "3 nodes, real `purelb agent` processes (release build) in network namespaces, real kernel addresses, "
@@ -1783,13 +1795,17 @@ burst: 5000 Services: restart: the new allocator adopted 5000 Services in 0.91 s
 burst: emulator raw write throughput at 5000 Services over 1 runs: median 5600 writes/s (min 5600, max 5600)
 burst: allocator caches synced (initial list of 5000 Services): median 0.26 s (min 0.26, max 0.26)
 burst: allocator allocated 5000 Services (no duplicates) over 1 runs: median 1636 Services/s (min 1636, max 1636); ratio to the same run's raw write rate: median 29% (min 29%, max 29%; target >= 50%: MISSED); 3.00 writes per Service (max 3.00)
+burst: 5000 Services: the purelb allocator process (release binary) adopted them in 0.27 s; RSS 67.1 MiB, peak 67.1 MiB; 0 addresses changed
 burst: restart adoption of 5000 Services over 1 runs: median 0.91 s (min 0.91, max 0.91; target <= 10 s: met); addresses changed: 0 (target 0: met)
+burst: the purelb allocator process at 5000 Services over 1 runs: adoption median 0.27 s (min 0.27, max 0.27); RSS median 67.1 MiB (min 67.1, max 67.1), peak median 67.1 MiB (min 67.1, max 67.1; the chart's limit 512 MiB: fits); addresses changed: 0
 burst: 50000 Services, run 1: raw 5000 writes/s; allocator: caches synced after 2.6 s, 50000 Services (no duplicates) in 12.5 s = 4000 Services/s = 80% of raw; 3.00 writes per Service, 0 of them answered 409 Conflict
 burst: 50000 Services: restart: the new allocator adopted 50000 Services in 7.50 s (start → the newest Service has its address); 0 addresses changed
 burst: emulator raw write throughput at 50000 Services over 1 runs: median 5000 writes/s (min 5000, max 5000)
 burst: allocator caches synced (initial list of 50000 Services): median 2.60 s (min 2.60, max 2.60)
 burst: allocator allocated 50000 Services (no duplicates) over 1 runs: median 4000 Services/s (min 4000, max 4000); ratio to the same run's raw write rate: median 80% (min 80%, max 80%; target >= 80%: met); 3.00 writes per Service (max 3.00)
+burst: 50000 Services: the purelb allocator process (release binary) adopted them in 3.12 s; RSS 374.1 MiB, peak 375.3 MiB; 0 addresses changed
 burst: restart adoption of 50000 Services over 1 runs: median 7.50 s (min 7.50, max 7.50; target <= 10 s: met); addresses changed: 0 (target 0: met)
+burst: the purelb allocator process at 50000 Services over 1 runs: adoption median 3.12 s (min 3.12, max 3.12); RSS median 374.1 MiB (min 374.1, max 374.1), peak median 375.3 MiB (min 375.3, max 375.3; the chart's limit 512 MiB: fits); addresses changed: 0
 """,
     "agent_lab": """\
 agent-lab: purelb binary /work/main/target/release/purelb

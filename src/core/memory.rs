@@ -7,8 +7,9 @@
 //! worker thread (183 MiB after the first sync of 50,000 Services, up to 301 MiB after
 //! membership churn: docs/scale.md). [`release_freed`] asks glibc to hand back every free page
 //! of every arena (`malloc_trim(0)`): a few milliseconds at that size, called after such passes
-//! only. Other allocators (musl's, which the image is built with) return memory on their own,
-//! and there it does nothing.
+//! only. Other allocators return memory on their own, and there it does nothing: the `purelb`
+//! binary allocates from mimalloc (docs/design.md, "The memory allocator"), so it matters to
+//! builds on the system allocator (tests, controllers run inside the lab's benches).
 
 /// Returns the allocator's free pages to the system (glibc: `malloc_trim(0)`, every arena);
 /// nothing with other C libraries.
