@@ -280,7 +280,14 @@ async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: us
     api.create(&PostParams::default(), &probe).await.unwrap();
     let log = dir.join("allocator.log");
     let start = Instant::now();
-    let mut child = tokio::process::Command::new(&binary)
+    let mut command = tokio::process::Command::new(&binary);
+    // Only the arguments below configure it, not this process's environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PURELB_") || key == "KUBECONFIG" {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
         .args(["allocator", "--namespace", "purelb-system", "--log-level", "warn", "--kubeconfig"])
         .arg(&kubeconfig)
         .arg("--metrics-addr")
@@ -303,6 +310,12 @@ async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: us
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!(
+            "purelb allocator exited before its memory was read ({status}):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
     let (rss, peak) =
         (purelb_e2e::lab::scale::memory_mib(pid, "VmRSS"), purelb_e2e::lab::scale::memory_mib(pid, "VmHWM"));
     let after = addresses(emulator);
