@@ -225,6 +225,25 @@ fn addresses(emulator: &Emulator) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Creates the IPv6 LoadBalancer Service `name` in "burst" (a probe: the newest Service).
+async fn create_probe(api: &Api<Service>, name: &str) {
+    let probe: Service = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
+    api.create(&PostParams::default(), &probe).await.unwrap();
+}
+
+/// Whether Service `name` has an address in its status.
+async fn has_address(api: &Api<Service>, name: &str) -> bool {
+    let svc = api.get_status(name).await.unwrap();
+    svc.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).is_some_and(|i| !i.is_empty())
+}
+
+/// After a second for a late write to land: how many of the `before` addresses changed.
+async fn changed_since(emulator: &Emulator, before: &BTreeMap<String, String>) -> usize {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = addresses(emulator);
+    before.iter().filter(|(name, ingress)| after.get(*name) != Some(ingress)).count()
+}
+
 /// Restart adoption: with the n Services allocated and the allocator stopped, one more Service
 /// (the newest: the last the rebuilt table queues) is created and a new allocator started. The
 /// adoption time is from its start until that Service has its address: the allocator has then
@@ -233,25 +252,18 @@ fn addresses(emulator: &Emulator) -> BTreeMap<String, String> {
 async fn restart(emulator: &Emulator, client: &Client, n: usize) -> (Duration, usize) {
     let before = addresses(emulator);
     let api: Api<Service> = Api::namespaced(client.clone(), "burst");
-    let probe: Service = serde_json::from_value(json!({"metadata": {"name": "zz-probe"}, "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
-    api.create(&PostParams::default(), &probe).await.unwrap();
+    create_probe(&api, "zz-probe").await;
     let status_writes_before = emulator.requests("patch", "services/status");
     let start = Instant::now();
     let (tx, task) = start_allocator(client, "bench-restarted", Readiness::new());
     let adoption = loop {
-        if emulator.requests("patch", "services/status") > status_writes_before {
-            let probe = api.get_status("zz-probe").await.unwrap();
-            if probe.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).is_some_and(|i| !i.is_empty()) {
-                break start.elapsed();
-            }
+        if emulator.requests("patch", "services/status") > status_writes_before && has_address(&api, "zz-probe").await {
+            break start.elapsed();
         }
         assert!(start.elapsed() < Duration::from_secs(600), "the probe Service has no address after 10 minutes");
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    // Give a late write the time to land before comparing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = addresses(emulator);
-    let changed = before.iter().filter(|(name, ingress)| after.get(*name) != Some(ingress)).count();
+    let changed = changed_since(emulator, &before).await;
     println!(
         "burst: {n} Services: restart: the new allocator adopted {n} Services in {:.2} s (start → the newest Service has its address); {changed} addresses changed",
         adoption.as_secs_f64()
@@ -276,8 +288,7 @@ async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: us
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let before = addresses(emulator);
     let api: Api<Service> = Api::namespaced(client.clone(), "burst");
-    let probe: Service = serde_json::from_value(json!({"metadata": {"name": "zz-probe-process"}, "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}})).unwrap();
-    api.create(&PostParams::default(), &probe).await.unwrap();
+    create_probe(&api, "zz-probe-process").await;
     let log = dir.join("allocator.log");
     let start = Instant::now();
     let mut command = tokio::process::Command::new(&binary);
@@ -299,8 +310,7 @@ async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: us
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
     let pid = child.id().unwrap();
     let adoption = loop {
-        let probe = api.get_status("zz-probe-process").await.unwrap();
-        if probe.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).is_some_and(|i| !i.is_empty()) {
+        if has_address(&api, "zz-probe-process").await {
             break start.elapsed();
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -309,7 +319,7 @@ async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: us
         assert!(start.elapsed() < Duration::from_secs(600), "the allocator process did not allocate after 10 minutes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let changed = changed_since(emulator, &before).await;
     if let Some(status) = child.try_wait().unwrap() {
         panic!(
             "purelb allocator exited before its memory was read ({status}):\n{}",
@@ -318,8 +328,6 @@ async fn process_adoption(emulator: &Emulator, client: &Client, url: &str, n: us
     }
     let (rss, peak) =
         (purelb_e2e::lab::scale::memory_mib(pid, "VmRSS"), purelb_e2e::lab::scale::memory_mib(pid, "VmHWM"));
-    let after = addresses(emulator);
-    let changed = before.iter().filter(|(name, ingress)| after.get(*name) != Some(ingress)).count();
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     println!(

@@ -423,11 +423,6 @@ fn clock_ticks() -> u64 {
     })
 }
 
-/// Resident set size of `pid`, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    memory_mib(pid, "VmRSS")
-}
-
 /// A memory figure of `pid` from `/proc/PID/status` (`VmRSS`, `VmHWM`: the peak RSS), MiB; 0
 /// when the process or the field is gone.
 #[must_use]
@@ -689,7 +684,7 @@ pub async fn run(options: &ScaleOptions, progress: &mut (dyn std::io::Write + Se
                 passes += (after.passes - b.passes) / elapsed;
                 cpu_max = cpu_max.max(cpu * 100.0);
                 per_event += if e > 0.0 { cpu * 1e6 / e } else { 0.0 };
-                let own = pid_of(&lab, agent).map_or(0.0, rss_mib);
+                let own = pid_of(&lab, agent).map_or(0.0, |pid| memory_mib(pid, "VmRSS"));
                 rss_each.push(format!("{agent} {own:.1}"));
                 rss = rss.max(own);
             }
